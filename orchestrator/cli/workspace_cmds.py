@@ -1,0 +1,61 @@
+"""`converge init`, `converge add`, `converge repos`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator import generations
+from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
+from orchestrator.workspace import add_repo, init_workspace
+
+
+def register(app: typer.Typer) -> None:
+    """Add the workspace commands to ``app``."""
+
+    @app.command("init")
+    @handled
+    def init(path: Annotated[Path, typer.Argument(help="Directory to create the workspace in.")], json_out: JsonFlag = False) -> None:
+        """Create a workspace from the template (idempotent)."""
+        ws = init_workspace(path)
+        if json_out:
+            emit_json({"workspace": str(ws.root)})
+        else:
+            say(f"workspace ready at {ws.root}")
+
+    @app.command("add")
+    @handled
+    def add(
+        source: Annotated[str | None, typer.Argument(help="Git repo path or URL reachable offline.")] = None,
+        name: Annotated[str | None, typer.Option("--name", help="Name under src/ (default: the source's basename).")] = None,
+        is_self: Annotated[bool, typer.Option("--self", help="Register Converge's own source as `self`.")] = False,
+        json_out: JsonFlag = False,
+    ) -> None:
+        """Register a git repo under src/NAME and record generation 0."""
+        from orchestrator.errors import UsageError
+
+        if source is None and not is_self:
+            raise UsageError("add: give a SOURCE path or URL, or --self")
+        ws = workspace()
+        record = add_repo(ws, source or "", name, is_self)
+        gen = generations.current(ws, record.name)
+        if json_out:
+            emit_json({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source})
+        else:
+            say(f"registered {record.name} at generation {gen.number} ({gen.commit[:12]})")
+
+    @app.command("repos")
+    @handled
+    def repos(json_out: JsonFlag = False) -> None:
+        """Registered repos with their current generation."""
+        ws = workspace()
+        rows = []
+        for record in ws.repos():
+            gen = generations.current(ws, record.name)
+            rows.append({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source, "self": record.is_self})
+        if json_out:
+            emit_json(rows)
+        else:
+            emit_table("repos", ["name", "generation", "commit", "source"], [[r["name"], r["generation"], str(r["commit"])[:12], r["source"]] for r in rows])

@@ -1,0 +1,303 @@
+"""Generations of a registered repo: lineage, promotion and rollback, all as CAS ref moves.
+
+Refs, inside the registered repo (``src/<repo>``):
+
+    refs/converge/gen/<n>      the commit of generation n (never deleted)
+    refs/converge/head         the commit of the current generation
+    refs/converge/failed/<n>   generation n was abandoned (rolled back or failed)
+    refs/converge/stash/<ts>   uncommitted work saved by ``rollback --force``
+
+The refs are the truth. Live generations (``gen`` minus ``failed``) form one chain and the
+current generation is the newest live one. Each generation also has a small record under
+``.converge/generations/<repo>/<n>.json`` (parent, changesets, times), written before its
+ref exists, so a record without a ref is simply ignored.
+
+Every change happens under the repo's lock, as one ``update-ref --stdin`` transaction with
+expected old values, then the working tree follows. A journal written before the
+transaction lets the next command finish (or undo) the working-tree part of an operation
+whose process was killed: refs and tree are always the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from orchestrator import gitops
+from orchestrator.errors import GitError, UsageError
+from orchestrator.gitops import ZERO, RefUpdate
+from orchestrator.storage import atomic_write_json, read_json
+from orchestrator.workspace import Workspace
+
+GEN = "refs/converge/gen/"
+FAILED = "refs/converge/failed/"
+HEAD = "refs/converge/head"
+STASH = "refs/converge/stash/"
+
+Status = Literal["current", "superseded", "failed", "rolled-back"]
+
+
+class GenerationRecord(BaseModel):
+    """What is kept about a generation beside its ref."""
+
+    number: int
+    commit: str
+    parent: int | None
+    changesets: list[str] = Field(default_factory=list)
+    created: str
+    abandoned: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation as the lineage shows it."""
+
+    number: int
+    commit: str
+    parent: int | None
+    status: Status
+    changesets: tuple[str, ...]
+    created: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "number": self.number,
+            "commit": self.commit,
+            "parent": self.parent,
+            "status": self.status,
+            "changesets": list(self.changesets),
+            "created": self.created,
+        }
+
+
+class _Journal(BaseModel):
+    op: str
+    old: str
+    new: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _records_dir(ws: Workspace, repo: str) -> Path:
+    return ws.state / "generations" / repo
+
+
+def _journal_path(ws: Workspace, repo: str) -> Path:
+    return ws.state / "journal" / f"{repo}.json"
+
+
+def _record(ws: Workspace, repo: str, number: int, commit: str) -> GenerationRecord:
+    path = _records_dir(ws, repo) / f"{number}.json"
+    if path.exists():
+        rec = GenerationRecord.model_validate(read_json(path))
+        if rec.commit == commit:
+            return rec
+    return GenerationRecord(number=number, commit=commit, parent=None, created="")
+
+
+def _numbers(refs: dict[str, str], prefix: str) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for name, sha in refs.items():
+        tail = name.removeprefix(prefix)
+        if tail.isdigit():
+            found[int(tail)] = sha
+    return found
+
+
+def lineage(ws: Workspace, repo: str) -> list[Generation]:
+    """Every generation of ``repo``, oldest first, with its status."""
+    path = ws.repo_path(repo)
+    refs = gitops.list_refs(path, "refs/converge/")
+    gens = _numbers(refs, GEN)
+    failed = _numbers(refs, FAILED)
+    live = [n for n in gens if n not in failed]
+    current = max(live) if live else None
+    result = []
+    for n in sorted(gens):
+        rec = _record(ws, repo, n, gens[n])
+        status: Status
+        if n in failed:
+            status = "failed" if rec.reason == "failed" else "rolled-back"
+        elif n == current:
+            status = "current"
+        else:
+            status = "superseded"
+        result.append(Generation(n, gens[n], rec.parent, status, tuple(rec.changesets), rec.created))
+    return result
+
+
+def current(ws: Workspace, repo: str) -> Generation:
+    """The current generation of ``repo``."""
+    for gen in reversed(lineage(ws, repo)):
+        if gen.status == "current":
+            return gen
+    raise GitError(f"repo {repo!r} has no live generation; its refs/converge/ refs are damaged")
+
+
+def record_initial(ws: Workspace, repo: str, path: Path, commit: str) -> None:
+    """Record generation 0 of a newly registered repo."""
+    _write_record(ws, repo, GenerationRecord(number=0, commit=commit, parent=None, created=_now()))
+    gitops.update_refs(
+        path,
+        [RefUpdate(f"{GEN}0", commit, ZERO), RefUpdate(HEAD, commit, ZERO)],
+        "converge: generation 0",
+    )
+
+
+def _write_record(ws: Workspace, repo: str, rec: GenerationRecord) -> None:
+    atomic_write_json(_records_dir(ws, repo) / f"{rec.number}.json", rec.model_dump())
+
+
+@contextlib.contextmanager
+def repo_transaction(ws: Workspace, repo: str) -> Iterator[Path]:
+    """Hold the repo's lock and repair what a killed predecessor left half done."""
+    path = ws.repo_path(repo)
+    with ws.lock(f"repo-{repo}", f"repo {repo!r}"):
+        recover(ws, repo)
+        yield path
+
+
+def recover(ws: Workspace, repo: str) -> bool:
+    """Finish or undo the working-tree part of an interrupted operation; True if there was one."""
+    journal = _journal_path(ws, repo)
+    if not journal.exists():
+        return False
+    entry = _Journal.model_validate(read_json(journal))
+    path = ws.src / repo
+    head = gitops.resolve(path, HEAD)
+    target = entry.new if head == entry.new else entry.old
+    gitops.run(path, "reset", "--quiet", "--hard", target)
+    journal.unlink()
+    return True
+
+
+def uncommitted(path: Path, expected_head: str) -> list[str]:
+    """What a tree move would lose: changed/untracked files, or commits made on top."""
+    files = gitops.changed_files(path)
+    head = gitops.resolve(path, "HEAD")
+    if head != expected_head:
+        files.append(f"HEAD (now {str(head)[:12]}, not the current generation {expected_head[:12]})")
+    return files
+
+
+def _stash(path: Path) -> str:
+    """Save everything uncommitted (untracked files too) under refs/converge/stash/<ts>."""
+    index = path / ".git" / "converge-stash-index"
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    try:
+        import subprocess
+
+        subprocess.run(["git", "read-tree", "HEAD"], cwd=path, env=env, check=True, capture_output=True)
+        subprocess.run(["git", "add", "-A"], cwd=path, env=env, check=True, capture_output=True)
+        tree = subprocess.run(
+            ["git", "write-tree"], cwd=path, env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+    except subprocess.CalledProcessError as exc:
+        raise GitError(f"{path}: cannot save uncommitted changes: {exc.stderr.strip()}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            index.unlink()
+    commit = gitops.run(path, "commit-tree", tree, "-p", "HEAD", "-m", "converge: saved before rollback").strip()
+    ref = f"{STASH}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    gitops.update_refs(path, [RefUpdate(ref, commit, ZERO)], "converge: stash")
+    return ref
+
+
+def _guard_tree(path: Path, head: str, force: bool) -> str | None:
+    dirty = uncommitted(path, head)
+    if not dirty:
+        return None
+    if not force:
+        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+        raise UsageError(f"{path} has uncommitted changes ({shown}); commit them elsewhere or pass --force to save them under {STASH}")
+    return _stash(path)
+
+
+def _move(ws: Workspace, repo: str, path: Path, op: str, old: str, new: str, updates: list[RefUpdate]) -> None:
+    journal = _journal_path(ws, repo)
+    atomic_write_json(journal, _Journal(op=op, old=old, new=new).model_dump())
+    try:
+        gitops.update_refs(path, updates, f"converge: {op}")
+    except BaseException:
+        journal.unlink()
+        raise
+    gitops.run(path, "reset", "--quiet", "--hard", new)
+    journal.unlink()
+
+
+def promote(
+    ws: Workspace,
+    repo: str,
+    commit: str,
+    base: str,
+    changesets: list[str] | None = None,
+    force: bool = False,
+) -> Generation:
+    """Make ``commit`` (built on generation commit ``base``) the next generation."""
+    with repo_transaction(ws, repo) as path:
+        gens = lineage(ws, repo)
+        cur = next(g for g in gens if g.status == "current")
+        if cur.commit != base:
+            from orchestrator.errors import ConflictError
+
+            raise ConflictError(
+                f"repo {repo!r} moved to generation {cur.number} ({cur.commit[:12]}) since this change was based on {base[:12]}; rebase it"
+            )
+        if gitops.resolve(path, commit) is None:
+            raise GitError(f"{commit}: no such commit in {path}")
+        _guard_tree(path, cur.commit, force)
+        number = max(g.number for g in gens) + 1
+        failed_numbers = _numbers(gitops.list_refs(path, FAILED), FAILED)
+        number = max([number, *(n + 1 for n in failed_numbers)])
+        rec = GenerationRecord(number=number, commit=commit, parent=cur.number, changesets=changesets or [], created=_now())
+        _write_record(ws, repo, rec)
+        _move(ws, repo, path, "promote", cur.commit, commit, [
+            RefUpdate(f"{GEN}{number}", commit, ZERO),
+            RefUpdate(HEAD, commit, cur.commit),
+        ])
+        return Generation(number, commit, cur.number, "current", tuple(rec.changesets), rec.created)
+
+
+def rollback(ws: Workspace, repo: str, to: int | None = None, force: bool = False) -> tuple[Generation, str | None]:
+    """Make generation ``to`` (default: the current one's parent) current; returns it and any stash ref."""
+    with repo_transaction(ws, repo) as path:
+        gens = lineage(ws, repo)
+        live = [g for g in gens if g.status in ("current", "superseded")]
+        cur = live[-1]
+        if to is None:
+            if cur.parent is None or len(live) < 2:
+                raise UsageError(f"repo {repo!r} is at generation {cur.number}, which has no parent to roll back to")
+            target = live[-2]
+        else:
+            if to < 0:
+                raise UsageError(f"--to {to}: generations start at 0")
+            matches = [g for g in live if g.number == to]
+            if not matches:
+                valid = ", ".join(str(g.number) for g in live[:-1]) or "none"
+                raise UsageError(f"--to {to}: not a live generation of {repo!r} below the current one (choices: {valid})")
+            target = matches[0]
+            if target.number == cur.number:
+                raise UsageError(f"--to {to}: generation {to} is already current")
+        stash = _guard_tree(path, cur.commit, force)
+        abandoned = [g for g in live if g.number > target.number]
+        updates = [RefUpdate(HEAD, target.commit, cur.commit)]
+        updates += [RefUpdate(f"{FAILED}{g.number}", g.commit, ZERO) for g in abandoned]
+        _move(ws, repo, path, "rollback", cur.commit, target.commit, updates)
+        for g in abandoned:
+            rec = _record(ws, repo, g.number, g.commit)
+            _write_record(ws, repo, rec.model_copy(update={"abandoned": _now(), "reason": "rolled back"}))
+        return (
+            Generation(target.number, target.commit, target.parent, "current", target.changesets, target.created),
+            stash,
+        )

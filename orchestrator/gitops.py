@@ -1,0 +1,103 @@
+"""Git at the boundary: GitPython for repositories, ``git`` itself for plumbing.
+
+Plumbing that needs stdin or speed (ref transactions, read-tree) runs the ``git`` binary
+directly; failures of either become :class:`GitError` naming the command. Ref changes go
+through :func:`update_refs`, one ``git update-ref --stdin`` transaction whose every line
+carries the expected old value: all of them apply, or none (compare-and-swap).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from orchestrator.errors import ConflictError, GitError, RepoError
+
+ZERO = "0" * 40
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    """One line of a ref transaction: set ``ref`` to ``new`` if it now holds ``old``.
+
+    ``old=ZERO`` means the ref must not exist yet; ``new=ZERO`` deletes it.
+    """
+
+    ref: str
+    new: str
+    old: str
+
+
+def open_repo(path: Path) -> git.Repo:
+    """Open a git repository (not a subdirectory of one), or say plainly that it is not one."""
+    try:
+        repo = git.Repo(path)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise RepoError(f"{path}: not a git repository") from exc
+    return repo
+
+
+def run(cwd: Path, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    """Run ``git ARGS`` in ``cwd`` and return stdout; a failure is a GitError naming the command."""
+    proc = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()
+        raise GitError(f"git {args[0]} in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+def resolve(cwd: Path, ref: str) -> str | None:
+    """The object id ``ref`` points to, or None when it does not exist."""
+    out = run(cwd, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False).strip()
+    return out or None
+
+
+def list_refs(cwd: Path, prefix: str) -> dict[str, str]:
+    """All refs under ``prefix`` mapped to the object they point to."""
+    refs: dict[str, str] = {}
+    for line in run(cwd, "for-each-ref", "--format=%(objectname) %(refname)", prefix).splitlines():
+        sha, _, name = line.partition(" ")
+        refs[name] = sha
+    return refs
+
+
+def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
+    """Apply ``updates`` as one atomic compare-and-swap transaction, or raise ConflictError."""
+    lines = ["start"]
+    for u in updates:
+        verb = f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}"
+        lines.append(verb)
+    lines += ["prepare", "commit", ""]
+    proc = subprocess.run(
+        ["git", "update-ref", "--stdin", "-m", message],
+        cwd=cwd,
+        input="\n".join(lines),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()
+        reason = detail[-1] if detail else f"exit {proc.returncode}"
+        raise ConflictError(f"refs changed by another process, nothing applied ({reason})")
+
+
+def changed_files(cwd: Path) -> list[str]:
+    """Uncommitted changes in a working tree: modified, staged, deleted and untracked paths."""
+    out = run(cwd, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    paths = []
+    for entry in out.split("\0"):
+        if len(entry) > 3:
+            paths.append(entry[3:])
+    return paths

@@ -1,0 +1,57 @@
+"""Typed results that pass between pieces: command results and test reports.
+
+The sandbox produces them, policy and signing read them; they are stored as JSON beside
+changesets, so their serialised form (``model_dump_json``) is part of what is signed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CommandResult(BaseModel):
+    """One command run in a sandbox."""
+
+    model_config = ConfigDict(frozen=True)
+
+    argv: list[str]
+    exit_code: int
+    duration: float = Field(description="wall-clock seconds")
+    timed_out: bool = False
+    oom_killed: bool = False
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    truncated: bool = Field(default=False, description="output went past the size cap")
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+
+
+class TestReport(BaseModel):
+    """What the tests of a candidate did, parsed from JUnit XML."""
+
+    __test__ = False  # not a pytest test class
+    model_config = ConfigDict(frozen=True)
+
+    ran: bool = Field(description="false when no test command was run at all")
+    passed: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+    errored: list[str] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    command: CommandResult | None = None
+    selection: Literal["all", "selected"] = "all"
+
+    @property
+    def ok(self) -> bool:
+        """Tests ran, at least one passed, none failed or errored, and the command succeeded."""
+        cmd_ok = self.command is None or self.command.ok
+        return self.ran and cmd_ok and not self.failed and not self.errored and bool(self.passed)
+
+    @property
+    def summary(self) -> str:
+        if not self.ran:
+            return "tests not run"
+        return f"{len(self.passed)} passed, {len(self.failed)} failed, {len(self.errored)} errors, {len(self.skipped)} skipped"

@@ -1,0 +1,85 @@
+"""Durable files: atomic writes and inter-process locks.
+
+Every write Converge makes to its state goes through :func:`atomic_write` (temp file,
+fsync, rename), so a SIGKILL leaves either the old file or the new one. Locks are
+``flock`` locks on files under ``.converge/locks/``: the kernel drops them when their
+holder dies, so a lock left by a killed process is never stale; the holder's pid is
+written in the file so a refused caller can be told who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConflictError
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True) + "\n", mode)
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON state file; a corrupt one is reported by path."""
+    from orchestrator.errors import WorkspaceError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WorkspaceError(f"{path}: corrupt JSON: {exc.msg} at line {exc.lineno}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``; refuse at once (ConflictError) if another process has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise ConflictError(f"{what} is busy: locked by {holder}; try again when it finishes") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
