@@ -145,6 +145,9 @@ def init_workspace(path: Path) -> Workspace:
         atomic_write(state / CONFIG_FILE, _default_config_text())
     ws = Workspace(path)
     ws.config()  # fail now, not later, on a damaged converge.toml
+    from orchestrator import signing
+
+    signing.ensure_workspace_key(ws)
     return ws
 
 
