@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -53,6 +53,10 @@ class SandboxConfig(Section):
 
 
 class RunConfig(Section):
+    allow: dict[str, list[Literal["network-deps"]]] = Field(
+        default_factory=dict, description="repo -> hardening items loosened for it (network-deps: network for dependency setup only)"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra variables set in every sandbox command")
     """Budgets of a refinement run."""
 
     max_steps: int = Field(default=5, gt=0, description="plan steps executed per run")

@@ -1,0 +1,218 @@
+"""A repo's test environment, built once per requirements digest and mounted read-only.
+
+``<workspace>/cache/envs/<digest>/`` is a Python virtual environment over the host's base
+interpreter (the same one the sandbox mounts). It is composed without running anything
+from the repository on the host:
+
+1. the venv skeleton is written by the standard library (``venv``, no pip, no scripts);
+2. pytest and its dependencies are copied file by file from Converge's own environment;
+3. the repo's declared dependencies (``requirements*.txt``, ``[project] dependencies`` and
+   the ``test``/``tests``/``dev`` extras) are copied the same way when this host has them;
+   what is still missing is installed by pip *inside a sandbox*, and only when
+   ``sandbox.allow.<repo>`` grants ``network-deps`` — otherwise a SandboxError names the
+   missing packages and the setting.
+
+The digest covers the interpreter, the seeded versions and the declared requirements, so
+an unchanged repo reuses its environment and a changed lock file gets a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import re
+import shutil
+import sys
+import tomllib
+import venv
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from orchestrator.errors import SandboxError
+from orchestrator.storage import atomic_write_json, file_lock
+from orchestrator.workspace import Workspace
+
+if TYPE_CHECKING:
+    from orchestrator.sandbox import SandboxBackend, SandboxSpec
+
+ENV_VERSION = 1
+SEED = ("pytest",)
+REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "requirements_dev.txt")
+EXTRAS = ("test", "tests", "testing", "dev")
+MANIFEST = "converge-env.json"
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_requirements(worktree: Path) -> list[str]:
+    """The requirement lines a repo declares, sorted and deduplicated."""
+    found: set[str] = set()
+    for name in REQUIREMENT_FILES:
+        path = worktree / name
+        if path.is_file():
+            for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = raw.split(" #", 1)[0].strip()
+                if line and not line.startswith(("#", "-", ".", "/")):
+                    found.add(line)
+    pyproject = worktree / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise SandboxError(f"{pyproject}: not valid TOML: {exc}") from exc
+        found.update(project.get("dependencies", []))
+        extras = project.get("optional-dependencies", {})
+        for extra in EXTRAS:
+            found.update(extras.get(extra, []))
+        own = _norm(str(project.get("name", "")))
+        found = {r for r in found if _parse(r) is None or _norm(_parse(r).name) != own}  # type: ignore[union-attr]
+    return sorted(found)
+
+
+def _parse(line: str) -> Requirement | None:
+    try:
+        return Requirement(line)
+    except InvalidRequirement:
+        return None
+
+
+def _applies(req: Requirement) -> bool:
+    return req.marker is None or req.marker.evaluate({"extra": ""})
+
+
+def host_closure(names: list[str]) -> tuple[dict[str, md.Distribution], list[str]]:
+    """Distributions of Converge's environment for ``names`` and their dependencies; what is absent."""
+    found: dict[str, md.Distribution] = {}
+    missing: list[str] = []
+    todo = list(names)
+    while todo:
+        line = todo.pop()
+        req = _parse(line)
+        if req is None or not _applies(req):
+            continue
+        key = _norm(req.name)
+        if key in found:
+            continue
+        try:
+            dist = md.distribution(req.name)
+        except md.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if req.specifier and not req.specifier.contains(dist.version, prereleases=True):
+            missing.append(line)
+            continue
+        found[key] = dist
+        todo.extend(dist.requires or [])
+    return found, sorted(set(missing))
+
+
+def env_digest(requirements: list[str], seeded: dict[str, str], allow_network: bool) -> str:
+    """sha256 of what the environment is made from."""
+    doc = {
+        "version": ENV_VERSION,
+        "python": sys.version,
+        "base": sys.base_prefix,
+        "requirements": requirements,
+        "seeded": seeded,
+        "network": allow_network,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _site_packages(env: Path) -> Path:
+    return env / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def copy_distribution(dist: md.Distribution, site: Path) -> None:
+    """Copy one installed distribution's files (not its scripts) into ``site``."""
+    for rel in dist.files or []:
+        if rel.parts and rel.parts[0] == "..":
+            continue  # console scripts and data outside site-packages: `python -m` is used instead
+        source = Path(str(dist.locate_file(rel)))
+        if not source.is_file() or "__pycache__" in rel.parts:
+            continue
+        target = site / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def ensure_env(ws: Workspace, repo: str, spec: SandboxSpec, backend: SandboxBackend, *, allow_network: bool) -> Path:
+    """The test environment of the worktree in ``spec``: built now if its digest is new."""
+    requirements = declared_requirements(spec.worktree)
+    seed, seed_missing = host_closure(list(SEED))
+    if seed_missing:
+        raise SandboxError(f"cannot seed test environments: {', '.join(seed_missing)} missing here; reinstall Converge")
+    wanted, missing = host_closure(requirements)
+    dists = {**seed, **wanted}
+    seeded = {key: dist.version for key, dist in sorted(dists.items())}
+    if missing and not allow_network:
+        raise SandboxError(
+            f"repo {repo}: dependencies {', '.join(missing)} are not available offline; allow network for "
+            f'dependency setup with `[sandbox.allow] {repo} = ["network-deps"]` in .converge/converge.toml'
+        )
+    digest = env_digest(requirements, seeded, allow_network and bool(missing))
+    final = ws.cache / "envs" / digest[:16]
+    if (final / MANIFEST).is_file():
+        return final
+    with file_lock(ws.state / "locks" / f"env-{digest[:16]}.lock", "the test environment build", wait=True):
+        if (final / MANIFEST).is_file():
+            return final
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        venv.EnvBuilder(symlinks=True, with_pip=False, clear=True).create(tmp)
+        site = _site_packages(tmp)
+        for dist in dists.values():
+            copy_distribution(dist, site)
+        if missing:
+            _pip_install(tmp, missing, spec, backend, repo)
+        atomic_write_json(
+            tmp / MANIFEST,
+            {"digest": digest, "requirements": requirements, "copied": seeded, "installed": missing},
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+    return final
+
+
+def _pip_install(env: Path, missing: list[str], spec: SandboxSpec, backend: SandboxBackend, repo: str) -> None:
+    """pip, inside a sandbox with network (the one loosened item), into the env mounted writable."""
+    (env / "converge-requirements.txt").write_text("\n".join(missing) + "\n", encoding="utf-8")
+    if os.getuid() == 0:
+        for top, _dirs, files in os.walk(env):
+            os.chown(top, spec.image.uid, spec.image.gid)
+            for name in files:
+                os.lchown(Path(top) / name, spec.image.uid, spec.image.gid)
+    build = replace(spec, env_dir=env, env_writable=True, network=True, worktree_writable=False)
+    session = backend.start(build)
+    try:
+        for argv in (
+            ["/env/bin/python", "-m", "ensurepip", "--default-pip"],
+            [
+                "/env/bin/python",
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "-r",
+                "/env/converge-requirements.txt",
+            ],
+        ):
+            result = session.exec(argv, spec.limits.timeout, 20_000)
+            if not result.ok:
+                tail = (result.stderr_tail or result.stdout_tail).strip().splitlines()
+                raise SandboxError(f"repo {repo}: dependency setup failed: {tail[-1] if tail else result.exit_code}")
+    finally:
+        session.close()
+        if os.getuid() == 0:
+            for top, _dirs, files in os.walk(env):
+                os.chown(top, 0, 0)
+                for name in files:
+                    os.lchown(Path(top) / name, 0, 0)
