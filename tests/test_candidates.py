@@ -1,0 +1,144 @@
+"""Candidate worktrees: isolated, idempotent, committed with a fixed identity, kept as refs, removed after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.candidates import Candidate, candidate_ref, changed_paths, diff, kept_commit
+from orchestrator.edits import EditBlock, EditProposal, apply_edits
+from orchestrator.errors import ConflictError, EditError, UsageError
+from tests.conftest import MakeRepo, git
+
+
+@pytest.fixture
+def repo(make_repo: MakeRepo) -> Path:
+    return make_repo({"app.py": "def answer():\n    return 41\n", "README.md": "app\n"})
+
+
+def edit(path: Path) -> None:
+    apply_edits(
+        path,
+        EditProposal(summary="fix", edits=[EditBlock(path="app.py", search="return 41", replace="return 42")]),
+    )
+
+
+def test_candidate_commit_is_kept_and_worktree_removed(repo: Path, tmp_path: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    worktrees = tmp_path / "ws" / "cache" / "worktrees"
+    with Candidate(repo, worktrees, run="run1", step=1, attempt=1, base="HEAD") as cand:
+        assert cand.path == worktrees / "run1" / "1-1"
+        assert git(cand.path, "rev-parse", "HEAD") == base
+        edit(cand.path)
+        sha = cand.commit("converge: answer 42", date="2024-01-02T03:04:05Z")
+        assert cand.changed_paths() == ["app.py"]
+        assert "-    return 41\n+    return 42\n" in cand.diff()
+        assert cand.keep("candidates") == "refs/converge/candidates/run1/1-1"
+    assert not cand.path.exists()
+    assert not (worktrees / "run1").exists()
+    assert "run1" not in git(repo, "worktree", "list")
+    assert git(repo, "rev-parse", "refs/converge/candidates/run1/1-1") == sha
+    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn|%s|%P", sha) == (
+        f"Converge <converge@localhost>|Converge|converge: answer 42|{base}"
+    )
+    # the user's repo itself is untouched
+    assert git(repo, "rev-parse", "HEAD") == base
+    assert git(repo, "status", "--porcelain") == ""
+    assert changed_paths(repo, base, sha) == ["app.py"]
+    assert diff(repo, base, sha).startswith("diff --git a/app.py b/app.py")
+    assert kept_commit(repo, "run1", 1, 1) == ("candidates", sha)
+
+
+def test_same_edits_same_date_same_commit(repo: Path, tmp_path: Path) -> None:
+    shas = []
+    for attempt in (1, 2):
+        with Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=attempt, base="HEAD") as cand:
+            edit(cand.path)
+            shas.append(cand.commit("same", date="2024-01-02T03:04:05Z"))
+            cand.keep("candidates")
+    assert shas[0] == shas[1]
+
+
+def test_reentering_resets_a_leftover_worktree(repo: Path, tmp_path: Path) -> None:
+    base = git(repo, "rev-parse", "HEAD")
+    first = Candidate(repo, tmp_path / "wt", run="run", step="2", attempt=1, base=base)
+    first.create()
+    edit(first.path)
+    first.commit("left behind by a killed process")
+    (first.path / "junk.txt").write_text("junk\n")
+    # a new process, same key: the worktree is reused, reset to base, clean
+    with Candidate(repo, tmp_path / "wt", run="run", step="2", attempt=1, base=base) as again:
+        assert again.path == first.path
+        assert git(again.path, "rev-parse", "HEAD") == base
+        assert git(again.path, "status", "--porcelain") == ""
+        assert (again.path / "app.py").read_text() == "def answer():\n    return 41\n"
+    assert not first.path.exists()
+
+
+def test_stale_directory_is_replaced(repo: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "wt" / "run" / "1-1"
+    stale.mkdir(parents=True)
+    (stale / "leftover").write_text("x")
+    with Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=1, base="HEAD") as cand:
+        assert not (cand.path / "leftover").exists()
+        assert (cand.path / "app.py").is_file()
+
+
+def test_unkept_commit_goes_to_failed_on_error(repo: Path, tmp_path: Path) -> None:
+    cand = Candidate(repo, tmp_path / "wt", run="run", step=3, attempt=2, base="HEAD")
+    with pytest.raises(RuntimeError), cand:
+        edit(cand.path)
+        cand.commit("broken")
+        raise RuntimeError("verification crashed")
+    assert git(repo, "rev-parse", candidate_ref("failed", "run", 3, 2)) == cand.commit_sha
+    assert not cand.path.exists()
+
+
+def test_keep_is_idempotent_moves_between_outcomes_and_refuses_a_different_commit(repo: Path, tmp_path: Path) -> None:
+    with Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=1, base="HEAD") as cand:
+        edit(cand.path)
+        sha = cand.commit("one")
+        cand.keep("candidates")
+        cand.keep("candidates")
+        cand.keep("failed")  # verification failed later: moved, not copied
+    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/converge/") == (
+        f"refs/converge/failed/run/1-1 {sha}"
+    )
+    with Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=1, base="HEAD") as other:
+        apply_edits(
+            other.path,
+            EditProposal(summary="x", edits=[EditBlock(path="README.md", search="app", replace="other")]),
+        )
+        other.commit("two")
+        with pytest.raises(ConflictError, match="already keeps"):
+            other.keep("failed")
+        other.keep("candidates")
+
+
+def test_nothing_to_commit_is_an_edit_error(repo: Path, tmp_path: Path) -> None:
+    with (
+        Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=1, base="HEAD") as cand,
+        pytest.raises(EditError, match="nothing"),
+    ):
+        cand.commit("empty")
+
+
+def test_repo_hooks_never_run_and_signing_config_passes_through(repo: Path, tmp_path: Path) -> None:
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    marker = tmp_path / "hook-ran"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    hook.chmod(0o755)
+    with Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=1, base="HEAD") as cand:
+        edit(cand.path)
+        sha = cand.commit("hooked", config=["-c", "i18n.commitEncoding=ISO-8859-1"])
+        cand.keep("candidates")
+    assert not marker.exists()
+    assert git(repo, "cat-file", "-p", sha).splitlines()[4] == "encoding ISO-8859-1"
+    with pytest.raises(UsageError, match="key=value"):
+        Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=2, base="HEAD").commit("x", config=["nonsense"])
+
+
+def test_bad_keys_are_refused(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="run"):
+        Candidate(repo, tmp_path / "wt", run="../escape", step=1, attempt=1, base="HEAD")
