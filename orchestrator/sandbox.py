@@ -299,3 +299,28 @@ class _ScriptedSession:
 def describe(argv: Sequence[str]) -> str:
     """A command as a person would type it (for messages)."""
     return shlex.join(argv)
+
+
+@contextlib.contextmanager
+def generation_worktree(ws: Workspace, repo: str, ref: str = "refs/converge/head") -> Iterator[Path]:
+    """A temporary detached worktree of ``ref`` (default: the current generation) of ``repo``."""
+    import uuid
+
+    from orchestrator import gitops
+
+    source = ws.repo_path(repo)
+    commit = gitops.resolve(source, ref) or gitops.resolve(source, "HEAD")
+    if commit is None:
+        raise SandboxError(f"repo {repo}: {ref} does not name a commit; re-register it with `converge add`")
+    path = ws.cache / "worktrees" / f"sandbox-{repo}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gitops.run(source, "worktree", "add", "--quiet", "--detach", str(path), commit)
+    try:
+        yield path
+    finally:
+        gitops.run(source, "worktree", "remove", "--force", str(path), check=False)
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        gitops.run(source, "worktree", "prune", check=False)

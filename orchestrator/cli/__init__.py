@@ -22,6 +22,8 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "orchestrator.cli.workspace_cmds",
     "orchestrator.cli.generation_cmds",
+    "orchestrator.cli.sandbox_cmds",
+    "orchestrator.cli.doctor_cmds",
     "orchestrator.cli.model_cmds",
     "orchestrator.cli.changeset_cmds",
 )
