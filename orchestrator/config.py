@@ -74,6 +74,7 @@ class PolicyConfig(Section):
     files: list[str] = Field(
         default_factory=lambda: ["default"], description="policy names under policies/"
     )
+    repos: dict[str, list[str]] = Field(default_factory=dict, description="repo name -> extra policy names for it")
 
 
 class SigningConfig(Section):
