@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import string
 import subprocess
 import tomllib
@@ -364,8 +365,20 @@ def run_tool_agent(card: AgentCard, worktree: Path, run: CommandRunner) -> EditP
     if gitops.changed_files(worktree):
         raise SandboxError(f"{worktree}: has uncommitted changes; a tool agent needs a clean candidate")
     result = run(worktree, card.command)
+    command = shlex.join(card.command)
     if result.timed_out or result.oom_killed:
-        raise SandboxError(f"agent {card.name!r}: {' '.join(card.command)} was killed (timeout or memory)")
+        _restore(worktree)
+        raise SandboxError(
+            f"agent {card.name!r}: `{command}` was killed ({'timeout' if result.timed_out else 'memory'})"
+        )
+    if result.exit_code != 0:
+        _restore(worktree)
+        detail = (result.stderr_tail or result.stdout_tail).strip().splitlines()
+        raise SandboxError(
+            f"agent {card.name!r}: `{command}` exited {result.exit_code}"
+            + (f": {detail[-1]}" if detail else "")
+            + (" (is it installed in the sandbox environment?)" if result.exit_code in (126, 127) else "")
+        )
     changed = gitops.changed_files(worktree)
     try:
         before: dict[str, str | None] = {}
@@ -379,10 +392,15 @@ def run_tool_agent(card: AgentCard, worktree: Path, run: CommandRunner) -> EditP
     except UnicodeDecodeError as exc:
         raise EditError(f"{card.name} wrote a file that is not UTF-8 text") from exc
     finally:
-        gitops.run(worktree, "checkout", "--quiet", "--force", "HEAD", "--", ".")
-        gitops.run(worktree, "clean", "-ffdq")
-    proposal = proposal_from_files(f"{card.name}: {' '.join(card.command)}", before, after)
+        _restore(worktree)
+    proposal = proposal_from_files(f"{card.name}: {command}", before, after)
     return proposal if proposal.edits else None
+
+
+def _restore(worktree: Path) -> None:
+    """Put the worktree back at its commit: the tool's changes live on only as edits."""
+    gitops.run(worktree, "checkout", "--quiet", "--force", "HEAD", "--", ".")
+    gitops.run(worktree, "clean", "-ffdq")
 
 
 def _head_text(worktree: Path, path: str) -> str | None:

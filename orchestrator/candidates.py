@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -53,8 +54,16 @@ def kept_commit(repo: Path, run: str, step: int | str, attempt: int) -> tuple[Ou
 
 
 def diff(repo: Path, base: str, result: str) -> str:
-    """The full diff from ``base`` to ``result`` (binary-safe, no renames, no external tools)."""
-    return gitops.run(repo, "diff", "--no-color", "--no-ext-diff", "--no-renames", "--binary", base, result)
+    """The full diff from ``base`` to ``result`` (binary-safe, no renames, no external tools).
+
+    Line endings are kept as git wrote them (no newline translation), so CRLF files diff exactly.
+    """
+    argv = ["git", "diff", "--no-color", "--no-ext-diff", "--no-renames", "--binary", base, result]
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise GitError(f"git diff in {repo}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+    return proc.stdout.decode("utf-8", errors="replace")
 
 
 def changed_paths(repo: Path, base: str, result: str) -> list[str]:
@@ -232,8 +241,6 @@ class Candidate:
 
 
 def _run_env(cwd: Path, args: list[str], stdin: str, env: dict[str, str]) -> None:
-    import subprocess
-
     proc = subprocess.run(
         ["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, env={**os.environ, **env}, check=False
     )

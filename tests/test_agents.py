@@ -40,7 +40,9 @@ def local_runner(worktree: Path, argv: Sequence[str]) -> CommandResult:
     """Runs the command on the host with the venv's tools (the graph passes the sandbox instead)."""
     tool = Path(sys.executable).parent / argv[0]
     start = time.monotonic()
-    proc = subprocess.run([str(tool), *argv[1:]], cwd=worktree, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [str(tool) if tool.exists() else argv[0], *argv[1:]], cwd=worktree, capture_output=True, text=True, check=False
+    )
     return CommandResult(
         argv=list(argv),
         exit_code=proc.returncode,
@@ -250,3 +252,37 @@ def test_tool_agent_refuses_dirty_worktrees_and_model_cards(make_repo: MakeRepo)
     (repo / "a.py").write_text("a = 2\n")
     with pytest.raises(SandboxError, match="uncommitted changes"):
         run_tool_agent(cards["ruff-format"].card, repo, local_runner)
+
+
+def test_a_failing_tool_command_is_an_error_not_an_empty_change(make_repo: MakeRepo) -> None:
+    repo = make_repo({"a.py": "a = 1\n"})
+    card = AgentCard.model_validate(
+        {
+            "name": "t",
+            "role": "tool",
+            "kind": "tool",
+            "command": ["sh", "-c", "echo changed > a.py; echo boom >&2; exit 3"],
+        }
+    )
+    with pytest.raises(SandboxError, match=r"agent 't': `sh -c .*` exited 3: boom"):
+        run_tool_agent(card, repo, local_runner)
+    assert git(repo, "status", "--porcelain") == ""  # half-done tool output is put back
+    missing = card.model_copy(update={"command": ["sh", "-c", "exit 127"]})
+    with pytest.raises(SandboxError, match="installed in the sandbox"):
+        run_tool_agent(missing, repo, local_runner)
+
+
+def test_tool_agent_new_files_become_create_blocks(make_repo: MakeRepo) -> None:
+    repo = make_repo({"a.py": "a = 1\n"})
+    card = AgentCard.model_validate(
+        {"name": "t", "role": "tool", "kind": "tool", "command": ["sh", "-c", "echo new > b.txt; echo 'a = 2' > a.py"]}
+    )
+    proposal = run_tool_agent(card, repo, local_runner)
+    assert proposal is not None
+    assert [(e.path, e.search, e.replace) for e in proposal.edits] == [
+        ("a.py", "a = 1\n", "a = 2\n"),
+        ("b.txt", "", "new\n"),
+    ]
+    assert git(repo, "status", "--porcelain") == ""
+    apply_edits(repo, proposal)
+    assert (repo / "b.txt").read_text() == "new\n"
