@@ -286,3 +286,25 @@ def test_tool_agent_new_files_become_create_blocks(make_repo: MakeRepo) -> None:
     assert git(repo, "status", "--porcelain") == ""
     apply_edits(repo, proposal)
     assert (repo / "b.txt").read_text() == "new\n"
+
+
+@pytest.mark.docker
+def test_tool_agent_runs_in_the_real_sandbox(sample_ws: Workspace) -> None:
+    from orchestrator import sandbox
+
+    script = "printf 'VERSION = 1\\n' > inventory/version.py && sed -i 's/^import os$//' inventory/stock.py"
+    card = AgentCard.model_validate({"name": "t", "role": "tool", "kind": "tool", "command": ["sh", "-c", script]})
+    repo = sample_ws.repo_path("sample")
+    worktrees = sample_ws.cache / "worktrees"
+    with Candidate(repo, worktrees, run="r", step=1, attempt=1, base="refs/converge/head") as cand:
+        with sandbox.open_sandbox(sample_ws, "sample", cand.path, label="agents-test") as box:
+            proposal = run_tool_agent(card, cand.path, lambda _worktree, argv: box.run(argv))
+        assert proposal is not None
+        assert [e.path for e in proposal.edits] == ["inventory/stock.py", "inventory/version.py"]
+        assert git(cand.path, "status", "--porcelain") == ""
+        applied = apply_edits(cand.path, proposal)
+        assert applied.created == ("inventory/version.py",)
+        cand.commit("tool agent")
+        assert cand.changed_paths() == ["inventory/stock.py", "inventory/version.py"]
+        assert "-import os\n" in cand.diff()
+        cand.keep("candidates")
