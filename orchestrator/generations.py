@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from orchestrator import gitops
-from orchestrator.errors import GitError, UsageError
+from orchestrator.errors import ConflictError, GitError, UsageError
 from orchestrator.gitops import ZERO, RefUpdate
 from orchestrator.storage import atomic_write_json, read_json
 from orchestrator.workspace import Workspace
@@ -118,6 +118,8 @@ def _numbers(refs: dict[str, str], prefix: str) -> dict[int, str]:
 def lineage(ws: Workspace, repo: str) -> list[Generation]:
     """Every generation of ``repo``, oldest first, with its status."""
     path = ws.repo_path(repo)
+    if _journal_path(ws, repo).exists():
+        _repair_if_abandoned(ws, repo)
     refs = gitops.list_refs(path, "refs/converge/")
     gens = _numbers(refs, GEN)
     failed = _numbers(refs, FAILED)
@@ -168,6 +170,15 @@ def repo_transaction(ws: Workspace, repo: str) -> Iterator[Path]:
         yield path
 
 
+def _repair_if_abandoned(ws: Workspace, repo: str) -> None:
+    """A journal with no live holder means its process died mid-operation: finish the tree part."""
+    try:
+        with ws.lock(f"repo-{repo}", f"repo {repo!r}"):
+            recover(ws, repo)
+    except ConflictError:
+        pass  # the operation is still running in another process; its refs are already consistent
+
+
 def recover(ws: Workspace, repo: str) -> bool:
     """Finish or undo the working-tree part of an interrupted operation; True if there was one."""
     journal = _journal_path(ws, repo)
@@ -175,11 +186,21 @@ def recover(ws: Workspace, repo: str) -> bool:
         return False
     entry = _Journal.model_validate(read_json(journal))
     path = ws.src / repo
+    _remove_stale_git_locks(path)
     head = gitops.resolve(path, HEAD)
     target = entry.new if head == entry.new else entry.old
     gitops.run(path, "reset", "--quiet", "--hard", target)
     journal.unlink()
     return True
+
+
+def _remove_stale_git_locks(path: Path) -> None:
+    """Drop lock files a killed git left behind; safe because we hold the repo lock and the journal says who died."""
+    gitdir = path / ".git"
+    stale = [gitdir / "index.lock", gitdir / "packed-refs.lock", gitdir / "HEAD.lock"]
+    stale += list((gitdir / "refs" / "converge").rglob("*.lock"))
+    for lock in stale:
+        lock.unlink(missing_ok=True)
 
 
 def uncommitted(path: Path, expected_head: str) -> list[str]:
@@ -220,7 +241,9 @@ def _guard_tree(path: Path, head: str, force: bool) -> str | None:
         return None
     if not force:
         shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
-        raise UsageError(f"{path} has uncommitted changes ({shown}); commit them elsewhere or pass --force to save them under {STASH}")
+        raise UsageError(
+            f"{path} has uncommitted changes ({shown}); commit them elsewhere or pass --force to save them under {STASH}"
+        )
     return _stash(path)
 
 
@@ -249,8 +272,6 @@ def promote(
         gens = lineage(ws, repo)
         cur = next(g for g in gens if g.status == "current")
         if cur.commit != base:
-            from orchestrator.errors import ConflictError
-
             raise ConflictError(
                 f"repo {repo!r} moved to generation {cur.number} ({cur.commit[:12]}) since this change was based on {base[:12]}; rebase it"
             )
@@ -260,12 +281,22 @@ def promote(
         number = max(g.number for g in gens) + 1
         failed_numbers = _numbers(gitops.list_refs(path, FAILED), FAILED)
         number = max([number, *(n + 1 for n in failed_numbers)])
-        rec = GenerationRecord(number=number, commit=commit, parent=cur.number, changesets=changesets or [], created=_now())
+        rec = GenerationRecord(
+            number=number, commit=commit, parent=cur.number, changesets=changesets or [], created=_now()
+        )
         _write_record(ws, repo, rec)
-        _move(ws, repo, path, "promote", cur.commit, commit, [
-            RefUpdate(f"{GEN}{number}", commit, ZERO),
-            RefUpdate(HEAD, commit, cur.commit),
-        ])
+        _move(
+            ws,
+            repo,
+            path,
+            "promote",
+            cur.commit,
+            commit,
+            [
+                RefUpdate(f"{GEN}{number}", commit, ZERO),
+                RefUpdate(HEAD, commit, cur.commit),
+            ],
+        )
         return Generation(number, commit, cur.number, "current", tuple(rec.changesets), rec.created)
 
 
@@ -285,7 +316,9 @@ def rollback(ws: Workspace, repo: str, to: int | None = None, force: bool = Fals
             matches = [g for g in live if g.number == to]
             if not matches:
                 valid = ", ".join(str(g.number) for g in live[:-1]) or "none"
-                raise UsageError(f"--to {to}: not a live generation of {repo!r} below the current one (choices: {valid})")
+                raise UsageError(
+                    f"--to {to}: not a live generation of {repo!r} below the current one (choices: {valid})"
+                )
             target = matches[0]
             if target.number == cur.number:
                 raise UsageError(f"--to {to}: generation {to} is already current")

@@ -8,6 +8,8 @@ carries the expected old value: all of them apply, or none (compare-and-swap).
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +20,16 @@ import git
 from orchestrator.errors import ConflictError, GitError, RepoError
 
 ZERO = "0" * 40
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when Converge dies, so a killed operation leaves no git running on."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the journal still repairs the tree afterwards
+        pass
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ def run(cwd: Path, *args: str, stdin: str | None = None, check: bool = True) -> 
         capture_output=True,
         text=True,
         check=False,
+        preexec_fn=_die_with_parent,
     )
     if check and proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()
@@ -86,6 +99,7 @@ def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
         capture_output=True,
         text=True,
         check=False,
+        preexec_fn=_die_with_parent,
     )
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()

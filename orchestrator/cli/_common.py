@@ -39,7 +39,9 @@ OPTIONS = GlobalOptions()
 
 def workspace() -> Workspace:
     """The workspace this invocation works in (-w, $CONVERGE_WORKSPACE, or a parent)."""
-    return find_workspace(OPTIONS.workspace)
+    ws = find_workspace(OPTIONS.workspace)
+    ws.config()  # a damaged converge.toml is reported before any work starts
+    return ws
 
 
 def handled(func: Callable[P, R]) -> Callable[P, R]:

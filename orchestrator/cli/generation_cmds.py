@@ -33,8 +33,12 @@ def register(app: typer.Typer) -> None:
     @handled
     def rollback(
         repo: Annotated[str, typer.Argument(help="Registered repo name.")],
-        to: Annotated[int | None, typer.Option("--to", help="Generation to make current (default: the parent).")] = None,
-        force: Annotated[bool, typer.Option("--force", help="Save uncommitted changes under refs/converge/stash/ and go on.")] = False,
+        to: Annotated[
+            int | None, typer.Option("--to", help="Generation to make current (default: the parent).")
+        ] = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="Save uncommitted changes under refs/converge/stash/ and go on.")
+        ] = False,
         json_out: JsonFlag = False,
     ) -> None:
         """Make an earlier generation current again, atomically; the abandoned one is kept."""

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("init")
     @handled
-    def init(path: Annotated[Path, typer.Argument(help="Directory to create the workspace in.")], json_out: JsonFlag = False) -> None:
+    def init(
+        path: Annotated[Path, typer.Argument(help="Directory to create the workspace in.")], json_out: JsonFlag = False
+    ) -> None:
         """Create a workspace from the template (idempotent)."""
         ws = init_workspace(path)
         if json_out:
@@ -29,7 +31,9 @@ def register(app: typer.Typer) -> None:
     @handled
     def add(
         source: Annotated[str | None, typer.Argument(help="Git repo path or URL reachable offline.")] = None,
-        name: Annotated[str | None, typer.Option("--name", help="Name under src/ (default: the source's basename).")] = None,
+        name: Annotated[
+            str | None, typer.Option("--name", help="Name under src/ (default: the source's basename).")
+        ] = None,
         is_self: Annotated[bool, typer.Option("--self", help="Register Converge's own source as `self`.")] = False,
         json_out: JsonFlag = False,
     ) -> None:
@@ -54,8 +58,20 @@ def register(app: typer.Typer) -> None:
         rows = []
         for record in ws.repos():
             gen = generations.current(ws, record.name)
-            rows.append({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source, "self": record.is_self})
+            rows.append(
+                {
+                    "name": record.name,
+                    "generation": gen.number,
+                    "commit": gen.commit,
+                    "source": record.source,
+                    "self": record.is_self,
+                }
+            )
         if json_out:
             emit_json(rows)
         else:
-            emit_table("repos", ["name", "generation", "commit", "source"], [[r["name"], r["generation"], str(r["commit"])[:12], r["source"]] for r in rows])
+            emit_table(
+                "repos",
+                ["name", "generation", "commit", "source"],
+                [[r["name"], r["generation"], str(r["commit"])[:12], r["source"]] for r in rows],
+            )

@@ -1,0 +1,149 @@
+"""Workspace: init, discovery, registering repos, and the CLI's answers to bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import generations
+from orchestrator.errors import ConfigError, RepoError, UsageError, WorkspaceError
+from orchestrator.workspace import LAYOUT, add_repo, find_workspace, init_workspace
+from tests.conftest import MakeRepo, converge, git
+
+
+def test_init_lays_out_the_template_and_is_idempotent(tmp_path: Path) -> None:
+    ws = init_workspace(tmp_path / "w")
+    for part in LAYOUT:
+        assert (ws.root / part).is_dir()
+    assert (ws.state / "converge.toml").is_file()
+    (ws.spec / "note.md").write_text("mine")
+    again = init_workspace(tmp_path / "w")
+    assert again.root == ws.root
+    assert (ws.spec / "note.md").read_text() == "mine"
+
+
+def test_init_refuses_a_foreign_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "thesis.tex").write_text("x")
+    with pytest.raises(WorkspaceError, match="thesis.tex"):
+        init_workspace(tmp_path / "d")
+
+
+def test_discovery_order_flag_env_parent(tmp_path: Path) -> None:
+    a = init_workspace(tmp_path / "a")
+    b = init_workspace(tmp_path / "b")
+    deep = a.root / "src" / "x" / "y"
+    deep.mkdir(parents=True)
+    assert find_workspace(None, environ={}, cwd=deep).root == a.root
+    assert find_workspace(None, environ={"CONVERGE_WORKSPACE": str(b.root)}, cwd=deep).root == b.root
+    assert find_workspace(a.root, environ={"CONVERGE_WORKSPACE": str(b.root)}).root == a.root
+    with pytest.raises(WorkspaceError, match="no workspace found"):
+        find_workspace(None, environ={}, cwd=tmp_path)
+
+
+def test_add_registers_clone_at_generation_zero(ws, make_repo: MakeRepo) -> None:  # type: ignore[no-untyped-def]
+    src = make_repo()
+    record = add_repo(ws, str(src), name="inv")
+    gen = generations.current(ws, "inv")
+    assert record.name == "inv"
+    assert gen.number == 0
+    assert gen.commit == git(src, "rev-parse", "HEAD")
+    assert (ws.src / "inv" / "inventory" / "stock.py").is_file()
+    assert git(ws.src / "inv", "rev-parse", "refs/converge/gen/0") == gen.commit
+
+
+def test_add_refuses_duplicates_and_non_git(ws, make_repo: MakeRepo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = make_repo()
+    add_repo(ws, str(src), name="inv")
+    with pytest.raises(RepoError, match="'inv' is already registered"):
+        add_repo(ws, str(src), name="inv")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(RepoError, match="not a git repository"):
+        add_repo(ws, str(plain))
+    with pytest.raises(UsageError, match="no such path"):
+        add_repo(ws, str(tmp_path / "missing"))
+
+
+def test_corrupt_config_names_file_and_key(ws) -> None:  # type: ignore[no-untyped-def]
+    (ws.state / "converge.toml").write_text("[run]\nmax_steps = -3\n")
+    with pytest.raises(ConfigError, match=r"^converge.toml: run.max_steps: "):
+        ws.config()
+    (ws.state / "converge.toml").write_text("[run\n")
+    with pytest.raises(ConfigError, match="converge.toml: not valid TOML"):
+        ws.config()
+    (ws.state / "converge.toml").write_text("[sandbox]\nnetwork = true\n")
+    with pytest.raises(ConfigError, match="sandbox.network: Extra inputs are not permitted"):
+        ws.config()
+
+
+def test_env_overrides_file(ws) -> None:  # type: ignore[no-untyped-def]
+    (ws.state / "converge.toml").write_text("[run]\nmax_steps = 4\n")
+    assert ws.config().run.max_steps == 4
+    from orchestrator.config import load_config
+
+    assert load_config(ws.state, environ={"CONVERGE_RUN__MAX_STEPS": "9"}).run.max_steps == 9
+    assert load_config(ws.state, {"run": {"max_steps": 2}}, environ={"CONVERGE_RUN__MAX_STEPS": "9"}).run.max_steps == 2
+
+
+# --- the command line: JSON, exit codes, one-line errors --------------------------------------
+
+
+def test_cli_init_add_repos_json(tmp_path: Path, make_repo: MakeRepo) -> None:
+    src = make_repo()
+    w = tmp_path / "w"
+    assert converge("init", str(w), "--json", check=True).returncode == 0
+    out = converge("-w", str(w), "add", str(src), "--name", "inv", "--json", check=True)
+    assert json.loads(out.stdout)["generation"] == 0
+    listed = json.loads(converge("repos", "--json", env={"CONVERGE_WORKSPACE": str(w)}, check=True).stdout)
+    assert [(r["name"], r["generation"]) for r in listed] == [("inv", 0)]
+    gens = json.loads(converge("generation", "list", "inv", "--json", cwd=w / "src", check=True).stdout)
+    assert [(g["number"], g["status"], g["parent"]) for g in gens] == [(0, "current", None)]
+
+
+BAD_INPUT = [
+    (["add", "{plain}"], "not a git repository"),
+    (["add", "{tmp}/nope"], "no such path"),
+    (["add", "{src}", "--name", "inv"], "already registered"),
+    (["generation", "list", "ghost"], "unknown repo 'ghost'"),
+    (["rollback", "inv", "--to", "-1"], "generations start at 0"),
+    (["rollback", "inv"], "no parent to roll back to"),
+    (["rollback", "inv", "--to", "7"], "--to 7: not a live generation"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, make_repo: MakeRepo, args: list[str], message: str) -> None:
+    src = make_repo()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    w = tmp_path / "w"
+    converge("init", str(w), check=True)
+    converge("-w", str(w), "add", str(src), "--name", "inv", check=True)
+    filled = [a.format(plain=plain, tmp=tmp_path, src=src) for a in args]
+    proc = converge("-w", str(w), *filled)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_workspace_and_corrupt_config(tmp_path: Path) -> None:
+    proc = converge("repos", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no workspace found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    w = tmp_path / "w"
+    converge("init", str(w), check=True)
+    (w / ".converge" / "converge.toml").write_text("[models]\nmemory_budget = 'lots'\n")
+    proc = converge("-w", str(w), "add", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("converge: error: converge.toml: models.memory_budget:")
+
+
+def test_cli_debug_shows_traceback(tmp_path: Path) -> None:
+    proc = converge("--debug", "repos", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr
