@@ -254,7 +254,9 @@ def _payload_problems(ws: Workspace, cs: Changeset, statement: dict[str, Any], r
         ref = gitops.resolve(repo_path, f"refs/converge/gen/{cs.generation}")
         if ref != cs.commit:
             problems.append(Problem("generation", f"refs/converge/gen/{cs.generation} is {ref}, not {cs.commit[:12]}"))
-        _expect(problems, "sbom (generation)", _digest_of(sbom.generation_path(ws, cs.repo, cs.generation)), sbom_digest)
+        _expect(
+            problems, "sbom (generation)", _digest_of(sbom.generation_path(ws, cs.repo, cs.generation)), sbom_digest
+        )
     return problems
 
 

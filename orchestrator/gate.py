@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator import candidates, changesets, generations, gitops, sbom, signing
 from orchestrator.changesets import Changeset
@@ -22,6 +22,9 @@ from orchestrator.errors import ConflictError, EditError, UsageError, Verificati
 from orchestrator.gitops import ZERO, RefUpdate
 from orchestrator.reports import TestReport
 from orchestrator.workspace import Workspace
+
+if TYPE_CHECKING:
+    from orchestrator.sandbox import SandboxBackend
 
 Decision = Literal["approve", "review", "reject"]
 SUBMIT_RUN = "submit"
@@ -57,7 +60,8 @@ class Judgement:
 def make_candidate(ws: Workspace, repo: str, run: str, step: int | str, attempt: int) -> candidates.Candidate:
     """A candidate worktree of ``repo``'s current generation under ``cache/worktrees/`` (enter it to create)."""
     base = generations.current(ws, repo).commit
-    return candidates.Candidate(ws.repo_path(repo), ws.cache / "worktrees" / repo, run, step, attempt, base)
+    worktrees = ws.cache / "worktrees" / repo
+    return candidates.Candidate(ws.repo_path(repo), worktrees, run=run, step=step, attempt=attempt, base=base)
 
 
 def apply_patch(cand: candidates.Candidate, patch: bytes, source: str = "patch") -> list[str]:
@@ -83,7 +87,9 @@ def _git_apply(cwd: Path, patch: bytes, source: str, *flags: str) -> str:
     )
     if proc.returncode != 0:
         detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise EditError(f"{source}: does not apply to the current generation: {detail[0] if detail else 'git apply failed'}")
+        raise EditError(
+            f"{source}: does not apply to the current generation: {detail[0] if detail else 'git apply failed'}"
+        )
     return proc.stdout.decode(errors="replace")
 
 
@@ -100,17 +106,35 @@ def commit_signed(ws: Workspace, cand: candidates.Candidate, message: str, cs_id
     return cand.commit(body, config=config)
 
 
-def verify(ws: Workspace, repo: str, cand: candidates.Candidate) -> tuple[TestReport, str]:
+def verify(
+    ws: Workspace, repo: str, cand: candidates.Candidate, backend: SandboxBackend | None = None
+) -> tuple[TestReport, str]:
     """Run the candidate's tests in a sandbox; returns the report and the sandbox image digest."""
     from orchestrator import sandbox
 
-    with sandbox.open_sandbox(ws, repo, cand.path, label=f"{cand.run}-{cand.step}-{cand.attempt}") as box:
-        report = box.run_tests()
-        image = box.spec.image.digest
+    chosen = backend or sandbox.backend_for(ws.config().sandbox)
+    label = f"{cand.run}-{cand.step}-{cand.attempt}"
+    try:
+        with sandbox.open_sandbox(ws, repo, cand.path, label=label, backend=chosen) as box:
+            report = box.run_tests()
+            image = box.spec.image.digest
+    finally:
+        if backend is None:
+            _close(chosen)
     return report, image
 
 
-def judge(ws: Workspace, repo: str, base: str, commit: str, report: TestReport, who: Provenance) -> Judgement:
+def _close(backend: object) -> None:
+    """Release the engine connection of a backend this module made (its socket would leak otherwise)."""
+    close = getattr(backend, "close", None)
+    client = getattr(backend, "_client", None)  # DockerBackend has no close() of its own yet
+    if callable(close):
+        close()
+    elif client is not None:
+        client.close()
+
+
+def judge(ws: Workspace, repo: str, base: str, commit: str, report: TestReport, *, who: Provenance) -> Judgement:
     """The policy's verdict on ``base..commit`` with its test report."""
     from orchestrator import policy
     from orchestrator.policy_diff import Author, change_from_commits
@@ -119,7 +143,7 @@ def judge(ws: Workspace, repo: str, base: str, commit: str, report: TestReport, 
     author = Author(agent=None if who.author == "human" else who.author, model=who.model_sha256)
     change = change_from_commits(ws.repo_path(repo), base, commit, repo, record.is_self, report, author)
     verdict = policy.evaluate(change, policy.load_policies(ws, repo))
-    decision: Decision = verdict.verdict.value  # type: ignore[assignment]
+    decision: Decision = verdict.verdict.value
     reasons = [f"{r.rule}: {r.message}" for r in verdict.reasons if r.decision != policy.Decision.APPROVE]
     return Judgement(decision, verdict.risk.value, reasons, verdict.to_json())
 
@@ -128,6 +152,7 @@ def sign(
     ws: Workspace,
     repo: str,
     cs_id: str,
+    *,
     base: generations.Generation,
     commit: str,
     report: TestReport,
@@ -144,7 +169,9 @@ def sign(
     path = ws.repo_path(repo)
     signer = signing.workspace_signer(ws)
     created = changesets.now()
-    diff_sha = changesets.write_artifact(ws, cs_id, changesets.DIFF, candidates.diff(path, base.commit, commit).encode())
+    diff_sha = changesets.write_artifact(
+        ws, cs_id, changesets.DIFF, candidates.diff(path, base.commit, commit).encode()
+    )
     report_sha = changesets.write_artifact(ws, cs_id, changesets.REPORT, report.model_dump_json(indent=2).encode())
     verdict = {"decision": judgement.decision, "risk": judgement.risk, "reasons": judgement.reasons}
     verdict_bytes = json.dumps({**verdict, "detail": judgement.detail}, indent=2, sort_keys=True).encode()
@@ -250,11 +277,10 @@ def approve(ws: Workspace, cs_id: str) -> Changeset:
             raise UsageError(f"changeset {cs.id} was rejected ({cs.reason}); it cannot be approved")
         if cs.status == "approved" and cs.generation is not None:
             return cs
+        changesets.verify(ws, cs)  # never countersign what does not verify as it stands
         signer = signing.user_signer(ws)
         proof = changesets.attestation_path(ws, cs.repo, cs.id)
-        env = changesets.read_envelope(proof)
-        signing.verify_envelope(env, signing.allowed_signers_path(ws), signing.WORKSPACE_PRINCIPAL)
-        changesets.write_envelope(proof, signing.add_signature(env, signer))
+        changesets.write_envelope(proof, signing.add_signature(changesets.read_envelope(proof), signer))
         return promote(ws, cs.id, decided_by=signer.principal)
 
 
@@ -266,12 +292,16 @@ def reject(ws: Workspace, cs_id: str, reason: str, by: str | None = None) -> Cha
     with changesets.lock_for(ws, cs.id):
         cs = changesets.load(ws, cs.id)
         if cs.status == "approved":
-            raise UsageError(f"changeset {cs.id} is already approved (generation {cs.generation}); use `converge rollback`")
+            raise UsageError(
+                f"changeset {cs.id} is already approved (generation {cs.generation}); use `converge rollback`"
+            )
         if cs.status == "rejected":
             return cs
         who = by or signing.user_signer(ws).principal
         _keep_ref(ws.repo_path(cs.repo), f"{FAILED_PREFIX}{cs.id}", cs.commit)
-        done = cs.model_copy(update={"status": "rejected", "reason": reason, "decided_by": who, "decided": changesets.now()})
+        done = cs.model_copy(
+            update={"status": "rejected", "reason": reason, "decided_by": who, "decided": changesets.now()}
+        )
         changesets.save(ws, done)
         return done
 
@@ -279,7 +309,15 @@ def reject(ws: Workspace, cs_id: str, reason: str, by: str | None = None) -> Cha
 # --- a person's patch through the whole gate ---------------------------------------------------
 
 
-def submit(ws: Workspace, repo: str, patch_path: Path, message: str = "", auto_approve: bool = False) -> Changeset:
+def submit(
+    ws: Workspace,
+    repo: str,
+    patch_path: Path,
+    message: str = "",
+    *,
+    auto_approve: bool = False,
+    backend: SandboxBackend | None = None,
+) -> Changeset:
     """Run a patch file through apply, verify, judge, sign and review; returns the changeset (same patch: same one)."""
     try:
         patch = patch_path.read_bytes()
@@ -294,13 +332,24 @@ def submit(ws: Workspace, repo: str, patch_path: Path, message: str = "", auto_a
     with make_candidate(ws, repo, SUBMIT_RUN, cs_id, 1) as cand:
         apply_patch(cand, patch, f"--patch {patch_path}")
         commit = commit_signed(ws, cand, message, cs_id)
-        report, image = verify(ws, repo, cand)
+        report, image = verify(ws, repo, cand, backend)
         if not report.ok:
             cand.keep("failed")
             raise VerificationFailed(f"changeset {cs_id}: tests do not pass in the sandbox ({report.summary})")
-        judgement = judge(ws, repo, base.commit, commit, report, who)
+        judgement = judge(ws, repo, base.commit, commit, report, who=who)
         cand.keep("candidates")
-    cs = sign(ws, repo, cs_id, base, commit, report, judgement, who, message, image)
+    cs = sign(
+        ws,
+        repo,
+        cs_id,
+        base=base,
+        commit=commit,
+        report=report,
+        judgement=judgement,
+        who=who,
+        message=message,
+        sandbox_image=image,
+    )
     return review(ws, cs, auto_approve)
 
 

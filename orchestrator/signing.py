@@ -25,7 +25,6 @@ import base64
 import getpass
 import hashlib
 import json
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -101,9 +100,9 @@ def fingerprint(public_key: str) -> str:
 
 def _generate(path: Path, comment: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    path.parent.chmod(0o700)
     _ssh_keygen(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], what=f"creating {path}")
-    os.chmod(path, 0o600)
+    path.chmod(0o600)
 
 
 def allowed_signers_path(ws: Workspace) -> Path:
@@ -249,19 +248,33 @@ def sign_bytes(signer: Signer, data: bytes, namespace: str = DSSE_NAMESPACE) -> 
     return _dearmor(armored.decode())
 
 
-def verify_bytes(allowed_signers: Path, principal: str, data: bytes, sig: bytes, namespace: str = DSSE_NAMESPACE) -> bool:
+def verify_bytes(
+    allowed_signers: Path, principal: str, data: bytes, sig: bytes, namespace: str = DSSE_NAMESPACE
+) -> bool:
     """True when ``sig`` is ``principal``'s signature of ``data`` per ``allowed_signers``."""
     with tempfile.NamedTemporaryFile("w", suffix=".sig", delete=False) as handle:
         handle.write(_armor(sig))
     try:
         proc = subprocess.run(
-            ["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", namespace, "-s", handle.name],
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed_signers),
+                "-I",
+                principal,
+                "-n",
+                namespace,
+                "-s",
+                handle.name,
+            ],
             input=data,
             capture_output=True,
             check=False,
         )
     finally:
-        os.unlink(handle.name)
+        Path(handle.name).unlink()
     return proc.returncode == 0
 
 

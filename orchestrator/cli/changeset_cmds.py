@@ -26,7 +26,9 @@ def _details(ws: Workspace, cs: changesets.Changeset) -> dict[str, object]:
         env = changesets.read_envelope(proof)
         allowed = signing.read_allowed_signers(signing.allowed_signers_path(ws))
         owners = {signing.fingerprint(k): p for p, keys in allowed.items() for k in keys}
-        signatures = [{"keyid": s["keyid"], "principal": owners.get(s["keyid"], "?")} for s in env.get("signatures", [])]
+        signatures = [
+            {"keyid": s["keyid"], "principal": owners.get(s["keyid"], "?")} for s in env.get("signatures", [])
+        ]
     return {
         **cs.to_json(),
         "diff": diff_path.read_text(encoding="utf-8", errors="replace") if diff_path.exists() else None,
@@ -35,121 +37,138 @@ def _details(ws: Workspace, cs: changesets.Changeset) -> dict[str, object]:
     }
 
 
-def register(app: typer.Typer) -> None:
-    """Add the changeset commands to ``app``."""
-    group = typer.Typer(help="Changesets: signed, attested candidates waiting for or past review.", no_args_is_help=True)
-    app.add_typer(group, name="changeset")
+@handled
+def submit(
+    repo: RepoArg,
+    patch: Annotated[Path, typer.Option("--patch", help="Unified diff to submit (git diff format).")],
+    message: Annotated[str, typer.Option("--message", "-m", help="Commit message.")] = "",
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Promote at once when the policy approves.")
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Send a person's patch through the gate: apply, sandbox verify, policy, sign, review."""
+    cs = gate.submit(workspace(), repo, patch, message, auto_approve=auto_approve)
+    if json_out:
+        emit_json(cs.to_json())
+        return
+    say(cs.id)
+    if cs.status == "pending":
+        say(f"pending review (verdict {cs.verdict}, risk {cs.risk}): converge changeset approve {cs.id}")
+    elif cs.status == "approved":
+        say(f"approved: {repo} is at generation {cs.generation}")
+    else:
+        say(f"rejected: {cs.reason}")
 
-    @app.command("submit")
-    @handled
-    def submit(
-        repo: RepoArg,
-        patch: Annotated[Path, typer.Option("--patch", help="Unified diff to submit (git diff format).")],
-        message: Annotated[str, typer.Option("--message", "-m", help="Commit message.")] = "",
-        auto_approve: Annotated[
-            bool, typer.Option("--auto-approve", help="Promote at once when the policy approves.")
-        ] = False,
-        json_out: JsonFlag = False,
-    ) -> None:
-        """Send a person's patch through the gate: apply, sandbox verify, policy, sign, review."""
-        cs = gate.submit(workspace(), repo, patch, message, auto_approve)
-        if json_out:
-            emit_json(cs.to_json())
-            return
-        say(cs.id)
-        if cs.status == "pending":
-            say(f"pending review (verdict {cs.verdict}, risk {cs.risk}): converge changeset approve {cs.id}")
-        elif cs.status == "approved":
-            say(f"approved: {repo} is at generation {cs.generation}")
-        else:
-            say(f"rejected: {cs.reason}")
 
-    @group.command("list")
-    @handled
-    def list_(
-        repo: Annotated[str | None, typer.Option("--repo", help="Only this repo's changesets.")] = None,
-        status: Annotated[str | None, typer.Option("--status", help="pending, approved or rejected.")] = None,
-        json_out: JsonFlag = False,
-    ) -> None:
-        """Changesets, newest first."""
-        ws = workspace()
-        if repo is not None:
-            ws.repo(repo)
-        found = changesets.list_changesets(ws, repo, status)
-        if json_out:
-            emit_json([cs.to_json() for cs in found])
-            return
-        emit_table(
-            "changesets",
-            ["id", "repo", "status", "verdict", "risk", "generation", "tests", "created"],
-            [[c.id, c.repo, c.status, c.verdict, c.risk, c.generation, c.tests, c.created] for c in found],
+@handled
+def list_(
+    repo: Annotated[str | None, typer.Option("--repo", help="Only this repo's changesets.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="pending, approved or rejected.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Changesets, newest first."""
+    ws = workspace()
+    if repo is not None:
+        ws.repo(repo)
+    found = changesets.list_changesets(ws, repo, status)
+    if json_out:
+        emit_json([cs.to_json() for cs in found])
+        return
+    emit_table(
+        "changesets",
+        ["id", "repo", "status", "verdict", "risk", "generation", "tests", "created"],
+        [[c.id, c.repo, c.status, c.verdict, c.risk, c.generation, c.tests, c.created] for c in found],
+    )
+
+
+@handled
+def show(cs_id: IdArg, json_out: JsonFlag = False) -> None:
+    """One changeset: diff, tests, policy verdict, signatures, attestation."""
+    ws = workspace()
+    data = _details(ws, changesets.load(ws, cs_id))
+    if json_out:
+        emit_json(data)
+        return
+    signatures = data["signatures"]
+    assert isinstance(signatures, list)
+    for key in ("id", "repo", "status", "commit", "base", "generation", "verdict", "risk", "tests", "attestation"):
+        say(f"{key}: {data[key]}")
+    for sig in signatures:
+        say(f"signed by: {sig['principal']} ({sig['keyid']})")
+    say(str(data["diff"] or ""))
+
+
+@handled
+def verify(cs_id: IdArg, json_out: JsonFlag = False) -> None:
+    """Re-check the commit signature and the attestation against git and the stored reports."""
+    ws = workspace()
+    cs = changesets.load(ws, cs_id)
+    problems = changesets.check(ws, cs)
+    if json_out:
+        emit_json(
+            {
+                "id": cs.id,
+                "ok": not problems,
+                "problems": [{"field": p.field, "detail": p.detail} for p in problems],
+            }
         )
+    elif not problems:
+        say(f"changeset {cs.id}: commit signature, attestation and every digest verify")
+    if problems:
+        raise SignatureError(f"changeset {cs.id}: " + "; ".join(str(p) for p in problems))
 
-    @group.command("show")
-    @handled
-    def show(cs_id: IdArg, json_out: JsonFlag = False) -> None:
-        """One changeset: diff, tests, policy verdict, signatures, attestation."""
-        ws = workspace()
-        data = _details(ws, changesets.load(ws, cs_id))
-        if json_out:
-            emit_json(data)
-            return
-        signatures = data["signatures"]
-        assert isinstance(signatures, list)
-        for key in ("id", "repo", "status", "commit", "base", "generation", "verdict", "risk", "tests", "attestation"):
-            say(f"{key}: {data[key]}")
-        for sig in signatures:
-            say(f"signed by: {sig['principal']} ({sig['keyid']})")
-        say(str(data["diff"] or ""))
 
-    @group.command("verify")
-    @handled
-    def verify(cs_id: IdArg, json_out: JsonFlag = False) -> None:
-        """Re-check the commit signature and the attestation against git and the stored reports."""
-        ws = workspace()
-        cs = changesets.load(ws, cs_id)
-        problems = changesets.check(ws, cs)
-        if json_out:
-            emit_json({"id": cs.id, "ok": not problems, "problems": [{"field": p.field, "detail": p.detail} for p in problems]})
-        elif not problems:
-            say(f"changeset {cs.id}: commit signature, attestation and every digest verify")
-        if problems:
-            raise SignatureError(f"changeset {cs.id}: " + "; ".join(str(p) for p in problems))
+@handled
+def approve(cs_id: IdArg, json_out: JsonFlag = False) -> None:
+    """Sign the changeset with your key and promote it (a new generation)."""
+    cs = gate.approve(workspace(), cs_id)
+    if json_out:
+        emit_json(cs.to_json())
+    else:
+        say(f"approved {cs.id} by {cs.decided_by}: {cs.repo} is at generation {cs.generation}")
 
-    @group.command("approve")
-    @handled
-    def approve(cs_id: IdArg, json_out: JsonFlag = False) -> None:
-        """Sign the changeset with your key and promote it (a new generation)."""
-        cs = gate.approve(workspace(), cs_id)
-        if json_out:
-            emit_json(cs.to_json())
-        else:
-            say(f"approved {cs.id} by {cs.decided_by}: {cs.repo} is at generation {cs.generation}")
 
-    @group.command("reject")
-    @handled
-    def reject(
-        cs_id: IdArg,
-        reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the changeset).")],
-        json_out: JsonFlag = False,
-    ) -> None:
-        """Reject the changeset; its commit stays under refs/converge/failed/cs-<id>."""
-        cs = gate.reject(workspace(), cs_id, reason)
-        if json_out:
-            emit_json(cs.to_json())
-        else:
-            say(f"rejected {cs.id}: {cs.reason}")
+@handled
+def reject(
+    cs_id: IdArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the changeset).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Reject the changeset; its commit stays under refs/converge/failed/cs-<id>."""
+    cs = gate.reject(workspace(), cs_id, reason)
+    if json_out:
+        emit_json(cs.to_json())
+    else:
+        say(f"rejected {cs.id}: {cs.reason}")
 
-    @app.command("export")
-    @handled
-    def export(
-        repo: RepoArg,
-        branch: Annotated[str | None, typer.Option("--branch", help="Branch in the origin (default converge/gen-N).")] = None,
-        json_out: JsonFlag = False,
-    ) -> None:
-        """Push the current generation to the repo's origin as a branch (never its checked-out branch)."""
-        result = gate.export(workspace(), repo, branch)
-        if json_out:
-            emit_json(result)
-        else:
-            say(f"pushed generation {result['generation']} of {repo} to {result['remote']} as {result['branch']}")
+
+@handled
+def export(
+    repo: RepoArg,
+    branch: Annotated[
+        str | None, typer.Option("--branch", help="Branch in the origin (default converge/gen-N).")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Push the current generation to the repo's origin as a branch (never its checked-out branch)."""
+    result = gate.export(workspace(), repo, branch)
+    if json_out:
+        emit_json(result)
+    else:
+        say(f"pushed generation {result['generation']} of {repo} to {result['remote']} as {result['branch']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``submit``, ``changeset ...`` and ``export`` to ``app``."""
+    group = typer.Typer(
+        help="Changesets: signed, attested candidates waiting for or past review.", no_args_is_help=True
+    )
+    app.add_typer(group, name="changeset")
+    app.command("submit")(submit)
+    group.command("list")(list_)
+    group.command("show")(show)
+    group.command("verify")(verify)
+    group.command("approve")(approve)
+    group.command("reject")(reject)
+    app.command("export")(export)
