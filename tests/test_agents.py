@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,14 +293,26 @@ def test_tool_agent_new_files_become_create_blocks(make_repo: MakeRepo) -> None:
 @pytest.mark.docker
 def test_tool_agent_runs_in_the_real_sandbox(sample_ws: Workspace) -> None:
     from orchestrator import sandbox
+    from orchestrator.sandbox_docker import DockerBackend, connect
 
+    client = connect()
     script = "printf 'VERSION = 1\\n' > inventory/version.py && sed -i 's/^import os$//' inventory/stock.py"
     card = AgentCard.model_validate({"name": "t", "role": "tool", "kind": "tool", "command": ["sh", "-c", script]})
     repo = sample_ws.repo_path("sample")
     worktrees = sample_ws.cache / "worktrees"
     with Candidate(repo, worktrees, run="r", step=1, attempt=1, base="refs/converge/head") as cand:
-        with sandbox.open_sandbox(sample_ws, "sample", cand.path, label="agents-test") as box:
-            proposal = run_tool_agent(card, cand.path, lambda _worktree, argv: box.run(argv))
+        try:
+            with sandbox.open_sandbox(
+                sample_ws, "sample", cand.path, label="agents-test", backend=DockerBackend(client)
+            ) as box:
+                proposal = run_tool_agent(card, cand.path, lambda _worktree, argv: box.run(argv))
+        finally:
+            client.close()  # the test owns the engine connection
+            with warnings.catch_warnings():
+                # docker-py's exec_start leaves its socket to the garbage collector (a sandbox-side
+                # leak, reported); collect it here rather than blame whichever test runs next
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
         assert proposal is not None
         assert [e.path for e in proposal.edits] == ["inventory/stock.py", "inventory/version.py"]
         assert git(cand.path, "status", "--porcelain") == ""
