@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator import gitops
 from orchestrator.storage import atomic_write
+from orchestrator.workspace import Workspace
 
 CACHE_NAME = "repomap-v1.json"
 MAX_PARSE_BYTES = 1_000_000
@@ -360,6 +361,11 @@ def build_repo_map(repo: Path, cache_dir: Path | None = None) -> RepoMap:
         files[path] = _entry(path, digest, repo / path, cache)
     _save_cache(cache_dir, files, cache)
     return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
+
+
+def repo_map_for(ws: Workspace, repo: str, tree: Path | None = None) -> RepoMap:
+    """The map of registered ``repo`` (or of ``tree``, e.g. a candidate of it), cached in ``cache/repomap/<repo>/``."""
+    return build_repo_map(tree or ws.repo_path(repo), ws.cache / "repomap" / repo)
 
 
 def _listing(repo: Path) -> dict[str, str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import repomap
-from orchestrator.repomap import build_repo_map, estimate_tokens, module_name, parse_python
+from orchestrator.repomap import build_repo_map, estimate_tokens, module_name, parse_python, repo_map_for
+from orchestrator.workspace import Workspace
 from tests.conftest import MakeRepo, git
 
 FILES = {
@@ -180,3 +181,9 @@ def test_sample_repo_map(make_repo: MakeRepo) -> None:
     assert rmap.tests_for(["inventory/report.py"], depth=1) == ["tests/test_report.py"]
     text = rmap.render("normalise the sku in the stock ledger", token_budget=400)
     assert text.splitlines()[1].startswith("inventory/stock.py")
+
+
+def test_workspace_map_is_cached_per_repo(sample_ws: Workspace) -> None:
+    rmap = repo_map_for(sample_ws, "sample")
+    assert (sample_ws.cache / "repomap" / "sample" / repomap.CACHE_NAME).is_file()
+    assert "inventory/stock.py" in rmap.files
