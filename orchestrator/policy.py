@@ -206,8 +206,8 @@ def policy_layers(source: Workspace | Sequence[Path], repo: str | None = None) -
     """The files a repo's policy is made of, lowest first."""
     if not isinstance(source, Workspace):
         dirs = list(source)
-        layers = [p for d in dirs for p in sorted(d.glob("*.toml"))]
-        return layers + [d / "repos" / f"{repo}.toml" for d in dirs if repo and (d / "repos" / f"{repo}.toml").is_file()]
+        found = [p for d in dirs for p in sorted(d.glob("*.toml"))]
+        return found + [d / "repos" / f"{repo}.toml" for d in dirs if repo and (d / "repos" / f"{repo}.toml").is_file()]
     cfg = source.config().policy
     shipped, local = shipped_dir(), source.root / "policies"
     layers: list[Path] = []

@@ -62,7 +62,9 @@ class FileChange:
     @property
     def paths(self) -> tuple[str, ...]:
         """Every path the change touches for this file (a rename touches both names)."""
-        return (self.path,) if self.old_path in (None, self.path) else (self.old_path, self.path)  # type: ignore[return-value]
+        if self.old_path is None or self.old_path == self.path:
+            return (self.path,)
+        return (self.old_path, self.path)
 
     @property
     def exec_bit_set(self) -> bool:
@@ -196,6 +198,13 @@ def _blob(git: _Git, sha: str) -> str | None:
     return git("cat-file", "blob", sha).decode("utf-8", "replace")
 
 
+def _commit(git: _Git, ref: str) -> str:
+    try:
+        return git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
+    except GitError as exc:
+        raise GitError(f"{ref}: no such commit in {git.repo}") from exc
+
+
 def _git_dir(repo_path: Path) -> str:
     proc = subprocess.run(
         ["git", "rev-parse", "--absolute-git-dir"], cwd=repo_path, capture_output=True, text=True, check=False
@@ -205,7 +214,7 @@ def _git_dir(repo_path: Path) -> str:
     return proc.stdout.strip()
 
 
-def change_from_commits(
+def change_from_commits(  # noqa: PLR0917 - the documented call shape, positional by design
     repo_path: Path,
     base: str,
     result: str,
@@ -220,11 +229,10 @@ def change_from_commits(
         return _change(git, base, result, repo_name, is_self, tests, author or Author())
 
 
-def _change(
+def _change(  # noqa: PLR0917
     git: _Git, base: str, result: str, repo_name: str, is_self: bool, tests: TestReport | None, author: Author
 ) -> ChangeInput:
-    base = git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}").decode().strip()
-    result = git("rev-parse", "--verify", "--quiet", f"{result}^{{commit}}").decode().strip()
+    base, result = _commit(git, base), _commit(git, result)
     common = ("--no-color", "--no-ext-diff", "--no-textconv", "-M", "--full-index", "--no-abbrev")
     raw = _parse_raw(git("diff", "--raw", "-z", *common, base, result, "--"))
     patch = git("diff", "-p", *common, base, result, "--").decode("utf-8", "replace")

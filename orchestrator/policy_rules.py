@@ -129,7 +129,9 @@ _SKIP = re.compile(
 _ASSERT = re.compile(
     r"^\s*(?:assert\b|self\.assert\w*\s*\(|(?:with\s+)?pytest\.(?:raises|warns)\b|\w+\.assert_\w+\s*\(|expect\s*\()"
 )
-_TRIVIAL = re.compile(r"^\s*assert\s+(?:True|1|not\s+(?:False|None|0)|\S+\s+or\s+True|\(\s*\)|\"[^\"]*\"|'[^']*')\s*(?:#.*)?$")
+_TRIVIAL = re.compile(
+    r"^\s*assert\s+(?:True|1|not\s+(?:False|None|0)|\S+\s+or\s+True|\(\s*\)|\"[^\"]*\"|'[^']*')\s*(?:#.*)?$"
+)
 
 
 def _test_report(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
@@ -146,7 +148,9 @@ def _test_report(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
         bad = [*tests.failed, *tests.errored][:5]
         detail = f": {', '.join(bad)}" if bad else f" (exit {tests.command.exit_code if tests.command else '?'})"
         yield Reason(
-            rule="tests", message=f"tests failed ({tests.summary}){detail}", decision=_decision(rule.on_failed),
+            rule="tests",
+            message=f"tests failed ({tests.summary}){detail}",
+            decision=_decision(rule.on_failed),
             risk=Risk.HIGH,
         )
     elif not tests.passed:
@@ -320,8 +324,11 @@ def dependencies(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
             old, new = _deps(path, old_text), _deps(path, new_text)
         except (tomllib.TOMLDecodeError, AttributeError, TypeError) as exc:
             yield Reason(
-                rule="dependency", message=f"cannot read the dependencies: {exc}", file=path,
-                decision=_decision(rule.unknown), risk=Risk.MEDIUM,
+                rule="dependency",
+                message=f"cannot read the dependencies: {exc}",
+                file=path,
+                decision=_decision(rule.unknown),
+                risk=Risk.MEDIUM,
             )
             continue
         for name, spec in sorted(new.items()):
@@ -334,13 +341,17 @@ def dependencies(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                 yield Reason(
                     rule="dependency",
                     message=f"{verb} {what!r}: not on the allow list (license unknown offline)",
-                    file=path, decision=_decision(rule.unknown), risk=Risk.MEDIUM,
+                    file=path,
+                    decision=_decision(rule.unknown),
+                    risk=Risk.MEDIUM,
                 )
             elif not _license_allowed(license_, allowed):
                 yield Reason(
                     rule="dependency-license",
                     message=f"{verb} {name!r}: license {license_} is not allowed",
-                    file=path, decision=_decision(rule.disallowed_license), risk=Risk.HIGH,
+                    file=path,
+                    decision=_decision(rule.disallowed_license),
+                    risk=Risk.HIGH,
                 )
 
 
@@ -357,24 +368,45 @@ def file_kinds(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
             target = f.symlink_target or ""
             if symlink_escapes(f.path, target):
                 yield Reason(
-                    rule="symlink", message=f"symlink to {target!r} leaves the repository", file=f.path,
-                    decision=_decision(rule.symlink_outside), risk=Risk.HIGH,
+                    rule="symlink",
+                    message=f"symlink to {target!r} leaves the repository",
+                    file=f.path,
+                    decision=_decision(rule.symlink_outside),
+                    risk=Risk.HIGH,
                 )
             else:
                 yield Reason(
-                    rule="symlink", message=f"symlink to {target!r}", file=f.path,
-                    decision=_decision(rule.symlink_inside), risk=Risk.MEDIUM,
+                    rule="symlink",
+                    message=f"symlink to {target!r}",
+                    file=f.path,
+                    decision=_decision(rule.symlink_inside),
+                    risk=Risk.MEDIUM,
                 )
             continue
         if f.new_mode == SUBMODULE:
-            yield Reason(rule="submodule", message="submodule added or moved", file=f.path,
-                         decision=_decision(rule.submodule), risk=Risk.HIGH)
+            yield Reason(
+                rule="submodule",
+                message="submodule added or moved",
+                file=f.path,
+                decision=_decision(rule.submodule),
+                risk=Risk.HIGH,
+            )
         if f.binary:
-            yield Reason(rule="binary", message="binary file (its content cannot be reviewed as text)", file=f.path,
-                         decision=_decision(rule.binary), risk=Risk.MEDIUM)
+            yield Reason(
+                rule="binary",
+                message="binary file (its content cannot be reviewed as text)",
+                file=f.path,
+                decision=_decision(rule.binary),
+                risk=Risk.MEDIUM,
+            )
         if f.exec_bit_set:
-            yield Reason(rule="exec-bit", message=f"made executable ({f.old_mode} -> {f.new_mode})", file=f.path,
-                         decision=_decision(rule.exec_bit), risk=Risk.MEDIUM)
+            yield Reason(
+                rule="exec-bit",
+                message=f"made executable ({f.old_mode} -> {f.new_mode})",
+                file=f.path,
+                decision=_decision(rule.exec_bit),
+                risk=Risk.MEDIUM,
+            )
 
 
 RULES: tuple[Rule, ...] = (

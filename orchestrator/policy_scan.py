@@ -1,18 +1,23 @@
 """Content scanners for added lines: secrets (detect-secrets, offline) and hidden/confusable Unicode.
 
-Both run only on lines a change adds. Secrets: a few high-signal regexes run on every added
-line; detect-secrets' plugins run on the lines a cheap prefilter lets through (a long token,
-a quoted string, a credential keyword), which keeps a 5,000-line diff well under the budget.
+Both run only on lines a change adds. Secrets: a few high-signal regexes and detect-secrets'
+plugins (offline; no verification) each run once over a file's added lines joined together,
+and what they find is mapped back to its line, where detect-secrets' heuristic filters
+(indirect references, templates, UUIDs, ...) drop the false positives. That keeps a
+5,000-line diff well under the time budget.
 detect-secrets' inline allowlist comments (``pragma: allowlist secret``) are deliberately not
 honoured: text in the repo cannot switch a rule off.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import functools
+import itertools
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +33,20 @@ HIGH_SIGNAL: dict[str, str] = {
     "Google API key": r"\bAIza[0-9A-Za-z_-]{35}\b",
 }
 
-# Lines worth handing to detect-secrets: long tokens, quoted strings, credential words, URLs with a password.
-_PREFILTER = re.compile(
-    r"""[A-Za-z0-9+/_=\-]{20,}|["'`][^"'`\s]{8,}|://[^/\s:@]+:[^/\s@]+@"""
-    r"|(?i:pass|pwd|secret|token|key|auth|cred|private|bearer|api)"
-)
 # detect-secrets plugins left out: public IPs are not credentials.
 _SKIPPED_PLUGINS = {"IPPublicDetector"}
+# What every match of a slow detect-secrets plugin must contain (from the plugin's own regexes);
+# those plugins run only on the lines that hold it.
+_TRIGGERS = {
+    "Base64HighEntropyString": r"""["'][A-Za-z0-9+/=_-]{20,}""",
+    "HexHighEntropyString": r"""["'][0-9a-f]{9,}""",
+    "ArtifactoryDetector": r"AKC|AP[0-9A-F]",
+    "MailchimpDetector": r"-us[0-9]",
+    "IbmCloudIamDetector": r"[a-z0-9_-]{44}",
+    "IbmCosHmacDetector": r"[a-f0-9]{48}",
+    "CloudantDetector": r"[0-9a-f]{64}|[a-z]{24}",
+    "SoftlayerDetector": r"[a-z0-9]{64}",
+}
 
 
 @dataclass(frozen=True)
@@ -54,55 +66,93 @@ class SecretScanner:
         self._patterns = [(name, re.compile(rx)) for name, rx in patterns.items()]
         self._plugins = _detect_secrets_plugins() if use_detect_secrets else ()
 
-    def scan(self, files: Iterable[tuple[str, Iterable[tuple[int, str]]]]) -> list[Hit]:
-        """Secrets on the (line number, text) pairs of each (path, lines) given."""
+    def scan(self, files: Iterable[tuple[str, Sequence[tuple[int, str]]]]) -> list[Hit]:
+        """Secrets on the (line number, text) pairs of each (path, lines) given, at most one per line."""
         hits: list[Hit] = []
-        candidates: list[tuple[str, int, str]] = []
-        for path, lines in files:
-            for number, text in lines:
-                found = False
-                for name, pattern in self._patterns:
-                    if pattern.search(text):
-                        found = True
-                        hits.append(Hit(name, path, number))
-                if not found and self._plugins and _PREFILTER.search(text):
-                    candidates.append((path, number, text))
-        if candidates:
-            hits += self._detect_secrets(candidates)
+        with _settings(bool(self._plugins)):
+            for path, lines in files:
+                if lines:
+                    hits += self._scan_file(path, _Text(lines))
         return hits
 
-    def _detect_secrets(self, candidates: list[tuple[str, int, str]]) -> Iterator[Hit]:
+    def _scan_file(self, path: str, text: _Text) -> list[Hit]:
+        # Each regex and plugin runs once over the file's added lines joined: far cheaper than per line.
+        found: dict[int, Hit] = {}
+        for name, pattern in self._patterns:
+            for match in pattern.finditer(text.joined):
+                number, _ = text.line_at(match.start())
+                found.setdefault(number, Hit(name, path, number))
+        if not self._plugins:
+            return list(found.values())
         from detect_secrets.filters import heuristic
-        from detect_secrets.settings import transient_settings
 
-        # An explicit, empty filter list keeps detect-secrets from verifying anything over the network.
-        with transient_settings({"plugins_used": [], "filters_used": []}):
-            found = []
-            for path, number, line in candidates:
-                if heuristic.is_indirect_reference(line):
-                    continue
-                kind = _first_secret(heuristic, self._plugins, path, line)
-                if kind:
-                    found.append(Hit(kind, path, number))
-        return iter(found)
+        for plugin, trigger in self._plugins:
+            # Slow plugins only see the lines that hold what any of their matches must contain.
+            scope = text if trigger is None else text.subset(trigger)
+            if scope is None:
+                continue
+            for secret in plugin.analyze_line(filename=path, line=scope.joined, line_number=0):
+                value = secret.secret_value or ""
+                for number, line in scope.lines_with(value):
+                    if number in found or heuristic.is_indirect_reference(line):
+                        continue
+                    if not _heuristically_benign(heuristic, plugin, value, line):
+                        found[number] = Hit(str(secret.type), path, number)
+        return sorted(found.values(), key=lambda h: h.line)
+
+
+class _Text:
+    """Added lines joined by newlines, with offset -> line lookups."""
+
+    def __init__(self, lines: Sequence[tuple[int, str]]) -> None:
+        self.lines = lines
+        self.joined = "\n".join(t for _, t in lines)
+        self.starts = list(itertools.accumulate((len(t) + 1 for _, t in lines[:-1]), initial=0))
+
+    def subset(self, trigger: re.Pattern[str]) -> _Text | None:
+        """Only the lines where ``trigger`` matches, or None when it matches nowhere."""
+        picked = sorted({bisect.bisect_right(self.starts, m.start()) - 1 for m in trigger.finditer(self.joined)})
+        if not picked:
+            return None
+        return _Text([self.lines[i] for i in picked])
+
+    def line_at(self, offset: int) -> tuple[int, str]:
+        return self.lines[bisect.bisect_right(self.starts, offset) - 1]
+
+    def lines_with(self, value: str) -> Iterator[tuple[int, str]]:
+        if not value:
+            return
+        offset = self.joined.find(value)
+        while offset != -1:
+            yield self.line_at(offset)
+            offset = self.joined.find(value, offset + 1)
+
+
+@contextlib.contextmanager
+def _settings(active: bool) -> Iterator[None]:
+    """detect-secrets' settings for one scan: an explicit, empty filter list means no network verification."""
+    if not active:
+        yield
+        return
+    from detect_secrets.settings import transient_settings
+
+    with transient_settings({"plugins_used": [], "filters_used": []}):
+        yield
 
 
 @functools.cache
-def _detect_secrets_plugins() -> tuple[Any, ...]:
+def _detect_secrets_plugins() -> tuple[tuple[Any, re.Pattern[str] | None], ...]:
+    """Every detect-secrets plugin but the skipped ones, each with its line trigger (None: all lines)."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.plugins.keyword import DENYLIST
 
+    triggers = {**_TRIGGERS, "KeywordDetector": "|".join(DENYLIST)}
+    classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
     return tuple(
-        cls() for cls in get_mapping_from_secret_type_to_class().values() if cls.__name__ not in _SKIPPED_PLUGINS
+        (cls(), re.compile(triggers[cls.__name__], re.IGNORECASE) if cls.__name__ in triggers else None)
+        for cls in classes
+        if cls.__name__ not in _SKIPPED_PLUGINS
     )
-
-
-def _first_secret(heuristic: Any, plugins: tuple[Any, ...], path: str, line: str) -> str | None:
-    for plugin in plugins:
-        for secret in plugin.analyze_line(filename=path, line=line, line_number=0):
-            value = secret.secret_value or ""
-            if not _heuristically_benign(heuristic, plugin, value, line):
-                return str(secret.type)
-    return None
 
 
 def _heuristically_benign(heuristic: Any, plugin: Any, value: str, line: str) -> bool:

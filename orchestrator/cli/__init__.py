@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "orchestrator.cli.doctor_cmds",
     "orchestrator.cli.model_cmds",
     "orchestrator.cli.changeset_cmds",
+    "orchestrator.cli.policy_cmds",
 )
 
 
