@@ -330,7 +330,7 @@ class RepoMap:
 
     def update(self, changed_paths: Iterable[str]) -> list[str]:
         """Re-read ``changed_paths`` from the working tree; returns the paths whose content changed."""
-        cache = _load_cache(self.cache_dir)
+        cache = {e.digest: e.parsed for e in self.files.values() if e.parsed is not None}
         changed = []
         for path in changed_paths:
             rel = PurePosixPath(path).as_posix()
