@@ -177,7 +177,10 @@ def sign(
     verdict_bytes = json.dumps({**verdict, "detail": judgement.detail}, indent=2, sort_keys=True).encode()
     verdict_sha = changesets.write_artifact(ws, cs_id, changesets.VERDICT, verdict_bytes)
     sbom_sha = changesets.write_artifact(ws, cs_id, changesets.SBOM, sbom.build(path, repo, commit))
-    tree = gitops.run(path, "rev-parse", f"{commit}^{{tree}}").strip()
+    header = changesets.commit_header(path, commit)
+    if header is None or header[1] != base.commit:
+        raise ConflictError(f"{commit[:12]} is not a commit on the base {base.commit[:12]} in {path}")
+    tree = header[0]
     predicate = {
         "changeset": cs_id,
         "repo": repo,
@@ -229,12 +232,12 @@ def sign(
 
 
 def _keep_ref(repo_path: Path, ref: str, commit: str) -> None:
-    existing = gitops.resolve(repo_path, ref)
-    if existing == commit:
-        return
-    if existing is not None:
-        raise ConflictError(f"{ref} already keeps {existing[:12]}, not {commit[:12]}")
-    gitops.update_refs(repo_path, [RefUpdate(ref, commit, ZERO)], "converge: keep changeset")
+    try:
+        gitops.update_refs(repo_path, [RefUpdate(ref, commit, ZERO)], "converge: keep changeset")
+    except ConflictError:
+        existing = gitops.resolve(repo_path, ref)
+        if existing != commit:
+            raise ConflictError(f"{ref} already keeps {str(existing)[:12]}, not {commit[:12]}") from None
 
 
 def review(ws: Workspace, cs: Changeset, auto_approve: bool = False) -> Changeset:

@@ -10,6 +10,7 @@ recompute it.
 
 from __future__ import annotations
 
+import subprocess
 import tomllib
 import uuid
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from orchestrator import gitops
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, GitError
 from orchestrator.storage import atomic_write
 from orchestrator.workspace import Workspace
 
@@ -41,15 +42,29 @@ class Dependency:
     scope: str = "required"
 
 
-def _show(repo_path: Path, commit: str, path: str) -> str | None:
-    if not _exists(repo_path, commit, path):
-        return None
-    return gitops.run(repo_path, "show", f"{commit}:{path}")
-
-
-def _exists(repo_path: Path, commit: str, path: str) -> bool:
-    out = gitops.run(repo_path, "ls-tree", "--name-only", commit, "--", path, check=False)
-    return bool(out.strip())
+def _read(repo_path: Path, specs: list[str]) -> dict[str, bytes | None]:
+    """Several objects in one ``git cat-file --batch`` (``<commit>:<path>`` or a commit id)."""
+    proc = subprocess.run(
+        ["git", "cat-file", "--batch"],
+        cwd=repo_path,
+        input="".join(f"{s}\n" for s in specs).encode(),
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise GitError(f"git cat-file in {repo_path}: {proc.stderr.decode(errors='replace').strip()}")
+    out, pos = proc.stdout, 0
+    found: dict[str, bytes | None] = {}
+    for spec in specs:
+        header_end = out.index(b"\n", pos)
+        header = out[pos:header_end].split()
+        if header[-1] == b"missing":
+            found[spec] = None
+            pos = header_end + 1
+            continue
+        size = int(header[2])
+        found[spec] = out[header_end + 1 : header_end + 1 + size]
+        pos = header_end + 1 + size + 1
+    return found
 
 
 def _parse(line: str, source: str, scope: str) -> Dependency | None:
@@ -63,17 +78,27 @@ def _parse(line: str, source: str, scope: str) -> Dependency | None:
 
 
 def declared_dependencies(repo_path: Path, commit: str) -> tuple[dict[str, str], list[Dependency]]:
-    """The project's name/version and its declared dependencies at ``commit``."""
+    """The project's name/version (and the commit's ``_timestamp``) and its declared dependencies at ``commit``."""
     project: dict[str, str] = {}
     deps: list[Dependency] = []
-    text = _show(repo_path, commit, "pyproject.toml")
+    names = gitops.run(repo_path, "ls-tree", "--name-only", commit).split()
+    reqs = sorted(n for n in names if n.startswith("requirements") and n.endswith(".txt"))
+    wanted = (["pyproject.toml"] if "pyproject.toml" in names else []) + reqs
+    blobs = _read(repo_path, [commit] + [f"{commit}:{n}" for n in wanted])
+    committer = [
+        ln for ln in (blobs[commit] or b"").decode(errors="replace").splitlines() if ln.startswith("committer ")
+    ]
+    project["_timestamp"] = committer[0].split()[-2] if committer else "0"
+    text = (
+        (blobs.get(f"{commit}:pyproject.toml") or b"").decode(errors="replace") if "pyproject.toml" in names else None
+    )
     if text is not None:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"pyproject.toml at {commit[:12]}: not valid TOML: {exc}") from exc
         proj = data.get("project", {})
-        project = {k: str(proj[k]) for k in ("name", "version") if k in proj}
+        project.update({k: str(proj[k]) for k in ("name", "version") if k in proj})
         for line in proj.get("dependencies", []):
             dep = _parse(str(line), "pyproject.toml", "required")
             if dep:
@@ -83,9 +108,8 @@ def declared_dependencies(repo_path: Path, commit: str) -> tuple[dict[str, str],
                 dep = _parse(str(line), f"pyproject.toml[{extra}]", "optional")
                 if dep:
                     deps.append(dep)
-    names = gitops.run(repo_path, "ls-tree", "--name-only", commit).split()
-    for name in sorted(n for n in names if n.startswith("requirements") and n.endswith(".txt")):
-        for raw in gitops.run(repo_path, "show", f"{commit}:{name}").splitlines():
+    for name in reqs:
+        for raw in (blobs.get(f"{commit}:{name}") or b"").decode(errors="replace").splitlines():
             line = raw.split(" #", 1)[0].strip()
             if line and not line.startswith(("#", "-")):
                 dep = _parse(line, name, "required")
@@ -97,7 +121,7 @@ def declared_dependencies(repo_path: Path, commit: str) -> tuple[dict[str, str],
 def build(repo_path: Path, repo: str, commit: str) -> bytes:
     """The CycloneDX 1.6 JSON SBOM of ``repo`` at ``commit`` (deterministic bytes)."""
     project, deps = declared_dependencies(repo_path, commit)
-    stamp = int(gitops.run(repo_path, "show", "-s", "--format=%ct", commit).strip())
+    stamp = int(project.pop("_timestamp"))
     bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"converge:{repo}:{commit}"))
     bom.metadata.timestamp = datetime.fromtimestamp(stamp, UTC)
     root = Component(
