@@ -62,7 +62,19 @@ def test_envelope_verifies_and_ssh_keygen_agrees(ws: Workspace, tmp_path: Path) 
     sig = tmp_path / "sig"
     sig.write_text(signing._armor(base64.b64decode(env["signatures"][0]["sig"])))
     proc = subprocess.run(
-        ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", signing.WORKSPACE_PRINCIPAL, "-n", "converge-dsse", "-s", str(sig)],
+        [
+            "ssh-keygen",
+            "-Y",
+            "verify",
+            "-f",
+            str(allowed),
+            "-I",
+            signing.WORKSPACE_PRINCIPAL,
+            "-n",
+            "converge-dsse",
+            "-s",
+            str(sig),
+        ],
         input=signing.pae(env["payloadType"], payload),
         capture_output=True,
     )
@@ -129,7 +141,10 @@ def test_git_signs_commits_that_plain_verify_commit_accepts(ws: Workspace, make_
     git(repo, *signing.git_sign_config(signer, allowed), "commit", "-q", "-S", "-am", "signed")
     signed = git(repo, "rev-parse", "HEAD")
     out = subprocess.run(
-        ["git", "-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", signed], cwd=repo, capture_output=True, text=True
+        ["git", "-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", signed],
+        cwd=repo,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0 and "converge@workspace" in out.stderr
     signing.verify_commit(repo, signed, allowed)
