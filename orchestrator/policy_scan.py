@@ -23,29 +23,37 @@ from typing import Any
 
 # --- secrets ------------------------------------------------------------------------------
 
-HIGH_SIGNAL: dict[str, str] = {
-    "private key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
-    "AWS access key id": r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
-    "AWS secret access key": r"(?i)aws_?secret_?(?:access_?)?key\W{0,5}[A-Za-z0-9/+=]{40}\b",
-    "GitHub token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b",
-    "Slack token": r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
-    "Stripe live key": r"\b[sr]k_live_[0-9A-Za-z]{20,}",
-    "Google API key": r"\bAIza[0-9A-Za-z_-]{35}\b",
+# name -> (regex, needles): the regex runs only where one of the (lower-case) needles occurs.
+HIGH_SIGNAL: dict[str, tuple[str, tuple[str, ...]]] = {
+    "private key": (r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----", ("private key",)),
+    "AWS access key id": (r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![0-9A-Za-z])", ("akia", "asia", "abia", "acca")),
+    "AWS secret access key": (
+        r"(?i)aws_?secret_?(?:access_?)?key\W{0,5}[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+        ("secret",),
+    ),
+    "GitHub token": (
+        r"gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    ),
+    "Slack token": (r"xox[abposr]-[A-Za-z0-9-]{10,}", ("xox",)),
+    "Stripe live key": (r"[sr]k_live_[0-9A-Za-z]{20,}", ("k_live_",)),
+    "Google API key": (r"AIza[0-9A-Za-z_-]{35}", ("aiza",)),
 }
 
 # detect-secrets plugins left out: public IPs are not credentials.
 _SKIPPED_PLUGINS = {"IPPublicDetector"}
 # What every match of a slow detect-secrets plugin must contain (from the plugin's own regexes);
 # those plugins run only on the lines that hold it.
-_TRIGGERS = {
-    "Base64HighEntropyString": r"""["'][A-Za-z0-9+/=_-]{20,}""",
-    "HexHighEntropyString": r"""["'][0-9a-f]{9,}""",
-    "ArtifactoryDetector": r"AKC|AP[0-9A-F]",
-    "MailchimpDetector": r"-us[0-9]",
-    "IbmCloudIamDetector": r"[a-z0-9_-]{44}",
-    "IbmCosHmacDetector": r"[a-f0-9]{48}",
-    "CloudantDetector": r"[0-9a-f]{64}|[a-z]{24}",
-    "SoftlayerDetector": r"[a-z0-9]{64}",
+_TRIGGERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Base64HighEntropyString": (r"""["'][A-Za-z0-9+/=_-]{20,}""", ()),
+    "HexHighEntropyString": (r"""["'][0-9a-f]{9,}""", ()),
+    "ArtifactoryDetector": (r"AKC|AP[0-9A-F]", ("akc", "ap")),
+    "MailchimpDetector": (r"-us[0-9]", ("-us",)),
+    "IbmCloudIamDetector": (r"key|pwd|pass|token", ("key", "pwd", "pass", "token")),
+    "IbmCosHmacDetector": (r"secret", ("secret",)),
+    "CloudantDetector": (r"key|pw|pass|token|cloudant", ("key", "pw", "pass", "token", "cloudant")),
+    "SoftlayerDetector": (r"key|pwd|pass|token|softlayer", ("key", "pwd", "pass", "token", "softlayer")),
+    "KeywordDetector": ("", ("key", "pass", "pwd", "secret", "contrase")),  # regex: detect-secrets' DENYLIST
 }
 
 
@@ -62,8 +70,8 @@ class SecretScanner:
     """High-signal regexes plus detect-secrets' plugins, prepared once and reused."""
 
     def __init__(self, extra: dict[str, str] | None = None, use_detect_secrets: bool = True) -> None:
-        patterns = {**HIGH_SIGNAL, **(extra or {})}
-        self._patterns = [(name, re.compile(rx)) for name, rx in patterns.items()]
+        patterns = {**HIGH_SIGNAL, **{name: (rx, ()) for name, rx in (extra or {}).items()}}
+        self._patterns = [(name, re.compile(rx), needles) for name, (rx, needles) in patterns.items()]
         self._plugins = _detect_secrets_plugins() if use_detect_secrets else ()
 
     def scan(self, files: Iterable[tuple[str, Sequence[tuple[int, str]]]]) -> list[Hit]:
@@ -78,7 +86,9 @@ class SecretScanner:
     def _scan_file(self, path: str, text: _Text) -> list[Hit]:
         # Each regex and plugin runs once over the file's added lines joined: far cheaper than per line.
         found: dict[int, Hit] = {}
-        for name, pattern in self._patterns:
+        for name, pattern, needles in self._patterns:
+            if needles and not text.has_any(needles):
+                continue
             for match in pattern.finditer(text.joined):
                 number, _ = text.line_at(match.start())
                 found.setdefault(number, Hit(name, path, number))
@@ -86,8 +96,10 @@ class SecretScanner:
             return list(found.values())
         from detect_secrets.filters import heuristic
 
-        for plugin, trigger in self._plugins:
+        for plugin, trigger, needles in self._plugins:
             # Slow plugins only see the lines that hold what any of their matches must contain.
+            if needles and not text.has_any(needles):
+                continue
             scope = text if trigger is None else text.subset(trigger)
             if scope is None:
                 continue
@@ -108,6 +120,13 @@ class _Text:
         self.lines = lines
         self.joined = "\n".join(t for _, t in lines)
         self.starts = list(itertools.accumulate((len(t) + 1 for _, t in lines[:-1]), initial=0))
+        self._lower: str | None = None
+
+    def has_any(self, needles: tuple[str, ...]) -> bool:
+        """Whether any lower-case needle occurs in the text, case-insensitively."""
+        if self._lower is None:
+            self._lower = self.joined.lower()
+        return any(needle in self._lower for needle in needles)
 
     def subset(self, trigger: re.Pattern[str]) -> _Text | None:
         """Only the lines where ``trigger`` matches, or None when it matches nowhere."""
@@ -141,18 +160,21 @@ def _settings(active: bool) -> Iterator[None]:
 
 
 @functools.cache
-def _detect_secrets_plugins() -> tuple[tuple[Any, re.Pattern[str] | None], ...]:
-    """Every detect-secrets plugin but the skipped ones, each with its line trigger (None: all lines)."""
+def _detect_secrets_plugins() -> tuple[tuple[Any, re.Pattern[str] | None, tuple[str, ...]], ...]:
+    """Every detect-secrets plugin but the skipped ones, with its line trigger (None: all lines) and needles."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
     from detect_secrets.plugins.keyword import DENYLIST
 
-    triggers = {**_TRIGGERS, "KeywordDetector": "|".join(DENYLIST)}
+    plugins = []
     classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
-    return tuple(
-        (cls(), re.compile(triggers[cls.__name__], re.IGNORECASE) if cls.__name__ in triggers else None)
-        for cls in classes
-        if cls.__name__ not in _SKIPPED_PLUGINS
-    )
+    for cls in classes:
+        if cls.__name__ in _SKIPPED_PLUGINS:
+            continue
+        regex, needles = _TRIGGERS.get(cls.__name__, (None, ()))
+        if cls.__name__ == "KeywordDetector":
+            regex = "|".join(DENYLIST)
+        plugins.append((cls(), re.compile(regex, re.IGNORECASE) if regex else None, needles))
+    return tuple(plugins)
 
 
 def _heuristically_benign(heuristic: Any, plugin: Any, value: str, line: str) -> bool:
