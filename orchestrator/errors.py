@@ -84,7 +84,7 @@ class ConflictError(ConvergeError):
     exit_code = 1
 
 
-class LoopSignal(Exception):  # noqa: N818 - signals are not errors, by design
+class LoopSignal(Exception):
     """Base of control-flow signals of the refinement loop (not errors)."""
 
 

@@ -242,7 +242,8 @@ def _guard_tree(path: Path, head: str, force: bool) -> str | None:
     if not force:
         shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
         raise UsageError(
-            f"{path} has uncommitted changes ({shown}); commit them elsewhere or pass --force to save them under {STASH}"
+            f"{path} has uncommitted changes ({shown}); "
+            f"commit them elsewhere or pass --force to save them under {STASH}"
         )
     return _stash(path)
 
@@ -273,7 +274,8 @@ def promote(
         cur = next(g for g in gens if g.status == "current")
         if cur.commit != base:
             raise ConflictError(
-                f"repo {repo!r} moved to generation {cur.number} ({cur.commit[:12]}) since this change was based on {base[:12]}; rebase it"
+                f"repo {repo!r} moved to generation {cur.number} ({cur.commit[:12]}) "
+                f"since this change was based on {base[:12]}; rebase it"
             )
         if gitops.resolve(path, commit) is None:
             raise GitError(f"{commit}: no such commit in {path}")

@@ -54,4 +54,5 @@ class TestReport(BaseModel):
     def summary(self) -> str:
         if not self.ran:
             return "tests not run"
-        return f"{len(self.passed)} passed, {len(self.failed)} failed, {len(self.errored)} errors, {len(self.skipped)} skipped"
+        counts = (len(self.passed), len(self.failed), len(self.errored), len(self.skipped))
+        return "{} passed, {} failed, {} errors, {} skipped".format(*counts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractContextManager
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ class Workspace:
         """The effective configuration: defaults < converge.toml < env < overrides."""
         return load_config(self.state, overrides)
 
-    def lock(self, name: str, what: str) -> file_lock:  # type: ignore[valid-type]
+    def lock(self, name: str, what: str) -> AbstractContextManager[None]:
         """An exclusive lock named ``name`` (e.g. a repo), refused at once if held."""
         return file_lock(self.state / "locks" / f"{name}.lock", what)
 
@@ -153,12 +154,12 @@ def init_workspace(path: Path) -> Workspace:
 
 def _default_config_text() -> str:
     header = "# Converge workspace configuration. Keys and defaults: see the README.\n"
-    return header + dump_toml(
-        {"run": {"max_steps": 5, "attempts_per_step": 3}, "policy": {"files": ["default"]}}
-    )
+    return header + dump_toml({"run": {"max_steps": 5, "attempts_per_step": 3}, "policy": {"files": ["default"]}})
 
 
-def find_workspace(explicit: Path | None, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Workspace:
+def find_workspace(
+    explicit: Path | None, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Workspace:
     """Locate the workspace: ``-w`` path, else $CONVERGE_WORKSPACE, else a parent with `.converge/`."""
     env = os.environ if environ is None else environ
     if explicit is not None:
@@ -169,9 +170,7 @@ def find_workspace(explicit: Path | None, environ: Mapping[str, str] | None = No
     for candidate in (here, *here.parents):
         if (candidate / STATE_DIR).is_dir():
             return Workspace(candidate)
-    raise WorkspaceError(
-        f"no workspace found in {here} or its parents; run `converge init PATH` or pass --workspace"
-    )
+    raise WorkspaceError(f"no workspace found in {here} or its parents; run `converge init PATH` or pass --workspace")
 
 
 def _existing(path: Path, origin: str) -> Workspace:

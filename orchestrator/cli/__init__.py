@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "orchestrator.cli.model_cmds",
     "orchestrator.cli.changeset_cmds",
     "orchestrator.cli.policy_cmds",
+    "orchestrator.cli.run_cmds",
 )
 
 
@@ -34,7 +35,9 @@ COMMAND_MODULES = (
 def _global(
     workspace: Annotated[
         Path | None,
-        typer.Option("--workspace", "-w", help="Workspace directory (else $CONVERGE_WORKSPACE, else a parent with .converge/)."),
+        typer.Option(
+            "--workspace", "-w", help="Workspace directory (else $CONVERGE_WORKSPACE, else a parent with .converge/)."
+        ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:

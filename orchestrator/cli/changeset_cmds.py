@@ -10,6 +10,7 @@ import typer
 
 from orchestrator import changesets, gate, signing
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
+from orchestrator.cli.run_cmds import continue_run
 from orchestrator.errors import SignatureError
 from orchestrator.workspace import Workspace
 
@@ -127,6 +128,7 @@ def approve(cs_id: IdArg, json_out: JsonFlag = False) -> None:
         emit_json(cs.to_json())
     else:
         say(f"approved {cs.id} by {cs.decided_by}: {cs.repo} is at generation {cs.generation}")
+    continue_run(cs.run)
 
 
 @handled
@@ -141,6 +143,7 @@ def reject(
         emit_json(cs.to_json())
     else:
         say(f"rejected {cs.id}: {cs.reason}")
+    continue_run(cs.run)
 
 
 @handled

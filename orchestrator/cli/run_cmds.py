@@ -1,0 +1,112 @@
+"""`converge refine`, `converge runs`, `converge resume`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
+from orchestrator.errors import UsageError
+
+
+def _deps(json_out: bool) -> object:
+    from orchestrator.graph import Deps
+    from orchestrator.loop import model_factory
+
+    ws = workspace()
+    return Deps(ws=ws, model_for=model_factory(ws), on_event=progress)
+
+
+def _render(result: object, json_out: bool) -> None:
+    from orchestrator.graph import RunResult
+
+    assert isinstance(result, RunResult)
+    record = result.record
+    if json_out:
+        emit_json(record.to_json())
+    else:
+        say(f"run {record.id}: {record.status}" + (f" ({record.reason})" if record.reason else ""))
+        for step in record.steps:
+            extra = f" changeset {step.changeset}" if step.changeset else ""
+            gen = f" -> generation {step.generation}" if step.generation is not None else ""
+            say(f"  step {step.step} [{step.agent}] {step.title}: {step.outcome}{extra}{gen}")
+        if record.waiting_on:
+            say(f"  waiting for review: converge changeset show {record.waiting_on}")
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def continue_run(run_id: str | None) -> None:
+    """After a review decision: resume the run that waits on it (its progress goes to stderr)."""
+    from orchestrator import runs
+    from orchestrator.graph import Deps, resume_run
+
+    if not run_id:
+        return
+    ws = workspace()
+    try:
+        record = runs.load(ws, run_id)
+    except UsageError:
+        return  # a submitted patch, not a run
+    if record.status != "waiting_review":
+        return
+    deps = _deps(False)
+    assert isinstance(deps, Deps)
+    result = resume_run(deps, run_id)
+    progress(f"run {run_id}: {result.record.status}" + (f" ({result.record.reason})" if result.record.reason else ""))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the run commands to ``app``."""
+
+    @app.command("refine")
+    @handled
+    def refine(
+        repo: Annotated[str, typer.Argument(help="Registered repo name.")],
+        goal: Annotated[str, typer.Option("--goal", help="What the refinement should achieve, in words.")],
+        plan_only: Annotated[bool, typer.Option("--plan-only", help="Write the plan and stop.")] = False,
+        max_steps: Annotated[int | None, typer.Option("--max-steps", help="Plan steps to execute.")] = None,
+        auto_approve: Annotated[
+            bool, typer.Option("--auto-approve", help="Promote what policy itself approves without asking.")
+        ] = False,
+        json_out: JsonFlag = False,
+    ) -> None:
+        """One run: plan, then propose, apply, verify, judge, sign, review and promote each step."""
+        from orchestrator.graph import Deps, start_run
+
+        deps = _deps(json_out)
+        assert isinstance(deps, Deps)
+        result = start_run(deps, repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve)
+        _render(result, json_out)
+
+    @app.command("resume")
+    @handled
+    def resume(
+        run_id: Annotated[str, typer.Argument(help="Run id (see `converge runs`).")], json_out: JsonFlag = False
+    ) -> None:
+        """Resume an interrupted or killed run from its last checkpoint."""
+        from orchestrator.graph import Deps, resume_run
+
+        deps = _deps(json_out)
+        assert isinstance(deps, Deps)
+        _render(resume_run(deps, run_id), json_out)
+
+    @app.command("runs")
+    @handled
+    def runs_(json_out: JsonFlag = False) -> None:
+        """Runs, newest first: status, steps, changesets."""
+        from orchestrator import runs
+
+        records = runs.list_runs(workspace())
+        if json_out:
+            emit_json([r.to_json() for r in records])
+        else:
+            emit_table(
+                "runs",
+                ["id", "repo", "status", "steps", "changesets", "goal"],
+                [
+                    [r.id, r.repo, r.status, f"{len(r.steps)}/{r.steps_planned}", ", ".join(r.changesets), r.goal[:50]]
+                    for r in records
+                ],
+            )

@@ -1,0 +1,684 @@
+"""The refinement loop: one LangGraph StateGraph per run, checkpointed in `.converge/runs.sqlite`.
+
+    plan ─► propose ─► apply ─► verify ─► judge ─► sign ─► review ─► advance ─► (next step | END)
+               ▲          │        │         │                │
+               └──────────┴────────┴─────────┴── retry ◄──────┘  (attempts left: feedback to propose)
+                                                   └─ give_up ─► advance  (budget spent: step failed)
+
+Nodes are plain functions returning partial state updates; the state holds ids, paths and
+digests only, big things (proposals, reports, the plan) live in files under
+``cache/runs/<run>/``. Every side effect is keyed by run/step/attempt so that a run killed at
+any point and resumed repeats none: proposals are read back from their file, the candidate
+commit from its ref, the changeset from the store, the generation from the lineage.
+
+The graph calls the pieces (agents, models, gate, sandbox); the pieces never call the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator import agents, candidates, changesets, gate, generations, runs
+from orchestrator.agents import LoadedCard, Plan, PlanStep
+from orchestrator.edits import EditProposal, apply_edits
+from orchestrator.errors import ConvergeError, EditError, ModelError, SandboxError, UsageError
+from orchestrator.model_backends import CompletionRequest, ModelBackend
+from orchestrator.reports import TestReport
+from orchestrator.storage import atomic_write, atomic_write_json, read_json
+from orchestrator.workspace import Workspace
+
+CHECKPOINTS = "runs.sqlite"
+FEEDBACK_LIMIT = 2000
+FILE_LIMIT = 12_000
+
+
+class RunState(TypedDict, total=False):
+    """What the checkpointer keeps between nodes: small values only."""
+
+    run_id: str
+    repo: str
+    goal: str
+    auto_approve: bool
+    plan_only: bool
+    max_steps: int
+    started: float
+    steps: list[dict[str, Any]]
+    step: int
+    attempt: int
+    feedback: str
+    proposal: str
+    commit: str
+    base: str
+    report: str
+    image: str
+    changeset: str
+    outcome: str
+    tokens: Annotated[int, operator.add]
+    done: Annotated[list[dict[str, Any]], operator.add]
+
+
+ModelFactory = Callable[[LoadedCard], ModelBackend]
+Events = Callable[[str], None]
+
+
+@dataclass
+class Deps:
+    """What the nodes need from outside: the workspace, how to reach models, where to report."""
+
+    ws: Workspace
+    model_for: ModelFactory
+    on_event: Events = field(default=lambda _text: None)
+    sandbox_backend: Any = None  # orchestrator.sandbox.SandboxBackend; None: from converge.toml
+
+
+# --- files of a run -----------------------------------------------------------------------------
+
+
+def run_dir(ws: Workspace, run_id: str) -> Path:
+    """Where a run keeps its plan, proposals and reports."""
+    return ws.cache / "runs" / run_id
+
+
+def _attempt_file(ws: Workspace, s: RunState, suffix: str) -> Path:
+    return run_dir(ws, s["run_id"]) / f"{s['step'] + 1}-{s['attempt']}.{suffix}"
+
+
+def _current_step(s: RunState) -> PlanStep:
+    return PlanStep.model_validate(s["steps"][s["step"]])
+
+
+def _changeset_id(s: RunState) -> str:
+    return changesets.changeset_id(s["repo"], s["base"], f"{s['run_id']}/{s['step'] + 1}/{s['attempt']}")
+
+
+def _clip(text: str, limit: int = FEEDBACK_LIMIT) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 20] + "\n... (cut)"
+
+
+# --- the graph ------------------------------------------------------------------------------
+
+
+class _Nodes:
+    """The nodes of the graph: plain methods returning partial state updates."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.ws = deps.ws
+        self.cards = agents.load_cards(deps.ws)
+        self.cfg = deps.ws.config()
+
+    def budget_check(self, s: RunState) -> None:
+        if time.time() - s["started"] > self.cfg.run.wall_time:
+            raise BudgetSpentError(f"wall time budget of {self.cfg.run.wall_time:.0f}s spent")
+        if s.get("tokens", 0) > self.cfg.run.max_tokens:
+            raise BudgetSpentError(f"token budget of {self.cfg.run.max_tokens} spent")
+
+    def plan(self, s: RunState) -> RunState:
+        plan_file = run_dir(self.ws, s["run_id"]) / "plan.json"
+        if plan_file.exists():  # resumed after the plan was made
+            found = Plan.model_validate(read_json(plan_file))
+            return {"steps": [st.model_dump() for st in found.steps], "step": 0, "attempt": 1}
+        self.deps.on_event("plan: asking the planner")
+        card = agents.get_card(self.cards, "planner")
+        repo_path = self.ws.repo_path(s["repo"])
+        repo_map = _repo_map(self.ws, s["repo"], repo_path, s["goal"])
+        prompt = agents.build_prompt(card.card, goal=s["goal"], repo_map=repo_map)
+        editors = sorted(n for n, c in self.cards.items() if c.card.role in ("coder", "tool"))
+        schema = _plan_schema(editors, s["max_steps"])
+        request = _request(card, prompt, schema)
+        from orchestrator.models import complete_json
+
+        value, completion = complete_json(
+            self.deps.model_for(card), request, schema, retries=card.card.budgets.attempts
+        )
+        found = agents.check_plan(Plan.model_validate(value), self.cards)
+        found = found.model_copy(update={"steps": found.steps[: s["max_steps"]]})
+        atomic_write_json(plan_file, found.model_dump())
+        _write_adr(self.ws, s, found)
+        self.deps.on_event(f"plan: {len(found.steps)} step(s)")
+        return {
+            "steps": [st.model_dump() for st in found.steps],
+            "step": 0,
+            "attempt": 1,
+            "tokens": completion.tokens_out,
+        }
+
+    def propose(self, s: RunState) -> RunState:
+        self.budget_check(s)
+        step = _current_step(s)
+        path = _attempt_file(self.ws, s, "proposal.json")
+        base = generations.current(self.ws, s["repo"]).commit
+        update: RunState = {"base": base, "proposal": str(path), "feedback": s.get("feedback", "")}
+        if path.exists():
+            return update
+        card = agents.get_card(self.cards, step.agent)
+        self.deps.on_event(f"step {s['step'] + 1} attempt {s['attempt']}: {step.agent} proposes ({step.title})")
+        if card.card.kind == "tool":
+            proposal = _tool_proposal(self.deps, s, card, base)
+            if proposal is None:
+                atomic_write_json(path, {"summary": "no change", "edits": []})
+                return {**update, "outcome": "no-change"}
+            atomic_write(path, proposal.model_dump_json(indent=2))
+            return update
+        repo_map = _repo_map(self.ws, s["repo"], self.ws.repo_path(s["repo"]), s["goal"])
+        prompt = agents.build_prompt(
+            card.card,
+            goal=s["goal"],
+            repo_map=repo_map,
+            step=step,
+            feedback=_with_files(s.get("feedback", ""), self.ws.repo_path(s["repo"]), step.targets),
+        )
+        from orchestrator.models import complete_json
+
+        try:
+            schema = _edits_schema()
+            value, completion = complete_json(
+                self.deps.model_for(card), _request(card, prompt, schema), schema, retries=1
+            )
+            proposal = EditProposal.model_validate(value)
+        except (ModelError, ValidationError) as exc:
+            atomic_write_json(path.with_suffix(".error.json"), {"error": str(exc)})
+            return {**update, "outcome": "retry", "feedback": _clip(str(exc))}
+        atomic_write(path, proposal.model_dump_json(indent=2))
+        return {**update, "tokens": completion.tokens_out, "outcome": ""}
+
+    def apply(self, s: RunState) -> RunState:
+        if Path(s["proposal"]).exists() and not json.loads(Path(s["proposal"]).read_text()).get("edits"):
+            return {"outcome": "no-change"}
+        cs_id = _changeset_id(s)
+        kept = candidates.kept_commit(self.ws.repo_path(s["repo"]), s["run_id"], s["step"] + 1, s["attempt"])
+        if kept is not None:
+            return {"commit": kept[1], "changeset": cs_id, "outcome": ""}
+        proposal = EditProposal.model_validate_json(Path(s["proposal"]).read_text())
+        cand = _candidate(self.ws, s, s["base"])
+        try:
+            cand.create()
+            applied = apply_edits(cand.path, proposal)
+            message = f"{_current_step(s).title}\n\n{proposal.summary}"
+            commit = gate.commit_signed(self.ws, cand, message, cs_id)
+        except EditError as exc:
+            cand.remove()
+            return {"outcome": "retry", "feedback": _clip(str(exc))}
+        self.deps.on_event(f"  applied {len(applied.paths)} file(s): {', '.join(applied.paths)}")
+        cand.keep("candidates")
+        return {"commit": commit, "changeset": cs_id, "outcome": ""}
+
+    def verify(self, s: RunState) -> RunState:
+        report_file = _attempt_file(self.ws, s, "tests.json")
+        image_file = _attempt_file(self.ws, s, "image")
+        if report_file.exists() and image_file.exists():
+            report = TestReport.model_validate_json(report_file.read_text())
+        else:
+            report, image = _run_tests(self.deps, s, self.cfg.run.full_suite_before_promote)
+            atomic_write(image_file, image)
+            atomic_write(report_file, report.model_dump_json(indent=2))
+        image = image_file.read_text()
+        self.deps.on_event(f"  tests: {report.summary}")
+        if not report.ok:
+            _move_candidate(self.ws, s, "failed")
+            return {"report": str(report_file), "outcome": "retry", "feedback": _test_feedback(report)}
+        return {"report": str(report_file), "image": image, "outcome": ""}
+
+    def judge(self, s: RunState) -> RunState:
+        verdict_file = _attempt_file(self.ws, s, "verdict.json")
+        report = TestReport.model_validate_json(Path(s["report"]).read_text())
+        if verdict_file.exists():
+            found = read_json(verdict_file)
+        else:
+            who = _provenance(self.deps, self.cards, s)
+            j = gate.judge(self.ws, s["repo"], s["base"], s["commit"], report, who=who)
+            found = {"decision": j.decision, "risk": j.risk, "reasons": j.reasons, "detail": j.detail}
+            atomic_write_json(verdict_file, found)
+        self.deps.on_event(f"  policy: {found['decision']} (risk {found['risk']})")
+        if found["decision"] == "reject":
+            _move_candidate(self.ws, s, "failed")
+            reasons = "; ".join(found["reasons"]) or "rejected"
+            return {"outcome": "retry", "feedback": _clip(f"Policy rejected the change: {reasons}")}
+        return {"outcome": ""}
+
+    def sign(self, s: RunState) -> RunState:
+        cs_id = s["changeset"]
+        if not changesets.exists(self.ws, cs_id):
+            report = TestReport.model_validate_json(Path(s["report"]).read_text())
+            found = read_json(_attempt_file(self.ws, s, "verdict.json"))
+            judgement = gate.Judgement(found["decision"], found["risk"], found["reasons"], found["detail"])
+            base_gen = next(g for g in generations.lineage(self.ws, s["repo"]) if g.commit == s["base"])
+            message = _current_step(s).title
+            gate.sign(
+                self.ws,
+                s["repo"],
+                cs_id,
+                base=base_gen,
+                commit=s["commit"],
+                report=report,
+                judgement=judgement,
+                who=_provenance(self.deps, self.cards, s),
+                message=message,
+                sandbox_image=s.get("image") or None,
+            )
+        self.deps.on_event(f"  signed changeset {cs_id}")
+        return {}
+
+    def review(self, s: RunState) -> RunState:
+        cs = gate.review(self.ws, changesets.load(self.ws, s["changeset"]), s["auto_approve"])
+        if cs.status == "pending":
+            _record(self.ws, s, status="waiting_review", waiting_on=cs.id)
+            self.deps.on_event(f"  waiting for review: converge changeset approve {cs.id}  (or reject)")
+            from langgraph.types import interrupt
+
+            interrupt({"changeset": cs.id, "verdict": cs.verdict, "risk": cs.risk})
+            cs = changesets.load(self.ws, cs.id)
+            _record(self.ws, s, status="running", waiting_on=None)
+        if cs.status == "rejected":
+            return {"outcome": "rejected", "feedback": _clip(f"A reviewer rejected the change: {cs.reason}")}
+        if cs.status != "approved":
+            return {"outcome": "retry", "feedback": "The change was not approved."}
+        self.deps.on_event(f"  promoted: generation {cs.generation}")
+        return {"outcome": "promoted"}
+
+    def advance(self, s: RunState) -> RunState:
+        step = _current_step(s)
+        outcome = s.get("outcome") or "failed"
+        if outcome == "retry":
+            outcome = "failed"
+        cs = s.get("changeset") if outcome in ("promoted", "rejected") else None
+        gen = changesets.load(self.ws, cs).generation if cs and changesets.exists(self.ws, cs) else None
+        done = {
+            "step": s["step"] + 1,
+            "title": step.title,
+            "agent": step.agent,
+            "outcome": outcome,
+            "attempts": s["attempt"],
+            "changeset": cs,
+            "generation": gen,
+            "reason": "" if outcome == "promoted" else s.get("feedback", "")[:500],
+        }
+        self.deps.on_event(f"step {s['step'] + 1}: {outcome}")
+        return {
+            "done": [done],
+            "step": s["step"] + 1,
+            "attempt": 1,
+            "feedback": "",
+            "outcome": "",
+            "changeset": "",
+            "commit": "",
+        }
+
+    def retry(self, s: RunState) -> RunState:
+        self.deps.on_event(f"  attempt {s['attempt']} failed: {s.get('feedback', '').splitlines()[0][:200]}")
+        return {"attempt": s["attempt"] + 1}
+
+
+def _after(node: str, cards: dict[str, LoadedCard]) -> Callable[[RunState], str]:
+    nexts = {"propose": "apply", "apply": "verify", "verify": "judge", "judge": "sign"}
+
+    def route(s: RunState) -> str:
+        outcome = s.get("outcome", "")
+        if outcome == "no-change":
+            return "advance"
+        if outcome in ("retry", "rejected"):
+            return "retry" if s["attempt"] < _attempts(cards, s) else "advance"
+        return nexts[node]
+
+    return route
+
+
+def _after_review(cards: dict[str, LoadedCard]) -> Callable[[RunState], str]:
+    def route(s: RunState) -> str:
+        if s.get("outcome") in ("retry", "rejected") and s["attempt"] < _attempts(cards, s):
+            return "retry"
+        return "advance"
+
+    return route
+
+
+def build_graph(deps: Deps) -> Any:
+    """The uncompiled StateGraph of a refinement run, its nodes bound to ``deps``."""
+    from langgraph.graph import END, START, StateGraph
+
+    n = _Nodes(deps)
+    g = StateGraph(RunState)
+    for name in ("plan", "propose", "apply", "verify", "judge", "sign", "review", "advance", "retry"):
+        g.add_node(name, getattr(n, name))
+    g.add_edge(START, "plan")
+    g.add_conditional_edges("plan", lambda s: END if s.get("plan_only") else "propose")
+    for node in ("propose", "apply", "verify", "judge"):
+        g.add_conditional_edges(node, _after(node, n.cards))
+    g.add_edge("sign", "review")
+    g.add_conditional_edges("review", _after_review(n.cards))
+    g.add_edge("retry", "propose")
+    g.add_conditional_edges("advance", lambda s: "propose" if s["step"] < len(s["steps"]) else END)
+    return g
+
+
+class BudgetSpentError(ConvergeError):
+    """A run budget (wall time, tokens) is spent: the run fails."""
+
+    exit_code = 1
+
+
+def _attempts(cards: dict[str, LoadedCard], s: RunState) -> int:
+    step = _current_step(s)
+    card = cards.get(step.agent)
+    return card.card.budgets.attempts if card else 1
+
+
+# --- helpers of the nodes -----------------------------------------------------------------------
+
+
+def _request(card: LoadedCard, prompt: agents.Prompt, schema: dict[str, Any] | None) -> CompletionRequest:
+    sampling = card.card.sampling
+    return CompletionRequest(
+        system=prompt.system,
+        prefix=prompt.stable_prefix,
+        user=prompt.user,
+        json_schema=schema,
+        temperature=sampling.temperature,
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
+    )
+
+
+def _plan_schema(editors: list[str], max_steps: int) -> dict[str, Any]:
+    """The plan schema, bounded so constrained decoding always ends: known agents, short fields."""
+    schema = Plan.model_json_schema()
+    schema["properties"]["goal"]["maxLength"] = 200
+    schema["properties"]["steps"]["maxItems"] = max_steps
+    step = schema["$defs"]["PlanStep"]["properties"]
+    step["title"]["maxLength"] = 120
+    step["agent"] = {"type": "string", "enum": editors, "description": "the agent that does the step"}
+    step["targets"].update(maxItems=4, items={"type": "string", "maxLength": 120})
+    step["acceptance"].update(maxItems=3, items={"type": "string", "maxLength": 160})
+    return schema
+
+
+def _edits_schema() -> dict[str, Any]:
+    """The edit schema, bounded in count and size so a small model's answer always terminates."""
+    schema = EditProposal.model_json_schema()
+    schema["properties"]["summary"]["maxLength"] = 300
+    schema["properties"]["edits"].update(minItems=1, maxItems=8)
+    block = schema["$defs"]["EditBlock"]["properties"]
+    block["path"]["maxLength"] = 200
+    block["search"]["maxLength"] = 4000
+    block["replace"]["maxLength"] = 8000
+    return schema
+
+
+def _repo_map(ws: Workspace, repo: str, path: Path, goal: str) -> str:
+    from orchestrator.repomap import build_repo_map
+
+    budget = max(256, ws.config().models.context_length // 4)
+    return build_repo_map(path, ws.cache / "repomap" / repo).render(goal, budget)
+
+
+def _with_files(feedback: str, repo_path: Path, targets: list[str]) -> list[str]:
+    """The step's target files, numbered, so the coder can copy exact search text; then any feedback."""
+    notes = []
+    for rel in targets[:4]:
+        target = (repo_path / rel).resolve()
+        if target.is_file() and target.is_relative_to(repo_path.resolve()):
+            text = target.read_text(encoding="utf-8", errors="replace")[:FILE_LIMIT]
+            notes.append(f"Current content of {rel}:\n```\n{text}\n```")
+    if feedback:
+        notes.append(feedback)
+    return notes
+
+
+def _candidate(ws: Workspace, s: RunState, base: str) -> candidates.Candidate:
+    return candidates.Candidate(
+        ws.repo_path(s["repo"]),
+        ws.cache / "worktrees" / s["repo"],
+        run=s["run_id"],
+        step=s["step"] + 1,
+        attempt=s["attempt"],
+        base=base,
+    )
+
+
+def _move_candidate(ws: Workspace, s: RunState, outcome: candidates.Outcome) -> None:
+    cand = _candidate(ws, s, s["base"])
+    cand.commit_sha = s["commit"]
+    cand.keep(outcome)
+
+
+def _run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
+    """Tests of the candidate in the sandbox: the ones that import the change first, then all."""
+    from orchestrator import sandbox
+    from orchestrator.repomap import build_repo_map
+
+    ws = deps.ws
+    verify_cand = candidates.Candidate(
+        ws.repo_path(s["repo"]),
+        ws.cache / "worktrees" / s["repo"],
+        run=s["run_id"],
+        step=f"{s['step'] + 1}v",
+        attempt=s["attempt"],
+        base=s["commit"],
+    )
+    with verify_cand:
+        changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
+        selected = build_repo_map(verify_cand.path).tests_for(changed)
+        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
+        with sandbox.open_sandbox(ws, s["repo"], verify_cand.path, label=label, backend=deps.sandbox_backend) as box:
+            image = box.spec.image.digest
+            if selected:
+                first = box.run_tests(selected)
+                deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
+                if not first.ok or not full:
+                    return first, image
+            return box.run_tests(), image
+
+
+def _test_feedback(report: TestReport) -> str:
+    if not report.ran:
+        tail = report.command.stderr_tail if report.command else ""
+        return _clip(f"The tests could not run:\n{tail[-1500:]}")
+    failing = ", ".join((report.failed + report.errored)[:10]) or "(no test passed)"
+    out = report.command.stdout_tail[-1500:] if report.command else ""
+    return _clip(f"These tests fail after your change: {failing}\nTest output (end):\n{out}")
+
+
+def _tool_proposal(deps: Deps, s: RunState, card: LoadedCard, base: str) -> EditProposal | None:
+    from orchestrator import sandbox
+
+    ws = deps.ws
+    cand = candidates.Candidate(
+        ws.repo_path(s["repo"]),
+        ws.cache / "worktrees" / s["repo"],
+        run=s["run_id"],
+        step=f"{s['step'] + 1}t",
+        attempt=s["attempt"],
+        base=base,
+    )
+    with cand:
+        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}-tool"
+        with sandbox.open_sandbox(ws, s["repo"], cand.path, label=label, backend=deps.sandbox_backend) as box:
+            try:
+                return agents.run_tool_agent(card.card, cand.path, lambda _wt, argv: box.run(list(argv)))
+            except (SandboxError, EditError) as exc:
+                raise UsageError(f"agent {card.name!r}: {exc}") from exc
+
+
+def _provenance(deps: Deps, cards: dict[str, LoadedCard], s: RunState) -> gate.Provenance:
+    step = _current_step(s)
+    card = cards[step.agent]
+    model_sha = None
+    if card.card.kind == "model":
+        model_sha = deps.model_for(card).identity.sha256
+    return gate.Provenance(
+        author=f"agent:{card.name}",
+        agent_card_sha256=card.digest,
+        model_sha256=model_sha,
+        run=s["run_id"],
+        step=s["step"] + 1,
+        attempt=s["attempt"],
+    )
+
+
+def _write_adr(ws: Workspace, s: RunState, found: Plan) -> None:
+    lines = [
+        f"# Run {s['run_id']}: {s['goal']}",
+        "",
+        f"- repo: {s['repo']}",
+        f"- started: {runs.now()}",
+        "",
+        "## Decision",
+        "",
+        f"The planner restated the goal as: {found.goal}",
+        "",
+        "## Steps",
+        "",
+    ]
+    for n, step in enumerate(found.steps, start=1):
+        lines.append(f"{n}. **{step.title}** — agent `{step.agent}`")
+        if step.targets:
+            lines.append(f"   - files: {', '.join(step.targets)}")
+        for check in step.acceptance:
+            lines.append(f"   - done when: {check}")
+    atomic_write(ws.spec / "runs" / f"{s['run_id']}.md", "\n".join(lines) + "\n")
+
+
+def _record(ws: Workspace, s: RunState, **changes: Any) -> None:
+    record = runs.load(ws, s["run_id"])
+    runs.save(ws, record.model_copy(update=changes))
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def checkpointer(ws: Workspace) -> Iterator[Any]:
+    """The SQLite checkpointer of the workspace, owning its connection."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(ws.state / CHECKPOINTS, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        saver = SqliteSaver(conn)
+        saver.setup()
+        yield saver
+    finally:
+        conn.close()
+
+
+class RunResult(BaseModel):
+    """How a run ended, for the command line."""
+
+    record: runs.RunRecord
+    exit_code: int
+
+
+def start_run(
+    deps: Deps,
+    repo: str,
+    goal: str,
+    *,
+    plan_only: bool = False,
+    max_steps: int | None = None,
+    auto_approve: bool = False,
+    run_id: str | None = None,
+) -> RunResult:
+    """Start a run of ``goal`` on ``repo`` and drive it until it ends or waits for review."""
+    ws = deps.ws
+    ws.repo(repo)
+    if not goal.strip():
+        raise UsageError("--goal: give the goal in words")
+    cfg = ws.config()
+    rid = run_id or runs.new_run_id()
+    steps = max_steps if max_steps is not None else cfg.run.max_steps
+    if steps <= 0:
+        raise UsageError(f"--max-steps {steps}: must be at least 1")
+    record = runs.RunRecord(id=rid, repo=repo, goal=goal, pid=_pid(), started=runs.now())
+    runs.save(ws, record)
+    state: RunState = {
+        "run_id": rid,
+        "repo": repo,
+        "goal": goal,
+        "auto_approve": auto_approve,
+        "plan_only": plan_only,
+        "max_steps": steps,
+        "started": time.time(),
+        "tokens": 0,
+        "done": [],
+    }
+    deps.on_event(f"run {rid}: {repo}: {goal}")
+    return _drive(deps, rid, state)
+
+
+def resume_run(deps: Deps, run_id: str) -> RunResult:
+    """Continue a run from its last checkpoint (after a kill, or after a review decision)."""
+    record = runs.load(deps.ws, run_id)
+    if record.status in ("completed", "failed"):
+        return RunResult(record=record, exit_code=0 if record.status == "completed" else 1)
+    if record.status == "waiting_review" and record.waiting_on:
+        cs = changesets.load(deps.ws, record.waiting_on)
+        if cs.status == "pending":
+            return RunResult(record=record, exit_code=0)
+    runs.save(deps.ws, record.model_copy(update={"status": "running", "pid": _pid()}))
+    deps.on_event(f"run {run_id}: resuming")
+    return _drive(deps, run_id, None)
+
+
+def _drive(deps: Deps, run_id: str, state: RunState | None) -> RunResult:
+    from langgraph.types import Command
+
+    ws = deps.ws
+    config: Any = {"configurable": {"thread_id": run_id}, "recursion_limit": 500}
+    with checkpointer(ws) as saver:
+        graph = build_graph(deps).compile(checkpointer=saver)
+        payload: Any = state
+        if state is None:
+            snapshot = graph.get_state(config)
+            if not snapshot.next and not snapshot.values:
+                raise UsageError(f"run {run_id} has no checkpoint to resume from")
+            pending = [i for t in snapshot.tasks for i in t.interrupts]
+            payload = Command(resume="decided") if pending else None
+        try:
+            graph.invoke(payload, config, durability="sync")
+        except ConvergeError as exc:
+            return _finish(ws, run_id, graph.get_state(config).values, "failed", str(exc))
+        snapshot = graph.get_state(config)
+        values: RunState = snapshot.values
+        if snapshot.next:
+            record = runs.load(ws, run_id)
+            return RunResult(record=record, exit_code=0)
+        return _finish(ws, run_id, values, "completed", "")
+
+
+def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, reason: str) -> RunResult:
+    record = runs.load(ws, run_id)
+    done = [runs.StepOutcome.model_validate(d) for d in values.get("done", [])]
+    promoted = [d for d in done if d.outcome == "promoted"]
+    if status == "completed" and done and not promoted and not all(d.outcome == "no-change" for d in done):
+        status, reason = "failed", "no step was promoted"
+    updated = record.model_copy(
+        update={
+            "status": status,
+            "reason": reason,
+            "steps": done,
+            "steps_planned": len(values.get("steps", [])),
+            "changesets": [d.changeset for d in done if d.changeset],
+            "tokens": values.get("tokens", 0),
+            "waiting_on": None,
+            "seconds": round(time.time() - values.get("started", time.time()), 1),
+        }
+    )
+    runs.save(ws, updated)
+    return RunResult(record=updated, exit_code=0 if status == "completed" else 1)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

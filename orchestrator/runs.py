@@ -1,0 +1,110 @@
+"""Run records: what `converge runs` lists, kept beside the LangGraph checkpoints.
+
+The checkpoints in ``.converge/runs.sqlite`` are the truth about where a run is; this small
+JSON record per run (``.converge/runs/<id>.json``) carries what a listing needs without
+opening the graph: repo, goal, status, steps, changesets and the pid of the process driving
+it. A record saying ``running`` whose process is gone is reported as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from orchestrator.errors import UsageError
+from orchestrator.storage import atomic_write_json, read_json
+from orchestrator.workspace import Workspace
+
+RunStatus = Literal["running", "waiting_review", "completed", "failed", "interrupted"]
+
+
+class StepOutcome(BaseModel):
+    """How one plan step ended."""
+
+    step: int
+    title: str
+    agent: str
+    outcome: Literal["promoted", "failed", "rejected", "no-change"]
+    attempts: int
+    changeset: str | None = None
+    generation: int | None = None
+    reason: str = ""
+
+
+class RunRecord(BaseModel):
+    """One refinement run as listings show it."""
+
+    id: str
+    repo: str
+    goal: str
+    status: RunStatus = "running"
+    pid: int | None = None
+    steps_planned: int = 0
+    steps: list[StepOutcome] = Field(default_factory=list)
+    changesets: list[str] = Field(default_factory=list)
+    waiting_on: str | None = None
+    reason: str = ""
+    tokens: int = 0
+    started: str = ""
+    updated: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return self.model_dump()
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: time then randomness."""
+    return time.strftime("r%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _path(ws: Workspace, run_id: str) -> Path:
+    return ws.state / "runs" / f"{run_id}.json"
+
+
+def save(ws: Workspace, record: RunRecord) -> None:
+    """Write a run record atomically."""
+    atomic_write_json(_path(ws, record.id), record.model_copy(update={"updated": now()}).model_dump())
+
+
+def load(ws: Workspace, run_id: str) -> RunRecord:
+    """One run by id, with a status that accounts for a dead driver."""
+    path = _path(ws, run_id)
+    if not path.exists():
+        raise UsageError(f"unknown run {run_id!r}; `converge runs` lists them")
+    return _live_status(RunRecord.model_validate(read_json(path)))
+
+
+def list_runs(ws: Workspace) -> list[RunRecord]:
+    """Every run, newest first."""
+    folder = ws.state / "runs"
+    if not folder.is_dir():
+        return []
+    records = [_live_status(RunRecord.model_validate(read_json(p))) for p in folder.glob("*.json")]
+    return sorted(records, key=lambda r: r.started, reverse=True)
+
+
+def _live_status(record: RunRecord) -> RunRecord:
+    if record.status == "running" and (record.pid is None or not _alive(record.pid)):
+        return record.model_copy(update={"status": "interrupted"})
+    return record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
