@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import AbstractContextManager
 import shutil
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
