@@ -38,6 +38,9 @@ class ModelsConfig(Section):
     roles: dict[str, str] = Field(
         default_factory=dict, description="role name -> registered model name"
     )
+    n_threads: int | None = Field(default=None, gt=0, description="CPU threads for llama.cpp; default: all cores")
+    prefix_cache: bool = Field(default=True, description="save prompt-prefix KV states under cache/prompt-cache/")
+    structured_retries: int = Field(default=2, ge=0, description="retries of a malformed structured answer")
 
 
 class SandboxConfig(Section):

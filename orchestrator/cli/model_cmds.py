@@ -1,0 +1,152 @@
+"""`converge model list|add|use|try`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
+from orchestrator.errors import UsageError
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+model_app = typer.Typer(help="GGUF models known to the workspace, and which role uses which.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `model` command group to ``app``."""
+    app.add_typer(model_app, name="model")
+
+
+@model_app.command("list")
+@handled
+def list_models(json_out: JsonFlag = False) -> None:
+    """Registered models and role bindings."""
+    from orchestrator import models
+
+    ws = workspace()
+    registry = models.load_registry(ws)
+    roles = models.all_roles(ws)
+    rows = []
+    for record in registry.models.values():
+        doc = record.model_dump(exclude={"chat_template"})
+        doc["has_chat_template"] = record.chat_template is not None
+        doc["roles"] = sorted(r for r, b in roles.items() if b == record.name)
+        rows.append(doc)
+    if json_out:
+        emit_json({"models": rows, "roles": roles})
+        return
+    emit_table(
+        "models",
+        ["name", "arch", "quant", "context", "size", "sha256", "roles"],
+        [
+            [r["name"], r["architecture"], r["quantisation"], r["context_length"], _size(r["size"]),
+             r["sha256"][:12], ", ".join(r["roles"])]
+            for r in rows
+        ],
+    )  # fmt: skip
+    remote = {r: b for r, b in roles.items() if b not in registry.models}
+    for role, binding in sorted(remote.items()):
+        say(f"role {role} -> {binding}")
+
+
+@model_app.command("add")
+@handled
+def add(
+    path: Annotated[Path, typer.Argument(help="A GGUF model file.")],
+    name: Annotated[str, typer.Option("--name", help="Name to register it under.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Register a GGUF file (reads its header, computes its sha256)."""
+    from orchestrator import models
+
+    progress(f"reading {path} ...")
+    record = models.add_model(workspace(), path, name)
+    if json_out:
+        emit_json(record.model_dump(exclude={"chat_template"}))
+    else:
+        say(
+            f"registered {record.name}: {record.architecture} {record.quantisation}, "
+            f"context {record.context_length}, {_size(record.size)}, sha256 {record.sha256[:12]}"
+        )
+
+
+@model_app.command("use")
+@handled
+def use(
+    model: Annotated[str, typer.Argument(help="A registered model, openai:URL[#model] or replay:FILE.")],
+    role: Annotated[str, typer.Option("--role", help="Role to bind (planner, coder, reviewer, ...).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Bind a role to a model."""
+    from orchestrator import models
+
+    binding = models.use_model(workspace(), model, role)
+    if json_out:
+        emit_json({"role": role, "model": binding})
+    else:
+        say(f"role {role} -> {binding}")
+
+
+@model_app.command("try")
+@handled
+def try_model(
+    model: Annotated[str, typer.Argument(help="A registered model, openai:URL[#model] or replay:FILE.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="The user message.")],
+    schema: Annotated[Path | None, typer.Option("--schema", help="A JSON schema file the answer must match.")] = None,
+    system: Annotated[str, typer.Option("--system", help="The system prompt.")] = "You are a helpful assistant.",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Tokens to generate at most.")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
+    json_out: JsonFlag = False,
+) -> None:
+    """One call to a model, to check it; with --schema the answer is constrained and validated."""
+    from orchestrator import models
+
+    ws = workspace()
+    backend = models.backend_for(ws, model)
+    request = models.CompletionRequest(system=system, user=prompt, max_tokens=max_tokens, seed=seed)
+    parsed: Any = None
+    if schema is None:
+        completion = backend.complete(request)
+    else:
+        retries = ws.config().models.structured_retries
+        parsed, completion = models.complete_json(
+            backend, request, _read_schema(schema), retries=retries, log=models.call_log(ws)
+        )
+    identity = backend.identity
+    if json_out:
+        doc: dict[str, Any] = {
+            "model": identity.name,
+            "model_sha256": identity.sha256,
+            "text": completion.text,
+            "tokens_in": completion.tokens_in,
+            "tokens_out": completion.tokens_out,
+            "seconds": round(completion.seconds, 3),
+            "finish_reason": completion.finish_reason,
+        }
+        if schema is not None:
+            doc["json"] = parsed
+        emit_json(doc)
+        return
+    say(json.dumps(parsed, indent=2) if schema is not None else completion.text)
+    progress(
+        f"{identity.name}: {completion.tokens_in} tokens in, {completion.tokens_out} out, {completion.seconds:.2f}s"
+    )
+
+
+def _read_schema(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: schema file not found") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a JSON file: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: a JSON schema must be an object")
+    return value
