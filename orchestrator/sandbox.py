@@ -96,6 +96,10 @@ class SandboxBackend(Protocol):
         """Remove sandboxes left by dead processes (of one workspace, or all); their ids."""
         ...
 
+    def close(self) -> None:
+        """Release the connection to the engine (sessions already started are closed first)."""
+        ...
+
 
 class Sandbox:
     """A running sandbox over one candidate worktree."""
@@ -242,7 +246,12 @@ def open_sandbox(
     worktree = worktree.absolute()
     if not worktree.is_dir():
         raise SandboxError(f"{worktree}: candidate worktree does not exist")
-    chosen.reap(ws.root)
+    try:
+        chosen.reap(ws.root)
+    except SandboxError:
+        if backend is None:
+            chosen.close()
+        raise
     image = resolve(ws)
     base = SandboxSpec(
         image=image,
@@ -253,11 +262,15 @@ def open_sandbox(
         environment=environment(image, cfg),
     )
     env_dir = ensure_env(ws, repo, base, chosen, allow_network="network-deps" in cfg.allow.get(repo, []))
-    session = chosen.start(replace(base, env_dir=env_dir))
     try:
-        yield Sandbox(session, replace(base, env_dir=env_dir))
+        session = chosen.start(replace(base, env_dir=env_dir))
+        try:
+            yield Sandbox(session, replace(base, env_dir=env_dir))
+        finally:
+            session.close()
     finally:
-        session.close()
+        if backend is None:
+            chosen.close()
 
 
 @dataclass
@@ -277,6 +290,9 @@ class ScriptedBackend:
 
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         return []
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from orchestrator import gitops
 from orchestrator.config import SandboxConfig
@@ -35,7 +37,8 @@ def engine(ctx: DoctorContext) -> Check:
     except SandboxError as exc:
         detail, _, fix = str(exc).partition("; ")
         return Check("sandbox.engine", "missing", detail, fix or None)
-    return Check("sandbox.engine", "ready", f"docker {client.version().get('Version', '?')}")
+    with contextlib.closing(client):
+        return Check("sandbox.engine", "ready", f"docker {client.version().get('Version', '?')}")
 
 
 @register_check("sandbox.image")
@@ -48,7 +51,9 @@ def image(ctx: DoctorContext) -> Check:
         client = connect()
     except SandboxError:
         return Check("sandbox.image", "missing", f"{spec.tag}: no engine to hold it", "start the engine first")
-    if not image_present(client, spec):
+    with contextlib.closing(client):
+        present = image_present(client, spec)
+    if not present:
         return Check(
             "sandbox.image",
             "missing",
@@ -64,12 +69,19 @@ def image(ctx: DoctorContext) -> Check:
 @register_check("sandbox.orphans")
 def orphans(ctx: DoctorContext) -> Check:
     """Containers and temporary worktrees left by crashed runs; removed with --clean."""
-    from orchestrator.sandbox_docker import DockerBackend, connect
+    from orchestrator.sandbox_docker import connect
 
     try:
         client = connect()
     except SandboxError:
         return Check("sandbox.orphans", "warning", "engine not reachable: orphans not checked", "start the engine")
+    with contextlib.closing(client):
+        return _orphans(ctx, client)
+
+
+def _orphans(ctx: DoctorContext, client: Any) -> Check:
+    from orchestrator.sandbox_docker import DockerBackend
+
     backend = DockerBackend(client)
     stale = _stale_worktrees(ctx)
     if ctx.clean:

@@ -13,11 +13,14 @@ memory cgroup counter. docker-py exceptions become :class:`SandboxError` here.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,20 @@ def connect() -> Any:
     import docker
     import docker.errors
 
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+        raise SandboxError(f"no Docker engine: {host} does not exist; {ENGINE_FIX}")
     try:
         client = docker.from_env(timeout=120)
+    except docker.errors.DockerException as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()  # docker-py leaks the socket of a refused connection; release it quietly
+        raise SandboxError(f"no Docker engine answers ({exc.__class__.__name__}: {exc}); {ENGINE_FIX}") from exc
+    try:
         client.ping()
     except docker.errors.DockerException as exc:
+        client.close()
         raise SandboxError(f"no Docker engine answers ({exc.__class__.__name__}: {exc}); {ENGINE_FIX}") from exc
     return client
 
@@ -145,6 +158,11 @@ class DockerBackend:
             raise SandboxError(f"sandbox container for {spec.worktree} did not start: {exc}") from exc
         return DockerSession(self.client, container, f"{spec.image.uid}:{spec.image.gid}")
 
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         """Remove containers whose owning process is gone (or all of them with ``include_live``)."""
         import docker.errors
@@ -175,6 +193,16 @@ def _orphaned(labels: dict[str, str]) -> bool:
     except (ValueError, PermissionError):
         return False
     return int(labels.get("converge.pid", "0")) <= 0
+
+
+def _close_stream(stream: Any) -> None:
+    """Close an exec's output stream and its HTTP response (docker-py leaves both open)."""
+    with contextlib.suppress(OSError):
+        stream.close()
+    response = getattr(stream, "_response", None)
+    if response is not None:
+        with contextlib.suppress(OSError, ValueError):
+            response.close()
 
 
 class DockerSession:
@@ -225,10 +253,13 @@ class DockerSession:
         reader.start()
         reader.join(timeout)
         timed_out = reader.is_alive()
-        if timed_out:
-            self._kill_all()
-            reader.join(30)
-        duration = time.monotonic() - started
+        try:
+            if timed_out:
+                self._kill_all()
+                reader.join(30)
+        finally:
+            duration = time.monotonic() - started
+            _close_stream(stream)
         if failure and not timed_out:
             raise SandboxError(f"lost the output of {argv[0]!r}: {failure[0]}") from failure[0]
         exit_code = self._exit_code(exec_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
 
@@ -53,7 +54,8 @@ def register(app: typer.Typer) -> None:
         from orchestrator.sandbox_image import ensure_image, resolve
 
         spec = resolve(workspace())
-        tag = ensure_image(connect(), spec)
+        with contextlib.closing(connect()) as client:
+            tag = ensure_image(client, spec)
         if json_out:
             emit_json({"tag": tag, "digest": spec.digest, "recipe": str(spec.recipe_path), "mounts": list(spec.mounts)})
         else:
