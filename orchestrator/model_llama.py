@@ -286,7 +286,7 @@ def _snapshot(llm: Any) -> bytes:
     size = llama_cpp.llama_state_get_size(llm.ctx)
     buffer = (ctypes.c_uint8 * int(size))()
     written = llama_cpp.llama_state_get_data(llm.ctx, buffer, size)
-    return bytes(buffer[: int(written)])
+    return ctypes.string_at(buffer, int(written))
 
 
 def _restore(llm: Any, tokens: list[int], state: bytes) -> bool:

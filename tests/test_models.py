@@ -37,7 +37,7 @@ class Verdict(BaseModel):
 
 
 # A stable part long enough that evaluating it costs clearly more than restoring it.
-REPO_MAP = "\n".join(f"src/pkg/module_{i}.py: def function_{i}(x: int) -> int  # returns x + {i}" for i in range(20))
+REPO_MAP = "\n".join(f"src/pkg/module_{i}.py: def function_{i}(x: int) -> int  # returns x + {i}" for i in range(8))
 
 
 @pytest.fixture(scope="module")
@@ -222,18 +222,18 @@ def test_prefix_state_is_reused_in_memory_and_from_disk(
     smol.complete(CompletionRequest(system="Something else entirely.", user="hi", max_tokens=1))
     first = ask(smol, "Which module defines function_7?")
     second = ask(smol, "Which module defines function_9?")
-    assert first.prefix_reused == 0 and first.tokens_in > 500
-    assert second.prefix_reused > 500
+    assert first.prefix_reused == 0 and first.tokens_in > 200
+    assert second.prefix_reused > 200
     assert second.seconds < first.seconds / 2
 
     smol.complete(CompletionRequest(system="Something else entirely.", user="hi", max_tokens=1))
-    assert ask(smol, "And function_3?").prefix_reused > 500  # restored from memory after another prompt
+    assert ask(smol, "And function_3?").prefix_reused > 200  # restored from memory after another prompt
 
     # A new process: a fresh manager over the same cache directory restores the prefix from disk.
     with ModelManager(n_ctx=N_CTX, cache_dir=manager.cache_dir) as fresh:
         assert list((manager.cache_dir or Path()).glob("*.state"))
         restarted = ask(LlamaBackend(smol_record, fresh), "Which module defines function_5?")
-    assert restarted.prefix_reused > 500
+    assert restarted.prefix_reused > 200
 
 
 @pytest.mark.model
