@@ -196,6 +196,8 @@ class ReplayBackend:
                 entry = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ModelError(f"{path}:{number}: not a JSON line: {exc.msg}") from exc
+            if entry.get("kind", "call") != "call":
+                continue  # e.g. a structured-output failure report, not an answer
             digest = entry.get("digest", "*")
             if digest == "*":
                 self.script.append(entry)

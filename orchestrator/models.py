@@ -178,6 +178,8 @@ def _complete_validated(
     retries: int,
     log: CallLog | None,
 ) -> tuple[T, Completion]:
+    if log is None and isinstance(backend, Recorded):
+        log = backend.log  # the raw answer of a failure goes where the call itself was recorded
     attempt_request = request
     problem = ""
     completion: Completion | None = None

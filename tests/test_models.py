@@ -191,6 +191,14 @@ def test_structured_output_gives_up_with_the_raw_answer_logged(tmp_path: Path) -
     failure = json.loads(log.path.read_text().splitlines()[-1])
     assert failure["kind"] == "structured_failure" and failure["raw"] == '{"approve": tru'
 
+    # Through a recorded backend the failure lands in the same log as the calls, without being told.
+    recorded = models.Recorded(ReplayBackend(path), CallLog(tmp_path / "calls-of-run.jsonl"))
+    with pytest.raises(ModelError, match=r"calls-of-run\.jsonl"):
+        models.complete_structured(recorded, request, Verdict, retries=1)
+    kinds = [json.loads(x).get("kind", "call") for x in recorded.log.path.read_text().splitlines()]
+    assert kinds == ["call", "call", "structured_failure"]
+    assert ReplayBackend(recorded.log.path).script == []  # reports are not answers
+
 
 # --- the real model: llama.cpp in-process --------------------------------------------------
 
