@@ -40,7 +40,7 @@ from orchestrator.workspace import Workspace
 if TYPE_CHECKING:
     from orchestrator.sandbox import SandboxBackend, SandboxSpec
 
-ENV_VERSION = 1
+ENV_VERSION = 2
 SEED = ("pytest",)
 REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "requirements_dev.txt")
 EXTRAS = ("test", "tests", "testing", "dev")
@@ -136,8 +136,8 @@ def copy_distribution(dist: md.Distribution, site: Path) -> None:
         if rel.parts and rel.parts[0] == "..":
             continue  # console scripts and data outside site-packages: `python -m` is used instead
         source = Path(str(dist.locate_file(rel)))
-        if not source.is_file() or "__pycache__" in rel.parts:
-            continue
+        if not source.is_file():
+            continue  # compiled files come along (copy2 keeps mtimes, so they stay valid)
         target = site / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
