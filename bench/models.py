@@ -40,23 +40,24 @@ def line(name: str, value: float | int) -> None:
 
 
 def throughput(tokens: int, rounds: int) -> None:
-    """Tokens/s of the same greedy generation, direct vs through Converge (best of ``rounds``)."""
+    """Tokens/s of the same greedy generation, direct vs through Converge, rounds interleaved (best of each)."""
     from llama_cpp import Llama
 
     path = embedded_model_path()
     with _quiet_stderr():
         direct = Llama(model_path=str(path), n_ctx=N_CTX, verbose=False)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": STORY}]
-    direct_rates = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        out = direct.create_chat_completion(messages=messages, max_tokens=tokens, temperature=0.0, seed=0)
-        direct_rates.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
-    direct.close()
+    request = CompletionRequest(system=SYSTEM, user=STORY, max_tokens=tokens)
+    direct_rates, ours = [], []
     with ModelManager(n_ctx=N_CTX) as manager:
         backend = LlamaBackend(describe(path, "default"), manager)
-        request = CompletionRequest(system=SYSTEM, user=STORY, max_tokens=tokens)
-        ours = [(c.tokens_out / c.seconds) for c in (backend.complete(request) for _ in range(rounds))]
+        for _ in range(rounds):
+            start = time.perf_counter()
+            out = direct.create_chat_completion(messages=messages, max_tokens=tokens, temperature=0.0, seed=0)
+            direct_rates.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
+            done = backend.complete(request)
+            ours.append(done.tokens_out / done.seconds)
+    direct.close()
     line("direct_tokens_per_s", max(direct_rates))
     line("converge_tokens_per_s", max(ours))
     line("converge_over_direct", max(ours) / max(direct_rates))
