@@ -134,7 +134,11 @@ class _Nodes:
         repo_path = self.ws.repo_path(s["repo"])
         repo_map = _repo_map(self.ws, s["repo"], repo_path, s["goal"])
         prompt = agents.build_prompt(card.card, goal=s["goal"], repo_map=repo_map)
-        editors = sorted(n for n, c in self.cards.items() if c.card.role in ("coder", "tool"))
+        # deterministic tool agents first: cheaper and safer, so offered before model agents
+        editors = sorted(
+            (n for n, c in self.cards.items() if c.card.role in ("coder", "tool")),
+            key=lambda n: (self.cards[n].card.kind != "tool", n),
+        )
         schema = _plan_schema(editors, s["max_steps"])
         request = _request(card, prompt, schema)
         from orchestrator.models import complete_json
@@ -212,6 +216,7 @@ class _Nodes:
             return {"outcome": "retry", "feedback": _clip(str(exc))}
         self.deps.on_event(f"  applied {len(applied.paths)} file(s): {', '.join(applied.paths)}")
         cand.keep("candidates")
+        cand.remove()  # verify checks the kept commit out afresh; nothing lives in a worktree between nodes
         return {"commit": commit, "changeset": cs_id, "outcome": ""}
 
     def verify(self, s: RunState) -> RunState:
@@ -404,14 +409,10 @@ def _plan_schema(editors: list[str], max_steps: int) -> dict[str, Any]:
 
 
 def _edits_schema() -> dict[str, Any]:
-    """The edit schema, bounded in count and size so a small model's answer always terminates."""
+    """The edit schema with a bounded number of blocks (string lengths stay free: llama.cpp's
+    grammar compiler unrolls each ``maxLength`` into nested rules and refuses long ones)."""
     schema = EditProposal.model_json_schema()
-    schema["properties"]["summary"]["maxLength"] = 300
-    schema["properties"]["edits"].update(minItems=1, maxItems=8)
-    block = schema["$defs"]["EditBlock"]["properties"]
-    block["path"]["maxLength"] = 200
-    block["search"]["maxLength"] = 4000
-    block["replace"]["maxLength"] = 8000
+    schema["properties"]["edits"].update(minItems=1, maxItems=6)
     return schema
 
 

@@ -81,9 +81,9 @@ def emit_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[objec
 
 def say(text: str) -> None:
     """A line for people, on stdout (only when not in --json mode)."""
-    Console(highlight=False).print(text)
+    Console(highlight=False).print(text, markup=False)
 
 
 def progress(text: str) -> None:
     """Progress and logs: always stderr, so stdout stays one JSON document."""
-    err_console.print(text, highlight=False)
+    err_console.print(text, highlight=False, markup=False)

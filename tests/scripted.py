@@ -1,0 +1,57 @@
+"""A scripted model backend for control-flow tests: answers from a queue, records every request.
+
+Like httpx's MockTransport: a function-backed fake behind the same ModelBackend protocol as
+the real llama.cpp backend, so the loop under test is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.agents import LoadedCard
+from orchestrator.model_backends import Completion, CompletionRequest, ModelIdentity
+
+PLAN_KEY = "steps"
+
+
+class ScriptedBackend:
+    """Answers plan requests from ``plans`` and edit requests from ``edits``, in order."""
+
+    def __init__(self, plans: list[dict[str, Any]], edits: list[dict[str, Any] | str]) -> None:
+        self.plans = list(plans)
+        self.edits = list(edits)
+        self.requests: list[CompletionRequest] = []
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(name="scripted", sha256="0" * 64, kind="replay")
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        self.requests.append(request)
+        schema = request.json_schema or {}
+        queue = self.plans if PLAN_KEY in schema.get("properties", {}) else self.edits
+        if not queue:
+            raise AssertionError(f"scripted model has no answer left for: {request.user[:200]}")
+        answer = queue.pop(0)
+        text = answer if isinstance(answer, str) else json.dumps(answer)
+        return Completion(text=text, tokens_in=len(request.user) // 4, tokens_out=len(text) // 4, seconds=0.0)
+
+    def factory(self) -> Callable[[LoadedCard], ScriptedBackend]:
+        return lambda _card: self
+
+
+def plan(*steps: tuple[str, str, list[str]]) -> dict[str, Any]:
+    """A plan answer: (title, agent, targets) per step."""
+    return {
+        "goal": "refine",
+        "steps": [
+            {"title": t, "agent": a, "targets": targets, "acceptance": ["tests pass"]} for t, a, targets in steps
+        ],
+    }
+
+
+def edit(path: str, search: str, replace: str, summary: str = "change") -> dict[str, Any]:
+    """An edits answer with one block."""
+    return {"summary": summary, "edits": [{"path": path, "search": search, "replace": replace}]}

@@ -1,0 +1,166 @@
+"""The refinement loop end to end: real git, real Docker sandbox, real policy and signing; a scripted model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import changesets, gate, generations, runs
+from orchestrator.graph import Deps, resume_run, start_run
+from orchestrator.workspace import Workspace
+from tests.conftest import GIT_ENV, git
+from tests.scripted import ScriptedBackend, edit, plan
+
+pytestmark = pytest.mark.docker
+
+UNUSED = "import os\nimport sys\n"
+STEP = ("Remove unused imports from stock.py", "coder", ["inventory/stock.py"])
+
+
+def _deps(ws: Workspace, model: ScriptedBackend, events: list[str] | None = None) -> Deps:
+    sink = events if events is not None else []
+    return Deps(ws=ws, model_for=model.factory(), on_event=sink.append)
+
+
+def test_refine_promotes_a_passing_change(sample_ws: Workspace) -> None:
+    model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
+    result = start_run(_deps(sample_ws, model), "sample", "remove unused imports", auto_approve=True)
+    record = result.record
+    assert (result.exit_code, record.status) == (0, "completed"), record.reason
+    assert [(s.outcome, s.generation) for s in record.steps] == [("promoted", 1)]
+    path = sample_ws.src / "sample"
+    assert "import os" not in (path / "inventory" / "stock.py").read_text()
+    cs = changesets.load(sample_ws, record.changesets[0])
+    assert (cs.status, cs.run, cs.generation) == ("approved", record.id, 1)
+    assert changesets.check(sample_ws, cs) == []
+    allowed = sample_ws.state / "allowed_signers"
+    git(path, "-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", cs.commit)
+    assert (sample_ws.spec / "runs" / f"{record.id}.md").is_file()
+    assert not any((sample_ws.cache / "worktrees").rglob("*.py")), "candidate worktrees are removed"
+    assert runs.load(sample_ws, record.id).status == "completed"
+
+
+def test_a_failed_edit_is_fed_back_and_retried(sample_ws: Workspace) -> None:
+    wrong = edit("inventory/stock.py", "import json\n", "")
+    model = ScriptedBackend([plan(STEP)], [wrong, edit("inventory/stock.py", UNUSED, "")])
+    events: list[str] = []
+    result = start_run(_deps(sample_ws, model, events), "sample", "remove unused imports", auto_approve=True)
+    assert result.record.status == "completed"
+    assert result.record.steps[0].attempts == 2
+    second = model.requests[-1].user
+    assert "Your previous attempt was rejected" in second
+    assert "not found" in second, second
+
+
+def test_failing_tests_roll_back_and_keep_the_candidate(sample_ws: Workspace) -> None:
+    breaking = edit("inventory/stock.py", 'replace(" ", "-")', 'replace(" ", "_")')
+    model = ScriptedBackend([plan(STEP)], [breaking, breaking, breaking])
+    before = generations.current(sample_ws, "sample")
+    result = start_run(_deps(sample_ws, model), "sample", "normalise skus", auto_approve=True)
+    assert (result.exit_code, result.record.status) == (1, "failed")
+    step = result.record.steps[0]
+    assert (step.outcome, step.attempts) == ("failed", 3)
+    assert "test_add_and_count_normalises_sku" in step.reason
+    assert generations.current(sample_ws, "sample") == before
+    path = sample_ws.src / "sample"
+    failed = git(path, "for-each-ref", "--format=%(refname)", f"refs/converge/failed/{result.record.id}/")
+    assert len(failed.splitlines()) == 3
+    assert git(path, "status", "--porcelain") == ""
+    # the feedback told the model which test failed
+    assert "test_add_and_count_normalises_sku" in model.requests[-1].user
+
+
+def test_review_pauses_the_run_and_approval_resumes_it(sample_ws: Workspace) -> None:
+    model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
+    deps = _deps(sample_ws, model)
+    paused = start_run(deps, "sample", "remove unused imports", auto_approve=False)
+    assert paused.record.status == "waiting_review"
+    cs_id = paused.record.waiting_on
+    assert cs_id is not None and changesets.load(sample_ws, cs_id).status == "pending"
+    assert generations.current(sample_ws, "sample").number == 0
+    gate.approve(sample_ws, cs_id)
+    done = resume_run(deps, paused.record.id)
+    assert done.record.status == "completed"
+    assert done.record.steps[0].generation == 1
+    assert generations.current(sample_ws, "sample").number == 1
+
+
+def test_plan_only_writes_the_plan_and_stops(sample_ws: Workspace) -> None:
+    model = ScriptedBackend([plan(STEP, ("Format", "ruff-format", []))], [])
+    result = start_run(_deps(sample_ws, model), "sample", "tidy up", plan_only=True)
+    assert result.record.status == "completed"
+    adr = (sample_ws.spec / "runs" / f"{result.record.id}.md").read_text()
+    assert "Remove unused imports from stock.py" in adr and "ruff-format" in adr
+    assert generations.current(sample_ws, "sample").number == 0
+
+
+def test_a_plan_naming_an_unknown_agent_is_refused(sample_ws: Workspace) -> None:
+    bad = plan(("Do it", "wizard", []))
+    model = ScriptedBackend([bad, bad, bad, bad], [])
+    result = start_run(_deps(sample_ws, model), "sample", "magic")
+    assert result.record.status == "failed"
+    assert "wizard" in result.record.reason
+
+
+# --- durability: SIGKILL at several points, then resume ------------------------------------------
+
+DRIVER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[4])
+from orchestrator.graph import Deps, resume_run, start_run
+from orchestrator.workspace import Workspace
+from tests.scripted import ScriptedBackend, edit, plan
+ws = Workspace(Path(sys.argv[1]))
+kill_at = sys.argv[3]
+def on_event(text):
+    if kill_at and kill_at in text:
+        os.kill(os.getpid(), signal.SIGKILL)
+model = ScriptedBackend(
+    [plan(("Remove unused imports from stock.py", "coder", ["inventory/stock.py"]))] * 2,
+    [edit("inventory/stock.py", "import os\\nimport sys\\n", "")] * 2,
+)
+deps = Deps(ws=ws, model_for=model.factory(), on_event=on_event)
+if sys.argv[2] == "start":
+    r = start_run(deps, "sample", "remove unused imports", auto_approve=True, run_id="r-kill")
+else:
+    r = resume_run(deps, "r-kill")
+print(r.record.status)
+"""
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _drive(ws: Workspace, mode: str, kill_at: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, str(ws.root), mode, kill_at, str(ROOT)],
+        env={**os.environ, **GIT_ENV},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["plan: 1 step", "  applied", "  tests:", "  policy:", "  signed", "  promoted"])
+def test_sigkill_then_resume_finishes_without_duplicates(sample_ws: Workspace, kill_at: str) -> None:
+    killed = _drive(sample_ws, "start", kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert runs.load(sample_ws, "r-kill").status == "interrupted"
+    resumed = _drive(sample_ws, "resume", "")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == "completed"
+    record = runs.load(sample_ws, "r-kill")
+    assert record.status == "completed"
+    gens = generations.lineage(sample_ws, "sample")
+    assert [g.number for g in gens] == [0, 1], "exactly one new generation"
+    assert len(changesets.list_changesets(sample_ws)) == 1, "exactly one changeset"
+    path = sample_ws.src / "sample"
+    kept = git(path, "for-each-ref", "--format=%(refname)", "refs/converge/candidates/r-kill/")
+    assert len(kept.splitlines()) == 1, "exactly one candidate commit"
+    assert git(path, "rev-list", "--count", "refs/converge/head") == "2"
