@@ -25,6 +25,7 @@ from orchestrator.errors import ModelError
 from orchestrator.model_backends import Completion, CompletionRequest, ModelIdentity
 from orchestrator.model_gguf import read_gguf
 from orchestrator.model_registry import ModelRecord
+from orchestrator.model_sampling import generate_constrained
 from orchestrator.storage import atomic_write
 
 MIN_PREFIX_TOKENS = 16  # shorter prefixes are cheaper to evaluate than to restore
@@ -196,25 +197,31 @@ class LlamaBackend:
         reused = self._prepare_prefix(resident, prefix)
         grammar = self._grammar(request)
         try:
-            result = llm.create_completion(
-                prompt=prompt,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                seed=request.seed,
-                grammar=grammar,
-                stop=[resident.formatter.eos_token],
-            )
+            if grammar is not None:
+                tokens, finish = generate_constrained(
+                    llm, prompt, grammar, request.max_tokens, request.temperature, request.seed
+                )
+                text = llm.detokenize(tokens).decode("utf-8", errors="replace")
+                tokens_out = len(tokens)
+            else:
+                result = llm.create_completion(
+                    prompt=prompt,
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature,
+                    seed=request.seed,
+                    stop=[resident.formatter.eos_token],
+                )
+                choice = result["choices"][0]
+                text, finish = choice["text"], str(choice.get("finish_reason") or "stop")
+                tokens_out = int(result["usage"]["completion_tokens"])
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"model {self.record.name!r}: llama.cpp failed: {exc}") from exc
-        seconds = time.perf_counter() - start
-        choice = result["choices"][0]
-        usage = result["usage"]
         return Completion(
-            text=choice["text"],
-            tokens_in=int(usage["prompt_tokens"]),
-            tokens_out=int(usage["completion_tokens"]),
-            seconds=seconds,
-            finish_reason=str(choice.get("finish_reason") or "stop"),
+            text=text,
+            tokens_in=len(prompt),
+            tokens_out=tokens_out,
+            seconds=time.perf_counter() - start,
+            finish_reason=finish,
             prefix_reused=reused,
         )
 

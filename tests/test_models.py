@@ -219,6 +219,17 @@ def test_schema_constrained_output_validates(smol: LlamaBackend, tmp_path: Path)
 
 
 @pytest.mark.model
+def test_sampled_constrained_output_is_valid(smol: LlamaBackend) -> None:
+    # Sampling draws without the grammar first and redraws only when the grammar rejects: still always valid.
+    for seed in (1, 2, 3):
+        request = CompletionRequest(
+            system="You review code.", user="Approve?", max_tokens=96, temperature=0.9, seed=seed
+        )
+        verdict, done = models.complete_structured(smol, request, Verdict, retries=0)
+        assert done.finish_reason == "stop" and Verdict.model_validate_json(done.text) == verdict
+
+
+@pytest.mark.model
 def test_prefix_state_is_reused_in_memory_and_from_disk(
     smol: LlamaBackend, smol_record: models.ModelRecord, manager: ModelManager
 ) -> None:
