@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from orchestrator.sandbox import SandboxBackend, SandboxSpec
 
 ENV_VERSION = 2
-SEED = ("pytest",)
+SEED = ("pytest", "ruff")  # the test runner, and the linter the ruff-fix/ruff-format tool agents run
 REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "requirements_dev.txt")
 EXTRAS = ("test", "tests", "testing", "dev")
 MANIFEST = "converge-env.json"
@@ -131,16 +131,35 @@ def _site_packages(env: Path) -> Path:
 
 
 def copy_distribution(dist: md.Distribution, site: Path) -> None:
-    """Copy one installed distribution's files (not its scripts) into ``site``."""
+    """Copy one installed distribution's files into ``site``, and its compiled executables into ``bin/``.
+
+    Console-script wrappers are left out: their shebang names the host's interpreter, which the
+    sandbox does not have at that path (``python -m`` works instead). Compiled executables such
+    as ruff's are self-contained and go to the environment's ``bin/``, which is on PATH.
+    """
     for rel in dist.files or []:
         if rel.parts and rel.parts[0] == "..":
-            continue  # console scripts and data outside site-packages: `python -m` is used instead
+            source = Path(str(dist.locate_file(rel)))
+            if len(rel.parts) >= 2 and rel.parts[-2] == "bin" and _is_compiled(source):
+                target = site.parent.parent.parent / "bin" / rel.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+            continue
         source = Path(str(dist.locate_file(rel)))
         if not source.is_file():
             continue  # compiled files come along (copy2 keeps mtimes, so they stay valid)
         target = site / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
+
+
+def _is_compiled(path: Path) -> bool:
+    """An ELF executable (not a script with a shebang)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == b"\x7fELF"
+    except OSError:
+        return False
 
 
 def ensure_env(ws: Workspace, repo: str, spec: SandboxSpec, backend: SandboxBackend, *, allow_network: bool) -> Path:

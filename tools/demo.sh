@@ -20,7 +20,13 @@ export CONVERGE_WORKSPACE="$WS"
 if ! $CONVERGE repos --json | grep -q '"name": "sample"'; then
   $CONVERGE add "$SRC" --name sample
 fi
-if $CONVERGE --help | grep -q ' refine '; then
-  $CONVERGE refine sample --goal "Remove unused imports and add type hints" --max-steps 1 --auto-approve || true
-fi
+# The embedded default model is tiny (SmolLM2-135M): naming the tool agent in the goal lets it
+# plan a step it can carry out. With a real coder model (see the README) ask for anything.
+set +e
+$CONVERGE refine sample --goal "Use ruff-fix to remove the unused imports" --max-steps 1 --auto-approve
+rc=$?
+set -e
+# 1 means the run ended and said no (e.g. nothing left to fix on a second demo); 2+ is a real error.
+if [ "$rc" -ge 2 ]; then exit "$rc"; fi
 $CONVERGE generation list sample
+$CONVERGE changeset list --repo sample
