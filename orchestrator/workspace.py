@@ -210,7 +210,7 @@ def add_repo(ws: Workspace, source: str, name: str | None = None, is_self: bool 
             git.Repo.clone_from(str(src_path) if local else source, dest, no_hardlinks=True)
         except git.GitCommandError as exc:
             shutil.rmtree(dest, ignore_errors=True)
-            detail = (exc.stderr or "").strip().splitlines()
+            detail = [line.strip(" '") for line in str(exc.stderr or "").splitlines() if line.strip(" '")]
             raise RepoError(f"{source}: cannot clone: {detail[-1] if detail else exc}") from exc
         gitops.run(dest, "config", "user.name", "Converge")
         gitops.run(dest, "config", "user.email", "converge@localhost")
