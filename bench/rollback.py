@@ -21,11 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import generations  # noqa: E402
-from orchestrator.gitops import RefUpdate, update_refs  # noqa: E402
-from orchestrator.workspace import add_repo, init_workspace  # noqa: E402
+from orchestrator import generations
+from orchestrator.gitops import RefUpdate, update_refs
+from orchestrator.workspace import add_repo, init_workspace
 
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "b",
+    "GIT_AUTHOR_EMAIL": "b@b",
+    "GIT_COMMITTER_NAME": "b",
+    "GIT_COMMITTER_EMAIL": "b@b",
+}
 
 
 def sh(cwd: Path, *args: str) -> str:

@@ -214,7 +214,7 @@ def _git_dir(repo_path: Path) -> str:
     return proc.stdout.strip()
 
 
-def change_from_commits(  # noqa: PLR0917 - the documented call shape, positional by design
+def change_from_commits(
     repo_path: Path,
     base: str,
     result: str,
@@ -229,7 +229,7 @@ def change_from_commits(  # noqa: PLR0917 - the documented call shape, positiona
         return _change(git, base, result, repo_name, is_self, tests, author or Author())
 
 
-def _change(  # noqa: PLR0917
+def _change(
     git: _Git, base: str, result: str, repo_name: str, is_self: bool, tests: TestReport | None, author: Author
 ) -> ChangeInput:
     base, result = _commit(git, base), _commit(git, result)

@@ -70,12 +70,19 @@ def sample_ws(ws: Workspace, make_repo: MakeRepo) -> Workspace:
     return ws
 
 
-def converge(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+def converge(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run the real `converge` command as a subprocess (end-to-end tests)."""
-    full_env = {**os.environ, **GIT_ENV, **(env or {})}
-    full_env.pop("CONVERGE_WORKSPACE", None) if env is None or "CONVERGE_WORKSPACE" not in env else None
+    full_env = {k: v for k, v in os.environ.items() if k != "CONVERGE_WORKSPACE"}  # only what the test gives
+    full_env |= GIT_ENV | (env or {})
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=full_env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"converge {' '.join(args)} exited {proc.returncode}: {proc.stderr}")

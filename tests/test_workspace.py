@@ -27,7 +27,7 @@ def test_init_lays_out_the_template_and_is_idempotent(tmp_path: Path) -> None:
 def test_init_refuses_a_foreign_non_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "thesis.tex").write_text("x")
-    with pytest.raises(WorkspaceError, match="thesis.tex"):
+    with pytest.raises(WorkspaceError, match=r"thesis\.tex"):
         init_workspace(tmp_path / "d")
 
 
@@ -72,10 +72,10 @@ def test_corrupt_config_names_file_and_key(ws) -> None:  # type: ignore[no-untyp
     with pytest.raises(ConfigError, match=r"^converge.toml: run.max_steps: "):
         ws.config()
     (ws.state / "converge.toml").write_text("[run\n")
-    with pytest.raises(ConfigError, match="converge.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"converge\.toml: not valid TOML"):
         ws.config()
     (ws.state / "converge.toml").write_text("[sandbox]\nnetwork = true\n")
-    with pytest.raises(ConfigError, match="sandbox.network: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"sandbox\.network: Extra inputs are not permitted"):
         ws.config()
 
 
