@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import candidates, changesets, generations, gitops, sbom, signing
 from orchestrator.changesets import Changeset
-from orchestrator.errors import ConflictError, EditError, UsageError, VerificationFailed
+from orchestrator.errors import ConflictError, EditError, PolicyViolation, UsageError, VerificationFailed
 from orchestrator.gitops import ZERO, RefUpdate
 from orchestrator.reports import TestReport
 from orchestrator.workspace import Workspace
@@ -115,6 +115,10 @@ def verify(
     chosen = backend or sandbox.backend_for(ws.config().sandbox)
     label = f"{cand.run}-{cand.step}-{cand.attempt}"
     try:
+        if ws.repo(repo).is_self:  # Converge's own suite: its sandbox-safe selection (see selfhost)
+            from orchestrator import selfhost
+
+            return selfhost.verify_self(ws, repo, cand.path, label, chosen)
         with sandbox.open_sandbox(ws, repo, cand.path, label=label, backend=chosen) as box:
             report = box.run_tests()
             image = box.spec.image.digest
@@ -246,7 +250,7 @@ def review(ws: Workspace, cs: Changeset, auto_approve: bool = False) -> Changese
         return cs
     if cs.verdict == "reject":
         return reject(ws, cs.id, "policy: " + ("; ".join(cs.reasons) or "rejected"), by="policy")
-    if cs.verdict == "approve" and auto_approve:
+    if cs.verdict == "approve" and auto_approve and not _is_self(ws, cs):
         return promote(ws, cs.id, decided_by=changesets.AUTO)
     return cs
 
@@ -258,6 +262,7 @@ def promote(ws: Workspace, cs_id: str, decided_by: str) -> Changeset:
         return cs
     if cs.status == "rejected":
         raise UsageError(f"changeset {cs.id} was rejected ({cs.reason}); it cannot be promoted")
+    _self_gate(ws, cs, decided_by)
     approved = cs.model_copy(update={"status": "approved", "decided_by": decided_by})
     changesets.verify(ws, approved)
     cur = generations.current(ws, cs.repo)
@@ -282,9 +287,27 @@ def approve(ws: Workspace, cs_id: str) -> Changeset:
             return cs
         changesets.verify(ws, cs)  # never countersign what does not verify as it stands
         signer = signing.user_signer(ws)
+        _self_gate(ws, cs, signer.principal)
         proof = changesets.attestation_path(ws, cs.repo, cs.id)
         changesets.write_envelope(proof, signing.add_signature(changesets.read_envelope(proof), signer))
         return promote(ws, cs.id, decided_by=signer.principal)
+
+
+def _is_self(ws: Workspace, cs: Changeset) -> bool:
+    return ws.repo(cs.repo).is_self
+
+
+def _self_gate(ws: Workspace, cs: Changeset, decided_by: str) -> None:
+    """A `self` changeset: a person decides (never auto-approval), after passing self-tests and canary."""
+    if not _is_self(ws, cs):
+        return
+    if decided_by == changesets.AUTO:
+        raise PolicyViolation(
+            f"changeset {cs.id} changes Converge itself: a person approves it (`converge changeset approve`)"
+        )
+    from orchestrator import selfhost
+
+    selfhost.require_checks(ws, cs)
 
 
 def reject(ws: Workspace, cs_id: str, reason: str, by: str | None = None) -> Changeset:

@@ -180,12 +180,17 @@ def _existing(path: Path, origin: str) -> Workspace:
     return Workspace(path)
 
 
-def add_repo(ws: Workspace, source: str, name: str | None = None, is_self: bool = False) -> RepoRecord:
-    """Clone ``source`` into ``src/<name>`` and record generation 0 at its HEAD."""
+def add_repo(
+    ws: Workspace, source: str, name: str | None = None, is_self: bool = False, self_source: Path | None = None
+) -> RepoRecord:
+    """Clone ``source`` into ``src/<name>`` and record generation 0 at its HEAD.
+
+    ``self_source`` (tests only) registers that checkout as Converge's own source instead of this one.
+    """
     from orchestrator import generations
 
     if is_self:
-        source = str(source_root())
+        source = str(self_source or source_root())
         name = name or SELF_NAME
     src_path = Path(source).expanduser()
     local = src_path.exists()

@@ -1,0 +1,191 @@
+"""Converge refining itself: the self gate (checks, never auto-approved), the canary, upgrade and rollback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator import changesets, gate, generations, selfhost
+from orchestrator.errors import ConflictError, PolicyViolation, SandboxError, VerificationFailed
+from orchestrator.reports import CommandResult
+from orchestrator.sandbox import ScriptedBackend
+from orchestrator.workspace import Workspace, add_repo
+from tests.conftest import ROOT, MakeRepo, converge, git
+
+JUNIT = '<testsuites><testsuite><testcase classname="tests.test_x" name="test_ok"/></testsuite></testsuites>'
+HELP_OLD = "Converge: let local models refine your code"
+HELP_NEW = "Converge (self-refined): let local models refine your code"
+
+
+def _passing_sandbox() -> ScriptedBackend:
+    """A scripted sandbox whose tests pass (control flow only; the real sandbox is tested below)."""
+
+    def script(argv: list[str]) -> CommandResult:
+        out = JUNIT if argv[0] == "cat" else "1 passed"
+        return CommandResult(argv=argv, exit_code=0, duration=0.0, stdout_tail=out)
+
+    return ScriptedBackend(script)
+
+
+def _patch(repo: Path, rel: str, old: str, new: str, tmp: Path) -> Path:
+    """A unified diff replacing ``old`` by ``new`` in ``rel`` of ``repo`` (the repo is left unchanged)."""
+    target = repo / rel
+    original = target.read_text()
+    target.write_text(original.replace(old, new, 1))
+    diff = git(repo, "diff")
+    target.write_text(original)
+    path = tmp / "change.patch"
+    path.write_text(diff + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_self(ws: Workspace, make_repo: MakeRepo, tmp_path: Path) -> tuple[Workspace, Path]:
+    """A small stand-in for Converge's source registered as `self` (protected paths and all)."""
+    src = make_repo(
+        {
+            "orchestrator/__init__.py": '"""stand-in."""\nVERSION = "1"\n',
+            "tests/test_x.py": "def test_ok():\n    assert True\n",
+            "pyproject.toml": '[project]\nname = "tiny"\nversion = "0"\ndependencies = []\n',
+        },
+        name="tiny-self",
+    )
+    add_repo(ws, "", is_self=True, self_source=src)
+    return ws, src
+
+
+def test_nested_backend_is_refused_outside_a_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(selfhost.SANDBOX_MARKER, raising=False)
+    with pytest.raises(SandboxError, match="refused outside a sandbox"):
+        selfhost.NestedBackend().start(object())
+
+
+def test_self_changeset_is_never_auto_approved_and_needs_passing_checks(
+    tiny_self: tuple[Workspace, Path], tmp_path: Path
+) -> None:
+    ws, src = tiny_self
+    patch = _patch(src, "orchestrator/__init__.py", 'VERSION = "1"', 'VERSION = "2"', tmp_path)
+    cs = gate.submit(ws, "self", patch, "bump", auto_approve=True, backend=_passing_sandbox())
+    assert cs.status == "pending"  # auto-approval never applies to Converge itself
+    with pytest.raises(PolicyViolation, match="a person approves it"):
+        gate.promote(ws, cs.id, decided_by=changesets.AUTO)
+    with pytest.raises(VerificationFailed, match="no self-tests result"):
+        gate.approve(ws, cs.id)
+
+    def store(ok: bool, commit: str) -> None:
+        changesets.write_artifact(ws, cs.id, selfhost.SELF_TESTS, json.dumps({"commit": commit, "ok": True}).encode())
+        canary = {"commit": commit, "ok": ok, "detail": "outcomes differ" if not ok else "same outcome"}
+        changesets.write_artifact(ws, cs.id, selfhost.CANARY, json.dumps(canary).encode())
+
+    store(False, cs.commit)
+    with pytest.raises(VerificationFailed, match="canary did not pass"):
+        gate.approve(ws, cs.id)
+    store(True, "0" * 40)
+    with pytest.raises(VerificationFailed, match="for another commit"):
+        gate.approve(ws, cs.id)
+    assert generations.current(ws, "self").number == 0
+    store(True, cs.commit)
+    done = gate.approve(ws, cs.id)
+    assert done.status == "approved"
+    assert generations.current(ws, "self").commit == cs.commit
+
+
+def test_canary_outcomes_are_compared_strictly() -> None:
+    same = selfhost.CanaryOutcome(status="completed", steps=["promoted"], tree="a" * 40, generation=1)
+    other = same.model_copy(update={"tree": "b" * 40})
+    assert selfhost._compare("c", "r", same, same, "").ok
+    assert not selfhost._compare("c", "r", other, same, "").ok
+    failed = same.model_copy(update={"status": "failed"})
+    assert not selfhost._compare("c", "r", failed, failed, "").ok  # a broken reference proves nothing
+    assert not selfhost._compare("c", "r", None, same, "candidate canary exited 1").ok
+
+
+def test_rollback_without_a_previous_install_says_no(tiny_self: tuple[Workspace, Path]) -> None:
+    ws, _src = tiny_self
+    with pytest.raises(ConflictError, match="no previous installation"):
+        selfhost.rollback(ws)
+    proc = converge("-w", str(ws.root), "self", "rollback", "--json")
+    assert proc.returncode == 1
+    assert "no previous installation" in proc.stderr
+
+
+# --- end to end: a real change to Converge's own code -------------------------------------------------
+
+
+def _converge_copy(dest: Path) -> Path:
+    """A git repo holding this checkout's Converge, with a small suite so the self-tests stay quick."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".mypy_cache")
+    for part in ("orchestrator", "agents", "policies", "workspace_template", "examples"):
+        shutil.copytree(ROOT / part, dest / part, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, dest / name)
+    (dest / "tests").mkdir()
+    (dest / "tests" / "test_cli.py").write_text(
+        "from typer.testing import CliRunner\n\nfrom orchestrator.cli import app\n\n\n"
+        "def test_help_names_the_tool():\n"
+        "    result = CliRunner().invoke(app, ['--help'])\n"
+        "    assert result.exit_code == 0\n"
+        "    assert 'Converge' in result.output\n"
+    )
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "converge")
+    return dest
+
+
+def _launcher_help(launcher: Path) -> str:
+    proc = subprocess.run(
+        [str(launcher), "--help"], capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}
+    )
+    return proc.stdout
+
+
+@pytest.mark.docker
+def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace, tmp_path: Path) -> None:
+    src = _converge_copy(tmp_path / "converge-src")
+    add_repo(ws, "", is_self=True, self_source=src)
+    first = selfhost.upgrade(ws)
+    launcher = Path(first["launcher"])
+    assert first["current"]["generation"] == 0
+    assert HELP_OLD in _launcher_help(launcher)
+
+    patch = _patch(src, "orchestrator/cli/__init__.py", HELP_OLD, HELP_NEW, tmp_path)
+    cs = gate.submit(ws, "self", patch, "cli: say it is self-refined", auto_approve=True)
+    assert cs.status == "pending" and cs.verdict == "review"  # orchestrator/ is protected on self
+    report = json.loads(changesets.artifact_path(ws, cs.id, changesets.REPORT).read_text())
+    assert "not docker and not model and not slow" in " ".join(report["command"]["argv"])
+
+    refused = converge("-w", str(ws.root), "changeset", "approve", cs.id)
+    assert refused.returncode == 1
+    assert "no self-tests result" in refused.stderr
+
+    checked = converge("-w", str(ws.root), "self", "check", cs.id, "--json")
+    assert checked.returncode == 0, checked.stderr
+    doc = json.loads(checked.stdout)
+    assert doc["self_tests"]["ok"] and doc["self_tests"]["report"]["passed"]
+    canary = doc["canary"]
+    assert canary["ok"], canary["detail"]
+    assert canary["candidate"] == canary["running"]
+    assert canary["candidate"]["status"] == "completed" and canary["candidate"]["steps"] == ["promoted"]
+    stored = json.loads(changesets.artifact_path(ws, cs.id, selfhost.CANARY).read_text())
+    assert stored["commit"] == cs.commit
+
+    converge("-w", str(ws.root), "changeset", "approve", cs.id, check=True)
+    up = converge("-w", str(ws.root), "self", "upgrade", "--json", check=True)
+    state = json.loads(up.stdout)
+    assert state["changed"] and state["current"]["generation"] == 1
+    assert state["previous"]["generation"] == 0
+    assert HELP_NEW in _launcher_help(launcher)
+
+    back = converge("-w", str(ws.root), "self", "rollback", "--json", check=True)
+    assert json.loads(back.stdout)["current"]["generation"] == 0
+    assert HELP_NEW not in _launcher_help(launcher)
+    assert HELP_OLD in _launcher_help(launcher)
+    again = converge("-w", str(ws.root), "self", "upgrade", "--json", check=True)
+    assert json.loads(again.stdout)["current"]["generation"] == 1
+    assert HELP_NEW in _launcher_help(launcher)
