@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "orchestrator.cli.policy_cmds",
     "orchestrator.cli.run_cmds",
     "orchestrator.cli.self_cmds",
+    "orchestrator.cli.watch_cmds",
 )
 
 

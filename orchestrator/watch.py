@@ -1,0 +1,549 @@
+"""Watching the workspace: repo maps kept fresh on file changes, and the task inbox.
+
+    with Watcher(ws, deps_factory, log=print) as watcher:
+        watcher.run_forever()            # until stop(); the CLI calls it on SIGINT/SIGTERM
+    with Watcher(ws, deps_factory) as watcher:
+        report = watcher.run_once()      # resume in-flight tasks, run the inbox, refresh maps
+
+Repo maps: a watchdog observer watches each registered repo's working tree (``src/<repo>/``);
+changed paths collect per repo and, after a quiet period (the debounce), go to
+:meth:`RepoMap.update`, so only changed files are re-read. ``.git/``, ``cache/`` and build
+outputs (``__pycache__``, ``*.pyc``, ``build/``, ``dist/``, ``node_modules`` ...) never count.
+If inotify cannot watch (its per-user limit), the watcher falls back to polling and says so.
+
+Task inbox: a TOML file dropped into ``spec/inbox/`` (keys ``repo``, ``goal``, ``max_steps``,
+``auto_approve``) becomes one run, one at a time::
+
+    inbox/x.toml ─claim (rename)─► running/x.toml + x.run.json (run id) ─► done/x.toml   + x.result.json
+                                         │                              └► failed/x.toml + x.result.json
+                                         └─ bad TOML, unknown key or repo ───► failed/x.toml + x.result.json
+
+The run id is recorded before the run starts, so a task found in ``running/`` when the watcher
+starts (it was killed) is resumed from its run's last checkpoint. A failing task, whatever
+raised, is moved to ``failed/``; the watcher keeps running. One watcher per workspace (a lock).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from orchestrator import runs
+from orchestrator.config import format_validation_error, read_toml
+from orchestrator.errors import ConvergeError, UsageError
+from orchestrator.graph import Deps, RunResult, resume_run, start_run
+from orchestrator.repomap import FileEntry, RepoMap, repo_map_for
+from orchestrator.storage import atomic_write_json, read_json
+from orchestrator.workspace import Workspace
+
+DEBOUNCE = 0.2
+MAX_DELAY = 2.0  # a burst of changes longer than this is applied anyway, not postponed forever
+REPO_SYNC = 2.0  # how often newly registered repos are picked up
+IGNORED_DIRS = frozenset(
+    {".git", "cache", "__pycache__", "build", "dist", ".pytest_cache", "node_modules", ".venv", "venv"}
+    | {".mypy_cache", ".ruff_cache", ".tox", ".eggs"}
+)
+IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".swx", ".tmp", "~")
+
+Log = Callable[[str], None]
+DepsFactory = Callable[[Workspace], Deps]
+
+
+def is_ignored(rel: str, is_dir: bool = False) -> bool:
+    """Whether a change at ``rel`` (relative to the repo) is noise for the repo map."""
+    parts = PurePosixPath(rel).parts
+    if not parts or parts[0] in (".", ".."):
+        return True
+    dirs = parts if is_dir else parts[:-1]
+    if any(p in IGNORED_DIRS or p.endswith(".egg-info") for p in dirs):
+        return True
+    return not is_dir and parts[-1].endswith(IGNORED_SUFFIXES)
+
+
+# --- task files --------------------------------------------------------------------------------
+
+
+class TaskFile(BaseModel):
+    """A task dropped into ``spec/inbox/``: one run of ``goal`` on ``repo``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    repo: str = Field(min_length=1, description="A registered repo name.")
+    goal: str = Field(min_length=1, description="What the run should achieve, in words.")
+    max_steps: int | None = Field(default=None, ge=1, description="Plan steps to execute (default: converge.toml).")
+    auto_approve: bool = Field(default=False, description="Promote what policy itself approves without asking.")
+
+
+class TaskOutcome(BaseModel):
+    """How one task file ended: written beside it as ``<name>.result.json``."""
+
+    task: str
+    status: Literal["done", "failed"]
+    run_id: str | None = None
+    run_status: runs.RunStatus | None = None
+    reason: str = ""
+    changesets: list[str] = Field(default_factory=list)
+    resumed: bool = False
+    finished: str = Field(default_factory=runs.now)
+
+
+class WatchReport(BaseModel):
+    """What one pass (or a whole watch session) did, for ``converge watch --json``."""
+
+    observer: str
+    maps: dict[str, int]
+    refreshed: dict[str, list[str]] = Field(default_factory=dict)
+    tasks: list[TaskOutcome] = Field(default_factory=list)
+
+
+def load_task(ws: Workspace, path: Path) -> TaskFile:
+    """Parse and check a task file; a ConvergeError names the file, key and what is wrong."""
+    try:
+        task = TaskFile.model_validate(read_toml(path))
+    except ValidationError as exc:
+        raise UsageError(format_validation_error(path.name, exc)) from exc
+    ws.repo(task.repo)
+    return task
+
+
+# --- repo map changes ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    paths: set[str] = field(default_factory=set)
+    dirs: set[str] = field(default_factory=set)
+    first: float = 0.0
+    last: float = 0.0
+
+
+class _RepoEvents(FileSystemEventHandler):
+    """Turns watchdog events under one repo into repo-relative paths noted on the watcher."""
+
+    def __init__(self, note: Callable[[str, str, bool], None], repo: str, root: Path) -> None:
+        self.note = note
+        self.repo = repo
+        self.root = str(root)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.is_directory and event.event_type in ("modified", "attrib"):
+            return  # a file created in a directory arrives as its own event
+        for raw in (event.src_path, event.dest_path):
+            if not raw:
+                continue
+            rel = os.path.relpath(os.fsdecode(raw), self.root).replace(os.sep, "/")
+            if not is_ignored(rel, event.is_directory):
+                self.note(self.repo, rel, event.is_directory)
+
+
+def _walk_files(root: Path, rel_dir: str) -> list[str]:
+    """Files under a directory of the repo, skipping ignored directories."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root / rel_dir):
+        dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS]
+        base = Path(dirpath).relative_to(root).as_posix()
+        found.extend(f"{base}/{name}" for name in filenames if not is_ignored(f"{base}/{name}"))
+    return found
+
+
+def _git_ignored(root: Path, paths: list[str]) -> set[str]:
+    """Which of ``paths`` git ignores (the map lists only what git would track)."""
+    if not paths:
+        return set()
+    proc = subprocess.run(
+        ["git", "check-ignore", "--stdin", "-z"],
+        cwd=root,
+        input="\0".join(paths) + "\0",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return set(filter(None, proc.stdout.split("\0"))) if proc.returncode == 0 else set()
+
+
+# --- the watcher ---------------------------------------------------------------------------------
+
+
+class Watcher:
+    """Keeps repo maps fresh and runs the task inbox of one workspace; a context manager."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        deps_factory: DepsFactory,
+        *,
+        debounce: float = DEBOUNCE,
+        log: Log | None = None,
+        polling: bool = False,
+    ) -> None:
+        self.ws = ws
+        self.deps_factory = deps_factory
+        self.debounce = debounce
+        self.log: Log = log or (lambda _text: None)
+        self.inbox = ws.spec / "inbox"
+        self.tasks: list[TaskOutcome] = []
+        self.refreshed: dict[str, list[str]] = {}
+        self._polling = polling
+        self._maps: dict[str, RepoMap] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._observer: Any = None
+        self._stack = ExitStack()
+
+    # --- lifecycle
+
+    def __enter__(self) -> Watcher:
+        self._stack.enter_context(self.ws.lock("watch", "the task inbox (another `converge watch` runs)"))
+        for sub in ("running", "done", "failed"):
+            (self.inbox / sub).mkdir(parents=True, exist_ok=True)
+        self._sync_repos()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+            self._observer = None
+        self._stack.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run_forever` to return (after the task in progress, if any)."""
+        self._stop.set()
+
+    @property
+    def observer_kind(self) -> str:
+        """``inotify``, ``polling`` (or another native backend), or ``none`` before it starts."""
+        if self._observer is None:
+            return "none"
+        return "polling" if self._polling else type(self._observer).__name__.removesuffix("Observer").lower()
+
+    def start_observer(self) -> None:
+        """Start watching every registered repo's working tree (idempotent)."""
+        if self._observer is not None:
+            return
+        try:
+            self._observer = self._new_observer()
+            for repo in list(self._maps):
+                self._schedule(repo)
+            self._observer.start()
+        except OSError as exc:
+            if self._polling:
+                raise
+            self._fall_back(exc)
+
+    def _new_observer(self) -> Any:
+        if self._polling:
+            from watchdog.observers.polling import PollingObserver
+
+            return PollingObserver(timeout=max(self.debounce, 0.1))
+        from watchdog.observers import Observer
+
+        return Observer(timeout=0.1)
+
+    def _fall_back(self, exc: OSError) -> None:
+        """inotify refused (usually fs.inotify.max_user_watches): poll instead, and say so."""
+        limit = inotify_watch_limit()
+        self.log(
+            f"watch: warning: native file watching failed ({exc}); falling back to polling (slower). "
+            f"Raise fs.inotify.max_user_watches (now {limit}) to watch natively."
+        )
+        if self._observer is not None:
+            self._observer.unschedule_all()
+        self._polling = True
+        self._observer = None
+        self.start_observer()
+
+    def _schedule(self, repo: str) -> None:
+        root = self.ws.src / repo
+        self._observer.schedule(_RepoEvents(self._note, repo, root), str(root), recursive=True)
+
+    def _sync_repos(self) -> None:
+        """Build the map of each registered repo not yet known (from its cache) and watch it."""
+        for record in self.ws.repos():
+            if record.name in self._maps or not (self.ws.src / record.name).is_dir():
+                continue
+            rmap = repo_map_for(self.ws, record.name)
+            with self._lock:
+                self._maps[record.name] = rmap
+            self.log(f"watch: {record.name}: map of {len(rmap.files)} files")
+            if self._observer is not None:
+                try:
+                    self._schedule(record.name)
+                except OSError as exc:
+                    if self._polling:
+                        raise
+                    self._fall_back(exc)
+
+    # --- repo maps
+
+    def _note(self, repo: str, rel: str, is_dir: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            pending = self._pending.setdefault(repo, _Pending(first=now))
+            (pending.dirs if is_dir else pending.paths).add(rel)
+            pending.last = now
+
+    def entry(self, repo: str, path: str) -> FileEntry | None:
+        """The map's current entry for ``path`` of ``repo`` (None: not in the map)."""
+        with self._lock:
+            return self._maps[repo].files.get(path)
+
+    def map_of(self, repo: str) -> RepoMap:
+        """The live map of ``repo``; read it from the thread that calls :meth:`flush`."""
+        return self._maps[repo]
+
+    def flush(self, force: bool = False) -> dict[str, list[str]]:
+        """Apply noted changes whose burst has settled (all, with ``force``); returns changed paths per repo."""
+        now = time.monotonic()
+        with self._lock:
+            ready = [
+                repo
+                for repo, p in self._pending.items()
+                if force or now - p.last >= self.debounce or now - p.first >= MAX_DELAY
+            ]
+            batches = {repo: self._pending.pop(repo) for repo in ready}
+        changed: dict[str, list[str]] = {}
+        for repo, pending in batches.items():
+            try:
+                found = self._apply(repo, pending)
+            except (OSError, ConvergeError) as exc:  # a vanished or unreadable file must not stop the watcher
+                self.log(f"watch: {repo}: map update failed: {exc}")
+                continue
+            if found:
+                changed[repo] = found
+                self.refreshed.setdefault(repo, [])
+                self.refreshed[repo] = sorted({*self.refreshed[repo], *found})
+                self.log(f"watch: {repo}: map refreshed ({len(found)} changed: {', '.join(found[:3])})")
+        return changed
+
+    def _apply(self, repo: str, pending: _Pending) -> list[str]:
+        root = self.ws.src / repo
+        rmap = self._maps[repo]
+        paths = set(pending.paths)
+        for rel_dir in pending.dirs:
+            paths.update(p for p in rmap.files if p.startswith(rel_dir + "/"))
+            if (root / rel_dir).is_dir():
+                paths.update(_walk_files(root, rel_dir))
+        fresh = sorted(p for p in paths if p not in rmap.files and (root / p).is_file())
+        paths -= _git_ignored(root, fresh)
+        with self._lock:
+            return rmap.update(sorted(paths))
+
+    # --- the task inbox
+
+    def inbox_tasks(self, settled: float = 0.0) -> list[Path]:
+        """Task files waiting in the inbox, oldest first; only those unchanged for ``settled`` seconds."""
+        now = time.time()
+        found = []
+        for path in self.inbox.glob("*.toml"):
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if not path.name.startswith(".") and now - mtime >= settled:
+                found.append((mtime, path.name, path))
+        return [p for _m, _n, p in sorted(found)]
+
+    def resume_in_flight(self) -> list[TaskOutcome]:
+        """Finish tasks left in ``running/`` by a watcher that was stopped or killed."""
+        done = []
+        for path in sorted((self.inbox / "running").glob("*.toml")):
+            self.log(f"watch: resuming task {path.name}")
+            done.append(self._run_claimed(path, resumed=True))
+        return done
+
+    def take(self, path: Path) -> TaskOutcome | None:
+        """Claim one inbox task (atomic rename into ``running/``) and run it; None if it was gone."""
+        running = _free_name(self.inbox / "running", path.name)
+        try:
+            path.rename(running)
+        except FileNotFoundError:
+            return None
+        self.log(f"watch: task {path.name}: claimed")
+        return self._run_claimed(running, resumed=False)
+
+    def _run_claimed(self, path: Path, resumed: bool) -> TaskOutcome:
+        sidecar = path.with_suffix(".run.json")
+        run_id: str | None = None
+        try:
+            task = load_task(self.ws, path)
+            if sidecar.is_file():
+                run_id = str(read_json(sidecar)["run_id"])
+            else:
+                run_id = runs.new_run_id()
+                atomic_write_json(sidecar, {"task": path.name, "run_id": run_id, "claimed": runs.now()})
+            result = self._drive(task, run_id)
+            outcome = _outcome(path.name, result, resumed)
+        except ConvergeError as exc:
+            outcome = TaskOutcome(task=path.name, status="failed", run_id=run_id, reason=str(exc), resumed=resumed)
+        except Exception as exc:  # a model or sandbox crash fails the task, never the watcher
+            reason = f"{type(exc).__name__}: {exc}"
+            outcome = TaskOutcome(task=path.name, status="failed", run_id=run_id, reason=reason, resumed=resumed)
+            self._mark_run_failed(run_id, reason)
+        if outcome.run_id is not None and outcome.run_status is None:
+            outcome.run_status = _run_status(self.ws, outcome.run_id)
+        self._file(path, outcome)
+        sidecar.unlink(missing_ok=True)
+        self.tasks.append(outcome)
+        detail = f" (run {outcome.run_id}: {outcome.run_status})" if outcome.run_id else ""
+        self.log(
+            f"watch: task {path.name}: {outcome.status}{detail}" + (f": {outcome.reason}" if outcome.reason else "")
+        )
+        return outcome
+
+    def _drive(self, task: TaskFile, run_id: str) -> RunResult:
+        deps = self.deps_factory(self.ws)
+        try:
+            runs.load(self.ws, run_id)
+        except UsageError:  # claimed, but the run never started: start it under the recorded id
+            return start_run(
+                deps, task.repo, task.goal, max_steps=task.max_steps, auto_approve=task.auto_approve, run_id=run_id
+            )
+        return resume_run(deps, run_id)
+
+    def _mark_run_failed(self, run_id: str | None, reason: str) -> None:
+        if run_id is None:
+            return
+        try:
+            record = runs.load(self.ws, run_id)
+        except UsageError:
+            return
+        if record.status in ("running", "interrupted"):
+            runs.save(self.ws, record.model_copy(update={"status": "failed", "reason": reason}))
+
+    def _file(self, path: Path, outcome: TaskOutcome) -> None:
+        """Write the outcome, then move the task file beside it (the result first: a kill between repeats)."""
+        target = _free_name(self.inbox / outcome.status, path.name)
+        atomic_write_json(target.with_suffix(".result.json"), outcome.model_dump())
+        path.rename(target)
+
+    # --- driving
+
+    def run_once(self) -> WatchReport:
+        """Resume in-flight tasks, run every inbox task, refresh the maps; then return what happened."""
+        self.resume_in_flight()
+        for path in self.inbox_tasks():
+            self.take(path)
+        self._sync_repos()
+        for repo in list(self._maps):  # tasks may have promoted changes: re-list from git, parse only what changed
+            fresh = repo_map_for(self.ws, repo)
+            with self._lock:
+                self._maps[repo] = fresh
+        self.flush(force=True)
+        return self.report()
+
+    def report(self) -> WatchReport:
+        """Maps, refreshed paths and task outcomes so far."""
+        with self._lock:
+            sizes = {repo: len(m.files) for repo, m in self._maps.items()}
+        return WatchReport(observer=self.observer_kind, maps=sizes, refreshed=self.refreshed, tasks=self.tasks)
+
+    def run_forever(self, tick: float = 0.1) -> WatchReport:
+        """Watch and run tasks until :meth:`stop`; the task in progress finishes first."""
+        self._stop.clear()
+        self.start_observer()
+        worker = threading.Thread(target=self._work_inbox, name="converge-watch-tasks", daemon=True)
+        worker.start()
+        self.log(f"watch: watching {len(self._maps)} repos ({self.observer_kind}) and {self.inbox}")
+        next_sync = time.monotonic() + REPO_SYNC
+        while not self._stop.wait(tick):
+            self.flush()
+            if time.monotonic() >= next_sync:
+                self._sync_repos()
+                next_sync = time.monotonic() + REPO_SYNC
+        worker.join()
+        self.flush(force=True)
+        return self.report()
+
+    def _work_inbox(self) -> None:
+        try:
+            self.resume_in_flight()
+        except Exception as exc:  # e.g. a full disk: say so, keep watching
+            self.log(f"watch: resuming tasks failed: {exc}")
+        while not self._stop.is_set():
+            ready = self.inbox_tasks(settled=self.debounce)
+            if not ready:
+                self._stop.wait(self.debounce)
+                continue
+            try:
+                self.take(ready[0])
+            except Exception as exc:  # moving a task file failed; retried after a pause
+                self.log(f"watch: task {ready[0].name}: {exc}")
+                self._stop.wait(1.0)
+
+
+def _outcome(name: str, result: RunResult, resumed: bool) -> TaskOutcome:
+    record = result.record
+    reason = record.reason
+    if record.status == "waiting_review" and record.waiting_on:
+        reason = f"waiting for review: converge changeset approve {record.waiting_on}"
+    return TaskOutcome(
+        task=name,
+        status="done" if result.exit_code == 0 else "failed",
+        run_id=record.id,
+        run_status=record.status,
+        reason=reason,
+        changesets=record.changesets,
+        resumed=resumed,
+    )
+
+
+def _run_status(ws: Workspace, run_id: str) -> runs.RunStatus | None:
+    try:
+        return runs.load(ws, run_id).status
+    except ConvergeError:
+        return None
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``stem-2.toml``, ``stem-3.toml`` ... when taken (nothing is overwritten)."""
+    target = folder / name
+    stem, suffix = target.stem, target.suffix
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"{stem}-{n}{suffix}"
+    return target
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def inotify_watch_limit() -> int | None:
+    """``fs.inotify.max_user_watches`` on Linux (one watch per watched directory), else None."""
+    return _read_int(Path("/proc/sys/fs/inotify/max_user_watches"))
+
+
+def default_deps_factory(log: Log) -> DepsFactory:
+    """Deps with the workspace's real models, loaded once and reused by every task."""
+    from orchestrator.loop import model_factory
+
+    made: dict[Path, Any] = {}
+
+    def make(ws: Workspace) -> Deps:
+        if ws.root not in made:
+            made[ws.root] = model_factory(ws)
+        return Deps(ws=ws, model_for=made[ws.root], on_event=log)
+
+    return make
