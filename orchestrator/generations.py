@@ -203,9 +203,16 @@ def _remove_stale_git_locks(path: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
-def uncommitted(path: Path, expected_head: str) -> list[str]:
-    """What a tree move would lose: changed/untracked files, or commits made on top."""
-    files = gitops.changed_files(path)
+def uncommitted(path: Path, expected_head: str, target: str) -> list[str]:
+    """What moving the tree from ``expected_head`` to ``target`` would lose.
+
+    Changed tracked files, commits made on top, and untracked files where ``target`` brings a
+    tracked file. Other untracked files survive a move untouched, so the tree is not scanned
+    for them: on a large repo that scan alone costs as much as the move.
+    """
+    files = gitops.changed_files(path, untracked=False)
+    added = gitops.run(path, "diff", "--name-only", "--no-renames", "-z", "--diff-filter=A", expected_head, target)
+    files += [p for p in added.split("\0") if p and (path / p).exists()]
     head = gitops.resolve(path, "HEAD")
     if head != expected_head:
         files.append(f"HEAD (now {str(head)[:12]}, not the current generation {expected_head[:12]})")
@@ -235,8 +242,8 @@ def _stash(path: Path) -> str:
     return ref
 
 
-def _guard_tree(path: Path, head: str, force: bool) -> str | None:
-    dirty = uncommitted(path, head)
+def _guard_tree(path: Path, head: str, target: str, force: bool) -> str | None:
+    dirty = uncommitted(path, head, target)
     if not dirty:
         return None
     if not force:
@@ -279,7 +286,7 @@ def promote(
             )
         if gitops.resolve(path, commit) is None:
             raise GitError(f"{commit}: no such commit in {path}")
-        _guard_tree(path, cur.commit, force)
+        _guard_tree(path, cur.commit, commit, force)
         number = max(g.number for g in gens) + 1
         failed_numbers = _numbers(gitops.list_refs(path, FAILED), FAILED)
         number = max([number, *(n + 1 for n in failed_numbers)])
@@ -324,7 +331,7 @@ def rollback(ws: Workspace, repo: str, to: int | None = None, force: bool = Fals
             target = matches[0]
             if target.number == cur.number:
                 raise UsageError(f"--to {to}: generation {to} is already current")
-        stash = _guard_tree(path, cur.commit, force)
+        stash = _guard_tree(path, cur.commit, target.commit, force)
         abandoned = [g for g in live if g.number > target.number]
         updates = [RefUpdate(HEAD, target.commit, cur.commit)]
         updates += [RefUpdate(f"{FAILED}{g.number}", g.commit, ZERO) for g in abandoned]

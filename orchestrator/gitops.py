@@ -107,9 +107,9 @@ def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
         raise ConflictError(f"refs changed by another process, nothing applied ({reason})")
 
 
-def changed_files(cwd: Path) -> list[str]:
-    """Uncommitted changes in a working tree: modified, staged, deleted and untracked paths."""
-    out = run(cwd, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+def changed_files(cwd: Path, untracked: bool = True) -> list[str]:
+    """Uncommitted changes in a working tree: modified, staged, deleted (and untracked) paths."""
+    out = run(cwd, "status", "--porcelain=v1", "-z", f"--untracked-files={'all' if untracked else 'no'}")
     paths = []
     for entry in out.split("\0"):
         if len(entry) > 3:

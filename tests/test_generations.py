@@ -111,3 +111,18 @@ def test_dirty_rollback_from_cli_names_files(sample_ws: Workspace, tmp_path: Pat
     proc = converge("-w", str(sample_ws.root), "rollback", "sample")
     assert proc.returncode == 2
     assert "VERSION" in proc.stderr and "--force" in proc.stderr
+
+
+def test_untracked_files_survive_and_only_a_collision_refuses(sample_ws: Workspace) -> None:
+    _promote(sample_ws, "1")
+    path = sample_ws.src / "sample"
+    (path / "scratch.txt").write_text("mine")
+    back, _ = generations.rollback(sample_ws, "sample")
+    assert back.number == 0
+    assert (path / "scratch.txt").read_text() == "mine", "untracked files are never touched"
+    (path / "VERSION").write_text("my own untracked VERSION")
+    base = generations.current(sample_ws, "sample").commit
+    commit = commit_on(path, base, {"VERSION": "from the change"})
+    with pytest.raises(UsageError, match="VERSION"):
+        generations.promote(sample_ws, "sample", commit, base)
+    assert (path / "VERSION").read_text() == "my own untracked VERSION"
