@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import model_budget
 from orchestrator.errors import ModelError
 from orchestrator.model_backends import Completion, CompletionRequest, ModelIdentity
 from orchestrator.model_gguf import read_gguf
@@ -69,8 +70,12 @@ class ModelManager:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         cache_dir: Path | None = None,
+        ledger: Path | None = None,
     ) -> None:
         self.budget = budget if budget is not None else default_budget()
+        # with a workspace state dir, the budget is shared with its other processes (model_budget)
+        self.ledger = ledger
+        self._reservations: dict[str, model_budget.Reservation] = {}
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.cache_dir = cache_dir
@@ -111,7 +116,15 @@ class ModelManager:
             )
         while self._resident and self.used() + estimate > self.budget:
             self.evict(next(iter(self._resident)))
-        resident = self._load(record, n_ctx, estimate)
+        if self.ledger is not None:
+            self._reservations[key] = model_budget.reserve(
+                self.ledger, os.getpid(), record.sha256, estimate, self.budget, shared=record.size
+            )
+        try:
+            resident = self._load(record, n_ctx, estimate)
+        except BaseException:
+            self._release(key)
+            raise
         self._resident[key] = resident
         return resident
 
@@ -122,6 +135,12 @@ class ModelManager:
         resident = self._resident.pop(key, None)
         if resident is not None:
             resident.llm.close()
+        self._release(key)
+
+    def _release(self, key: str) -> None:
+        reservation = self._reservations.pop(key, None)
+        if reservation is not None:
+            model_budget.release(reservation)
 
     def close(self) -> None:
         """Unload every model."""

@@ -95,6 +95,7 @@ def manager_for(ws: Workspace) -> ModelManager:
             n_ctx=config.context_length,
             n_threads=config.n_threads,
             cache_dir=ws.cache / "prompt-cache" if config.prefix_cache else None,
+            ledger=ws.state,
         )
         _SHARED[ws.root] = manager
     return manager
