@@ -99,6 +99,14 @@ def test_map_follows_edits_new_files_and_deletions(sample_ws: Workspace) -> None
     assert any(cache.iterdir()), "the map cache lives under cache/repomap/<repo>/"
 
 
+def test_the_polling_observer_keeps_the_map_fresh_too(sample_ws: Workspace) -> None:
+    """The fallback when inotify refuses (watch limit) or for network filesystems: `converge watch --polling`."""
+    with Watcher(sample_ws, _no_model, polling=True) as watcher, running(watcher):
+        assert watcher.observer_kind == "polling"
+        (sample_ws.src / "sample" / "polled.py").write_text("def seen_by_polling() -> None: ...\n")
+        _wait(lambda: "seen_by_polling" in _symbols(watcher, "sample", "polled.py"), what="a polled change")
+
+
 def test_git_pycache_and_build_outputs_are_ignored(sample_ws: Workspace) -> None:
     repo = sample_ws.src / "sample"
     with Watcher(sample_ws, _no_model) as watcher, running(watcher):
