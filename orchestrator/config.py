@@ -69,6 +69,9 @@ class RunConfig(Section):
     full_suite_before_promote: bool = Field(
         default=True, description="run every test, not only the selected ones, before promotion"
     )
+    reproducibility_check: bool = Field(
+        default=False, description="run the full suite twice per verified attempt and record if outcomes match"
+    )
 
 
 class PolicyConfig(Section):

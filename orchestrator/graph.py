@@ -478,7 +478,19 @@ def _run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
                 deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
                 if not first.ok or not full:
                     return first, image
-            return box.run_tests(), image
+            report = box.run_tests()
+            if ws.config().run.reproducibility_check:
+                _check_reproducible(deps, s, report, box.run_tests())
+            return report, image
+
+
+def _check_reproducible(deps: Deps, s: RunState, first: TestReport, second: TestReport) -> None:
+    """``[run] reproducibility_check``: record whether a second full run gave the same outcomes."""
+    identical = (first.ran, first.ok) == (second.ran, second.ok) and all(
+        sorted(getattr(first, k)) == sorted(getattr(second, k)) for k in ("passed", "failed", "errored", "skipped")
+    )
+    atomic_write_json(_attempt_file(deps.ws, s, "repro.json"), {"identical": identical})
+    deps.on_event(f"  reproducible: {'yes' if identical else 'no'} (second run: {second.summary})")
 
 
 def _test_feedback(report: TestReport) -> str:

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "orchestrator.cli.changeset_cmds",
     "orchestrator.cli.policy_cmds",
     "orchestrator.cli.run_cmds",
+    "orchestrator.cli.stats_cmds",
     "orchestrator.cli.self_cmds",
     "orchestrator.cli.watch_cmds",
 )

@@ -1,0 +1,69 @@
+"""`converge stats`: workspace metrics over every run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
+
+
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
+
+
+def _render(found: dict[str, Any]) -> None:
+    r, s, rb, t = found["runs"], found["steps"], found["reproducible_builds"], found["time_per_step"]
+    say(
+        f"runs: {r['completed']}/{r['finished']} finished runs completed ({_pct(r['success_rate'])}), "
+        f"{r['total']} in all"
+    )
+    say(f"steps: {s['promoted']}/{s['total']} promoted ({_pct(s['success_rate'])})")
+    say(
+        f"reproducible builds: {rb['identical']}/{rb['verified']} verified attempts ({_pct(rb['rate'])}); "
+        f"{rb['checked']} checked twice"
+    )
+    mean = t["mean_seconds"]
+    say(f"time per step: {'n/a' if mean is None else f'{mean:.1f}s'} mean over {t['steps_measured']} step(s)")
+    rules = found["policy_rejections"]
+    if rules:
+        emit_table(
+            "policy rejections by rule",
+            ["rule", "reject", "review"],
+            [[k, v["reject"], v["review"]] for k, v in rules.items()],
+        )
+    rows = []
+    for repo, trend in found["test_time_trend"].items():
+        series = " → ".join(f"g{p['generation']} {p['seconds']:.2f}s" for p in trend["points"]) or "-"
+        change = "" if trend["change"] is None else f"{trend['change']:+.0%}"
+        rows.append(
+            [repo, found["rollbacks"].get(repo, 0), series, change, "REGRESSION" if trend["regression"] else ""]
+        )
+    emit_table("repos", ["repo", "rollbacks", "test time by generation", "change", ""], rows)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `converge stats` to ``app``."""
+
+    @app.command("stats")
+    @handled
+    def stats(json_out: JsonFlag = False) -> None:
+        """Workspace metrics over all runs.
+
+        JSON keys (stable): runs {total, finished, completed, success_rate = completed/finished};
+        steps {total, promoted, outcomes, success_rate = promoted/steps}; reproducible_builds
+        {verified, checked, identical, rate = identical/verified}; policy_rejections {rule: {reject,
+        review, total}} (reasons in verdicts, per rule id); rollbacks {repo: rolled-back generations};
+        time_per_step {steps_measured, mean_seconds} (from file times, including review waits);
+        test_time_trend {repo: {points [{generation, status, changeset, seconds, selection}] oldest
+        first, median_seconds, change = (last-first)/first, regression = last > 1.2 x median}}.
+        Rates are null when there is nothing to divide by.
+        """
+        from orchestrator import stats as stats_mod
+
+        found = stats_mod.compute(workspace())
+        if json_out:
+            emit_json(found)
+        else:
+            _render(found)
