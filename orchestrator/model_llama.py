@@ -31,6 +31,7 @@ from orchestrator.storage import atomic_write
 
 MIN_PREFIX_TOKENS = 16  # shorter prefixes are cheaper to evaluate than to restore
 STATES_PER_MODEL = 4
+STATES_ON_DISK = 32
 BUDGET_SHARE = 0.6
 
 
@@ -111,8 +112,8 @@ class ModelManager:
             raise ModelError(
                 f"model {record.name!r} ({record.path}) needs about {_gib(estimate)} "
                 f"(weights {_gib(record.size)} + KV cache {_gib(estimate - record.size)} for {n_ctx} tokens), "
-                f"more than the memory budget of {_gib(self.budget)}; use a smaller quantisation (e.g. Q4_K_M) "
-                f"or a shorter context ([models] context_length), or raise [models] memory_budget"
+                f"more than the memory budget of {_gib(self.budget)}; use a smaller quantisation than "
+                f"{record.quantisation} or a shorter context ([models] context_length), or raise [models] memory_budget"
             )
         while self._resident and self.used() + estimate > self.budget:
             self.evict(next(iter(self._resident)))
@@ -296,6 +297,7 @@ class LlamaBackend:
             resident.states.popitem(last=False)
         if disk is not None:
             atomic_write(disk, state)
+            _prune(disk.parent)
         return 0
 
     def _state_file(self, key: str) -> Path | None:
@@ -303,6 +305,13 @@ class LlamaBackend:
             return None
         n_ctx = self.manager.context_for(self.record)
         return self.manager.cache_dir / f"{self.record.sha256[:16]}-{n_ctx}-{key}.state"
+
+
+def _prune(directory: Path, keep: int = STATES_ON_DISK) -> None:
+    """Keep the most recently written prefix states on disk; the cache is a cache, not a record."""
+    states = sorted(directory.glob("*.state"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in states[keep:]:
+        stale.unlink(missing_ok=True)
 
 
 def _snapshot(llm: Any) -> bytes:
