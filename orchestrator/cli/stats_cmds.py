@@ -49,16 +49,22 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     @handled
     def stats(json_out: JsonFlag = False) -> None:
-        """Workspace metrics over all runs.
+        """Workspace metrics over all runs. With --json, these keys (stable; rates null when nothing to divide):
 
-        JSON keys (stable): runs {total, finished, completed, success_rate = completed/finished};
-        steps {total, promoted, outcomes, success_rate = promoted/steps}; reproducible_builds
-        {verified, checked, identical, rate = identical/verified}; policy_rejections {rule: {reject,
-        review, total}} (reasons in verdicts, per rule id); rollbacks {repo: rolled-back generations};
-        time_per_step {steps_measured, mean_seconds} (from file times, including review waits);
-        test_time_trend {repo: {points [{generation, status, changeset, seconds, selection}] oldest
-        first, median_seconds, change = (last-first)/first, regression = last > 1.2 x median}}.
-        Rates are null when there is nothing to divide by.
+        runs: total, finished, completed, success_rate (completed / finished).
+
+        steps: total, promoted, outcomes, success_rate (promoted / steps).
+
+        reproducible_builds: verified, checked, identical, rate (identical / verified attempts).
+
+        policy_rejections: rule id -> reject, review, total (verdict reasons that asked for more than approval).
+
+        rollbacks: repo -> number of rolled-back generations.
+
+        time_per_step: steps_measured, mean_seconds (file times; includes waits for review).
+
+        test_time_trend: repo -> points (generation, status, changeset, seconds, selection; oldest first),
+        median_seconds, change ((last - first) / first), regression (last > 1.2 x median).
         """
         from orchestrator import stats as stats_mod
 
