@@ -35,9 +35,7 @@ class ModelsConfig(Section):
         default=None, description="bytes of RAM models may occupy; default: 60% of available RAM"
     )
     context_length: int = Field(default=4096, gt=0, description="default context window, tokens")
-    roles: dict[str, str] = Field(
-        default_factory=dict, description="role name -> registered model name"
-    )
+    roles: dict[str, str] = Field(default_factory=dict, description="role name -> registered model name")
     n_threads: int | None = Field(default=None, gt=0, description="CPU threads for llama.cpp; default: all cores")
     prefix_cache: bool = Field(default=True, description="save prompt-prefix KV states under cache/prompt-cache/")
     structured_retries: int = Field(default=2, ge=0, description="retries of a malformed structured answer")
@@ -53,13 +51,14 @@ class SandboxConfig(Section):
     timeout: float = Field(default=600.0, gt=0, description="wall-clock seconds per command")
     output_limit: int = Field(default=1_000_000, gt=0, description="bytes of output kept")
     tmpfs_size: str = Field(default="256m", description="size of the /tmp tmpfs")
+    allow: dict[str, list[Literal["network-deps"]]] = Field(
+        default_factory=dict,
+        description="repo -> hardening items loosened for it (network-deps: network for dependency setup only)",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra variables set in every sandbox command")
 
 
 class RunConfig(Section):
-    allow: dict[str, list[Literal["network-deps"]]] = Field(
-        default_factory=dict, description="repo -> hardening items loosened for it (network-deps: network for dependency setup only)"
-    )
-    env: dict[str, str] = Field(default_factory=dict, description="extra variables set in every sandbox command")
     """Budgets of a refinement run."""
 
     max_steps: int = Field(default=5, gt=0, description="plan steps executed per run")
@@ -77,9 +76,7 @@ class RunConfig(Section):
 class PolicyConfig(Section):
     """Which policy files apply."""
 
-    files: list[str] = Field(
-        default_factory=lambda: ["default"], description="policy names under policies/"
-    )
+    files: list[str] = Field(default_factory=lambda: ["default"], description="policy names under policies/")
     repos: dict[str, list[str]] = Field(default_factory=dict, description="repo name -> extra policy names for it")
 
 
