@@ -411,9 +411,9 @@ def build_install(ws: Workspace, repo: str, gen: generations.Generation) -> Path
     )
     if archive.returncode != 0:
         raise ConflictError(f"git archive of {gen.commit[:12]} failed: {archive.stderr.decode(errors='replace')}")
+    venv.EnvBuilder(symlinks=True, with_pip=False, clear=True).create(tmp)  # first: clear=True empties tmp
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(tmp / "src", filter="data")
-    venv.EnvBuilder(symlinks=True, with_pip=False, clear=True).create(tmp)
     site = tmp / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     # .pth lines are added in file-name order: the commit's source first, so it wins over any other copy
     atomic_write(site / "00-converge-src.pth", f"{target / 'src'}\n")
@@ -425,7 +425,7 @@ def build_install(ws: Workspace, repo: str, gen: generations.Generation) -> Path
     shutil.rmtree(target, ignore_errors=True)
     tmp.replace(target)
     probe = subprocess.run(
-        [str(target / "bin" / "python"), "-c", "import orchestrator.cli; print(orchestrator.__file__)"],
+        [str(target / "bin" / "python"), "-I", "-c", "import orchestrator.cli; print(orchestrator.__file__)"],
         capture_output=True,
         text=True,
         check=False,
@@ -458,7 +458,8 @@ def write_launcher(ws: Workspace) -> Path:
         'here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)\n'
         f': "${{CONVERGE_WORKSPACE:={ws.root}}}"\n'
         "export CONVERGE_WORKSPACE\n"
-        'exec "$here/../current/bin/python" -m orchestrator "$@"\n'
+        "# -I: neither the working directory nor $PYTHONPATH may shadow the installed source\n"
+        'exec "$here/../current/bin/python" -I -m orchestrator "$@"\n'
     )
     atomic_write(path, text, mode=0o755)
     return path
