@@ -50,6 +50,7 @@ from orchestrator.workspace import Workspace
 DEBOUNCE = 0.2
 MAX_DELAY = 2.0  # a burst of changes longer than this is applied anyway, not postponed forever
 REPO_SYNC = 2.0  # how often newly registered repos are picked up
+PERSIST_IDLE = 5.0  # refreshed parses are written to the map cache once changes pause this long
 IGNORED_DIRS = frozenset(
     {".git", "cache", "__pycache__", "build", "dist", ".pytest_cache", "node_modules", ".venv", "venv"}
     | {".mypy_cache", ".ruff_cache", ".tox", ".eggs"}
@@ -198,6 +199,7 @@ class Watcher:
         self.refreshed: dict[str, list[str]] = {}
         self._polling = polling
         self._maps: dict[str, RepoMap] = {}
+        self._unsaved: dict[str, float] = {}
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -235,18 +237,21 @@ class Watcher:
         return "polling" if self._polling else type(self._observer).__name__.removesuffix("Observer").lower()
 
     def start_observer(self) -> None:
-        """Start watching every registered repo's working tree (idempotent)."""
+        """Start watching every registered repo's working tree (idempotent); watches are in place on return."""
         if self._observer is not None:
             return
+        observer = self._new_observer()
         try:
-            self._observer = self._new_observer()
             for repo in list(self._maps):
-                self._schedule(repo)
-            self._observer.start()
+                self._schedule(observer, repo)
+            observer.start()
         except OSError as exc:
             if self._polling:
                 raise
+            observer.unschedule_all()
             self._fall_back(exc)
+            return
+        self._observer = observer
 
     def _new_observer(self) -> Any:
         if self._polling:
@@ -264,31 +269,32 @@ class Watcher:
             f"watch: warning: native file watching failed ({exc}); falling back to polling (slower). "
             f"Raise fs.inotify.max_user_watches (now {limit}) to watch natively."
         )
-        if self._observer is not None:
-            self._observer.unschedule_all()
         self._polling = True
-        self._observer = None
         self.start_observer()
 
-    def _schedule(self, repo: str) -> None:
+    def _schedule(self, observer: Any, repo: str) -> None:
         root = self.ws.src / repo
-        self._observer.schedule(_RepoEvents(self._note, repo, root), str(root), recursive=True)
+        observer.schedule(_RepoEvents(self._note, repo, root), str(root), recursive=True)
 
     def _sync_repos(self) -> None:
         """Build the map of each registered repo not yet known (from its cache) and watch it."""
         for record in self.ws.repos():
             if record.name in self._maps or not (self.ws.src / record.name).is_dir():
                 continue
-            rmap = repo_map_for(self.ws, record.name)
+            rmap = _live(repo_map_for(self.ws, record.name))
             with self._lock:
                 self._maps[record.name] = rmap
             self.log(f"watch: {record.name}: map of {len(rmap.files)} files")
             if self._observer is not None:
                 try:
-                    self._schedule(record.name)
+                    self._schedule(self._observer, record.name)
                 except OSError as exc:
                     if self._polling:
                         raise
+                    self._observer.unschedule_all()
+                    self._observer.stop()
+                    self._observer.join()
+                    self._observer = None
                     self._fall_back(exc)
 
     # --- repo maps
@@ -344,7 +350,38 @@ class Watcher:
         fresh = sorted(p for p in paths if p not in rmap.files and (root / p).is_file())
         paths -= _git_ignored(root, fresh)
         with self._lock:
-            return rmap.update(sorted(paths))
+            found = rmap.update(sorted(paths))
+        if found:
+            self._unsaved[repo] = time.monotonic()
+        return found
+
+    def persist(self, force: bool = False) -> None:
+        """Write refreshed parses to ``cache/repomap/<repo>/`` once changes pause (all now, with ``force``).
+
+        Live maps update in memory only: saving the cache means serialising every parse of the repo,
+        seconds on a 100,000-file repo, so it is kept off the path from a file change to a fresh map.
+        """
+        now = time.monotonic()
+        for repo, last in list(self._unsaved.items()):
+            if not force and now - last < PERSIST_IDLE:
+                continue
+            del self._unsaved[repo]
+            with self._lock:
+                rmap = self._maps[repo]
+                if not rmap.files:
+                    continue
+                # RepoMap.update saves its cache when it changes something: re-adding one entry does
+                path = next(iter(rmap.files))
+                entry = rmap.files.pop(path)
+                rmap.cache_dir = self.ws.cache / "repomap" / repo
+                try:
+                    if not rmap.update([path]):
+                        rmap.files[path] = entry
+                except OSError as exc:
+                    rmap.files[path] = entry
+                    self.log(f"watch: {repo}: saving the map cache failed: {exc}")
+                finally:
+                    rmap.cache_dir = None
 
     # --- the task inbox
 
@@ -443,10 +480,11 @@ class Watcher:
             self.take(path)
         self._sync_repos()
         for repo in list(self._maps):  # tasks may have promoted changes: re-list from git, parse only what changed
-            fresh = repo_map_for(self.ws, repo)
+            fresh = _live(repo_map_for(self.ws, repo))
             with self._lock:
                 self._maps[repo] = fresh
         self.flush(force=True)
+        self.persist(force=True)
         return self.report()
 
     def report(self) -> WatchReport:
@@ -465,11 +503,13 @@ class Watcher:
         next_sync = time.monotonic() + REPO_SYNC
         while not self._stop.wait(tick):
             self.flush()
+            self.persist()
             if time.monotonic() >= next_sync:
                 self._sync_repos()
                 next_sync = time.monotonic() + REPO_SYNC
         worker.join()
         self.flush(force=True)
+        self.persist(force=True)
         return self.report()
 
     def _work_inbox(self) -> None:
@@ -487,6 +527,12 @@ class Watcher:
             except Exception as exc:  # moving a task file failed; retried after a pause
                 self.log(f"watch: task {ready[0].name}: {exc}")
                 self._stop.wait(1.0)
+
+
+def _live(rmap: RepoMap) -> RepoMap:
+    """A map for in-memory updates (its cache was just written by the build; see Watcher.persist)."""
+    rmap.cache_dir = None
+    return rmap
 
 
 def _outcome(name: str, result: RunResult, resumed: bool) -> TaskOutcome:

@@ -95,8 +95,8 @@ def test_map_follows_edits_new_files_and_deletions(sample_ws: Workspace) -> None
 
         (repo / "extra" / "helpers.py").unlink()
         _wait(lambda: watcher.entry("sample", "extra/helpers.py") is None, what="a deletion")
-    cache = sample_ws.cache / "repomap" / "sample"
-    assert any(cache.iterdir()), "the map cache lives under cache/repomap/<repo>/"
+    cache = (sample_ws.cache / "repomap" / "sample" / "repomap-v1.json").read_text()
+    assert "freshly_added" in cache, "refreshed parses are saved to cache/repomap/<repo>/ when the watcher stops"
 
 
 def test_the_polling_observer_keeps_the_map_fresh_too(sample_ws: Workspace) -> None:
