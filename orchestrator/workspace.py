@@ -212,7 +212,9 @@ def add_repo(
         if dest.exists():
             raise RepoError(f"{dest}: already exists but is not registered; move it away or choose another --name")
         try:
-            git.Repo.clone_from(str(src_path) if local else source, dest, no_hardlinks=True)
+            # --no-local: objects travel as one pack (no file shared with the user's repo, and no
+            # copying of every loose object, which fails on very large repos)
+            git.Repo.clone_from(str(src_path) if local else source, dest, no_local=True)
         except git.GitCommandError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             detail = [line.strip(" '") for line in str(exc.stderr or "").splitlines() if line.strip(" '")]
