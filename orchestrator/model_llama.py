@@ -248,8 +248,9 @@ class LlamaBackend:
     def _tokens(self, resident: Resident, request: CompletionRequest) -> tuple[list[int], list[int]]:
         """The prompt's tokens and the leading run of them that is the stable prefix."""
         messages = [asdict(m) for m in request.messages()]
-        full = resident.formatter(messages=messages).prompt
-        head = resident.formatter(messages=messages[:1]).prompt
+        # The head is the same conversation with an empty task: it shares exactly the stable part.
+        full = self._render(resident, messages)
+        head = self._render(resident, [messages[0], {"role": "user", "content": ""}])
         llm = resident.llm
         tokens: list[int] = llm.tokenize(full.encode("utf-8"), add_bos=False, special=True)
         head_tokens: list[int] = llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
@@ -260,6 +261,21 @@ class LlamaBackend:
             common += 1
         # Stop short of the end: the last prompt token must be evaluated to sample from it.
         return tokens, tokens[: min(common, len(tokens) - 1)]
+
+    def _render(self, resident: Resident, messages: list[dict[str, str]]) -> str:
+        """The prompt text through the model's chat template; templates without a system role get it folded in."""
+        import jinja2
+
+        try:
+            return str(resident.formatter(messages=messages).prompt)
+        except (ValueError, jinja2.TemplateError) as first:
+            if messages[0]["role"] != "system" or len(messages) < 2:
+                raise ModelError(f"chat template of model {self.record.name!r} rejects the prompt: {first}") from first
+            merged = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+            try:
+                return str(resident.formatter(messages=[merged, *messages[2:]]).prompt)
+            except (ValueError, jinja2.TemplateError) as exc:
+                raise ModelError(f"chat template of model {self.record.name!r} rejects the prompt: {exc}") from exc
 
     def _grammar(self, request: CompletionRequest) -> Any:
         if request.json_schema is None:
