@@ -210,6 +210,27 @@ def test_chat_with_the_embedded_model(smol: LlamaBackend) -> None:
     assert 10 < done.tokens_in < 60 and 0 < done.tokens_out <= 12
 
 
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
+
+@pytest.mark.model
+def test_a_template_without_system_role_gets_the_system_prompt_folded_in(
+    smol_record: models.ModelRecord, manager: ModelManager
+) -> None:
+    strict = smol_record.model_copy(update={"name": "no-system", "chat_template": NO_SYSTEM_TEMPLATE})
+    backend = LlamaBackend(strict, manager)
+    resident = manager.acquire(strict)
+    request = CompletionRequest(system="Answer in French.", user="Say hello.", max_tokens=4)
+    prompt, _ = backend._tokens(resident, request)
+    text = resident.llm.detokenize(prompt, special=True).decode()
+    assert text.startswith("<|im_start|>user\nAnswer in French.\n\nSay hello.<|im_end|>")
+    assert backend.complete(request).tokens_out > 0
+    manager.evict("no-system")
+
+
 @pytest.mark.model
 def test_schema_constrained_output_validates(smol: LlamaBackend, tmp_path: Path) -> None:
     request = CompletionRequest(system="You review code changes.", user="The tests pass. Approve?", max_tokens=48)
