@@ -10,6 +10,9 @@
   watch_latency_ms               median time from a file write to the map showing it (target < 1000)
   watch_latency_max_ms           the slowest of those writes
 Usage: python bench/watch.py [--files N] [--samples K]
+
+Measured on 2 cores, 100,000 files in 1,282 directories: map_build_s 32 (cold), observer_start_s 0.6,
+observer_rss_mb 0.2 (the map itself: ~137 MB), watch_latency_ms 270 (max 353; 200 of it is the debounce).
 """
 
 from __future__ import annotations
