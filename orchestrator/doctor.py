@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from orchestrator.errors import ConvergeError
@@ -101,15 +102,25 @@ def _keys(ctx: DoctorContext) -> Check:
 
 
 @register_check("models")
-def _models(ctx: DoctorContext) -> Check:
+def _models(ctx: DoctorContext) -> list[Check]:
+    """Each role the shipped agent cards use, the model it resolves to, and whether its file is there."""
     if ctx.ws is None:
-        return Check("models", "missing", "no workspace", "run `converge init PATH`")
-    roles = ctx.ws.config().models.roles
-    if not roles:
-        return Check(
-            "models",
-            "missing",
-            "no model bound to a role",
-            "run `converge model add PATH --name M` and `converge model use M --role coder`",
-        )
-    return Check("models", "ready", ", ".join(f"{role}: {name}" for role, name in sorted(roles.items())))
+        return [Check("models", "missing", "no workspace", "run `converge init PATH`")]
+    from orchestrator.model_registry import get_model, role_binding
+
+    checks = []
+    for role in ("planner", "coder", "reviewer"):
+        binding = role_binding(ctx.ws, role)
+        name = f"models.{role}"
+        if binding.startswith(("openai:", "replay:")):
+            checks.append(Check(name, "ready", binding))
+            continue
+        record = get_model(ctx.ws, binding)
+        if not Path(record.path).is_file():
+            fix = f"put the file back or `converge model add PATH --name {binding}`"
+            checks.append(Check(name, "missing", f"{binding}: {record.path} not found", fix))
+            continue
+        size = record.size / 1e6
+        tiny = " — tiny: add a real coder model for real work (see README)" if size < 500 else ""
+        checks.append(Check(name, "ready", f"{binding} ({Path(record.path).name}, {size:.0f} MB){tiny}"))
+    return checks

@@ -123,3 +123,20 @@ def test_doctor_clean_removes_orphans_of_dead_processes(sample_ws: Workspace) ->
         assert not stale.exists()
         _, report = _doctor(sample_ws)
         assert _by_name(report)["sandbox.orphans"]["status"] == "ready"
+
+
+def test_models_check_names_each_role_and_a_missing_file(ws: Workspace, tmp_path: Path) -> None:
+    from orchestrator.model_registry import add_model, embedded_model_path, use_model
+
+    ready = {c.name: c for c in run_checks(DoctorContext(ws=ws)) if c.name.startswith("models.")}
+    assert set(ready) == {"models.planner", "models.coder", "models.reviewer"}
+    assert all(c.status == "ready" and c.detail.startswith("default (") for c in ready.values())
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(embedded_model_path().read_bytes())
+    add_model(ws, copy, "mine")
+    use_model(ws, "mine", "coder")
+    copy.unlink()
+    coder = next(c for c in run_checks(DoctorContext(ws=ws)) if c.name == "models.coder")
+    assert coder.status == "missing"
+    assert str(copy) in coder.detail
+    assert coder.fix is not None and "converge model add" in coder.fix
