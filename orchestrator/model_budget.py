@@ -20,7 +20,6 @@ then fails with a ModelError naming the holders.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from orchestrator.errors import ModelError
-from orchestrator.storage import atomic_write_json, file_lock, read_json
+from orchestrator.storage import atomic_write_json, file_lock, pid_alive, read_json
 
 LEDGER = "models-resident.json"
 WAIT_SECONDS = 600.0
@@ -62,16 +61,6 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _paths(state_dir: Path) -> tuple[Path, Path]:
     return state_dir / LEDGER, state_dir / "locks" / "models-resident.lock"
 
@@ -79,7 +68,7 @@ def _paths(state_dir: Path) -> tuple[Path, Path]:
 def _read(path: Path) -> _Ledger:
     """The ledger without the entries of dead processes."""
     ledger = _Ledger.model_validate(read_json(path)) if path.exists() else _Ledger()
-    return _Ledger(entries=[e for e in ledger.entries if _alive(e.pid)])
+    return _Ledger(entries=[e for e in ledger.entries if pid_alive(e.pid)])
 
 
 def charged(entries: list[Entry]) -> int:

@@ -8,7 +8,6 @@ it. A record saying ``running`` whose process is gone is reported as ``interrupt
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from orchestrator.errors import UsageError
-from orchestrator.storage import atomic_write_json, read_json
+from orchestrator.storage import atomic_write_json, pid_alive, read_json
 from orchestrator.workspace import Workspace
 
 RunStatus = Literal["running", "waiting_review", "completed", "failed", "interrupted"]
@@ -95,16 +94,6 @@ def list_runs(ws: Workspace) -> list[RunRecord]:
 
 
 def _live_status(record: RunRecord) -> RunRecord:
-    if record.status == "running" and (record.pid is None or not _alive(record.pid)):
+    if record.status == "running" and (record.pid is None or not pid_alive(record.pid)):
         return record.model_copy(update={"status": "interrupted"})
     return record
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

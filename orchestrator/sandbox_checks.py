@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from orchestrator.config import SandboxConfig
 from orchestrator.doctor import Check, DoctorContext, register_check
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox_image import image_present, resolve
+from orchestrator.storage import pid_alive
 
 
 def _config(ctx: DoctorContext) -> SandboxConfig:
@@ -117,19 +117,9 @@ def _stale_worktrees(ctx: DoctorContext) -> list[tuple[Path, Path]]:
     for record in ctx.ws.repos():
         for path in root.glob(f"sandbox-{record.name}-*") if root.is_dir() else []:
             parts = path.name.removeprefix(f"sandbox-{record.name}-").split("-")
-            if len(parts) == 2 and parts[0].isdigit() and not _alive(parts[0]):
+            if len(parts) == 2 and parts[0].isdigit() and not pid_alive(int(parts[0])):
                 found.append((path, ctx.ws.src / record.name))
     return found
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @register_check("sandbox.policy")

@@ -29,6 +29,7 @@ from orchestrator.errors import SandboxError
 from orchestrator.reports import CommandResult
 from orchestrator.sandbox import LABEL, OutputTail, SandboxSpec
 from orchestrator.sandbox_image import ensure_image
+from orchestrator.storage import pid_alive
 
 ENGINE_FIX = "run `make setup` (installs docker.io and starts dockerd) or start dockerd yourself"
 OOM_PROBE = "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
@@ -186,13 +187,8 @@ class DockerBackend:
 def _orphaned(labels: dict[str, str]) -> bool:
     if labels.get("converge.host") != socket.gethostname():
         return False  # another machine's engine view: its owner cannot be checked from here
-    try:
-        os.kill(int(labels.get("converge.pid", "0")), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, PermissionError):
-        return False
-    return int(labels.get("converge.pid", "0")) <= 0
+    pid = labels.get("converge.pid", "")
+    return pid.isdigit() and not pid_alive(int(pid))
 
 
 def _close_stream(stream: Any) -> None:
