@@ -8,6 +8,12 @@
     upgrade(ws) / rollback(ws)  build an install of the newest approved generation of `self` and switch
                                 ``cache/self/current`` to it (or back) by one atomic symlink replace
 
+The launcher ``<workspace>/cache/self/bin/converge`` runs ``current/bin/python -I -m orchestrator``
+(``-I``: neither the working directory nor ``$PYTHONPATH`` can shadow the installed source); put
+it on ``PATH`` to always run the current installation. An installation is a venv over this Python
+whose ``.pth`` files name the commit's exported source first and this environment's
+site-packages second: no network, no build step, and the dependencies are shared read-only.
+
 Inside a sandbox there is no Docker socket (by design), so the canary's own verify step uses
 :class:`NestedBackend`, which runs commands directly. It refuses to start unless the outer
 sandbox's marker variable is set: it is only ever acceptable *inside* that sandbox. Both sides of
