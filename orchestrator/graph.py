@@ -468,9 +468,14 @@ def _run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
         base=s["commit"],
     )
     with verify_cand:
+        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
+        if ws.repo(s["repo"]).is_self:
+            from orchestrator.selfhost import verify_self
+
+            # Converge's own suite, minus what cannot run inside a sandbox (see selfhost)
+            return verify_self(ws, s["repo"], verify_cand.path, label, deps.sandbox_backend)
         changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
         selected = build_repo_map(verify_cand.path).tests_for(changed)
-        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
         with sandbox.open_sandbox(ws, s["repo"], verify_cand.path, label=label, backend=deps.sandbox_backend) as box:
             image = box.spec.image.digest
             if selected:
