@@ -149,7 +149,8 @@ class _Nodes:
         found = agents.check_plan(Plan.model_validate(value), self.cards)
         found = found.model_copy(update={"steps": found.steps[: s["max_steps"]]})
         atomic_write_json(plan_file, found.model_dump())
-        _write_adr(self.ws, s, found)
+        _model_event(self.deps, s, "planner", completion)
+        write_adr(self.ws, runs.load(self.ws, s["run_id"]))
         self.deps.on_event(f"plan: {len(found.steps)} step(s)")
         return {
             "steps": [st.model_dump() for st in found.steps],
@@ -195,6 +196,7 @@ class _Nodes:
             atomic_write_json(path.with_suffix(".error.json"), {"error": str(exc)})
             return {**update, "outcome": "retry", "feedback": _clip(str(exc))}
         atomic_write(path, proposal.model_dump_json(indent=2))
+        _model_event(self.deps, s, step.agent, completion)
         return {**update, "tokens": completion.tokens_out, "outcome": ""}
 
     def apply(self, s: RunState) -> RunState:
@@ -228,6 +230,19 @@ class _Nodes:
             report, image = _run_tests(self.deps, s, self.cfg.run.full_suite_before_promote)
             atomic_write(image_file, image)
             atomic_write(report_file, report.model_dump_json(indent=2))
+            cmd = report.command
+            run_log(
+                self.ws,
+                s["run_id"],
+                "tests",
+                step=s["step"] + 1,
+                attempt=s["attempt"],
+                summary=report.summary,
+                selection=report.selection,
+                argv=cmd.argv if cmd else None,
+                exit_code=cmd.exit_code if cmd else None,
+                seconds=cmd.duration if cmd else None,
+            )
         image = image_file.read_text()
         self.deps.on_event(f"  tests: {report.summary}")
         if not report.ok:
@@ -245,6 +260,14 @@ class _Nodes:
             j = gate.judge(self.ws, s["repo"], s["base"], s["commit"], report, who=who)
             found = {"decision": j.decision, "risk": j.risk, "reasons": j.reasons, "detail": j.detail}
             atomic_write_json(verdict_file, found)
+            run_log(
+                self.ws,
+                s["run_id"],
+                "verdict",
+                step=s["step"] + 1,
+                attempt=s["attempt"],
+                **{k: found[k] for k in ("decision", "risk", "reasons")},
+            )
         self.deps.on_event(f"  policy: {found['decision']} (risk {found['risk']})")
         if found["decision"] == "reject":
             _move_candidate(self.ws, s, "failed")
@@ -544,27 +567,62 @@ def _provenance(deps: Deps, cards: dict[str, LoadedCard], s: RunState) -> gate.P
     )
 
 
-def _write_adr(ws: Workspace, s: RunState, found: Plan) -> None:
-    lines = [
-        f"# Run {s['run_id']}: {s['goal']}",
-        "",
-        f"- repo: {s['repo']}",
-        f"- started: {runs.now()}",
-        "",
-        "## Decision",
-        "",
-        f"The planner restated the goal as: {found.goal}",
-        "",
-        "## Steps",
-        "",
-    ]
-    for n, step in enumerate(found.steps, start=1):
-        lines.append(f"{n}. **{step.title}** — agent `{step.agent}`")
-        if step.targets:
-            lines.append(f"   - files: {', '.join(step.targets)}")
-        for check in step.acceptance:
-            lines.append(f"   - done when: {check}")
-    atomic_write(ws.spec / "runs" / f"{s['run_id']}.md", "\n".join(lines) + "\n")
+def adr_path(ws: Workspace, run_id: str) -> Path:
+    """The decision record of a run: goal, plan, and each step's outcome with its changeset."""
+    return ws.spec / "runs" / run_id / "adr.md"
+
+
+def write_adr(ws: Workspace, record: runs.RunRecord) -> None:
+    """(Re)write the run's ADR from its plan file and run record."""
+    plan_file = run_dir(ws, record.id) / "plan.json"
+    found = Plan.model_validate(read_json(plan_file)) if plan_file.exists() else None
+    lines = [f"# Run {record.id}: {record.goal}", "", f"- repo: {record.repo}", f"- started: {record.started}"]
+    lines += [f"- status: {record.status}" + (f" ({record.reason})" if record.reason else ""), ""]
+    if found is not None:
+        lines += ["## Decision", "", f"The planner restated the goal as: {found.goal}", "", "## Plan", ""]
+        for n, step in enumerate(found.steps, start=1):
+            lines.append(f"{n}. **{step.title}** — agent `{step.agent}`")
+            if step.targets:
+                lines.append(f"   - files: {', '.join(step.targets)}")
+            lines += [f"   - done when: {check}" for check in step.acceptance]
+    if record.steps:
+        lines += ["", "## Outcome", ""]
+        for done in record.steps:
+            line = f"- step {done.step} ({done.agent}): {done.outcome} after {done.attempts} attempt(s)"
+            if done.changeset:
+                proof = f"../../../proofs/{record.repo}/{done.changeset}.dsse.json"
+                line += f"; changeset `{done.changeset}` ([attestation]({proof}))"
+            if done.generation is not None:
+                line += f"; generation {done.generation}"
+            if done.reason:
+                line += f" — {done.reason.splitlines()[0][:200]}"
+            lines.append(line)
+    atomic_write(adr_path(ws, record.id), "\n".join(lines) + "\n")
+
+
+def run_log(ws: Workspace, run_id: str, kind: str, **data: Any) -> None:
+    """Append one event (a model call, a test command, a verdict, an outcome) to `.converge/logs/<run>.jsonl`."""
+    path = ws.state / "logs" / f"{run_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"at": runs.now(), "kind": kind, **data}
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+
+def _model_event(deps: Deps, s: RunState, agent: str, completion: Any) -> None:
+    rate = completion.tokens_out / completion.seconds if completion.seconds > 0 else 0.0
+    deps.on_event(f"  model ({agent}): {completion.tokens_out} tokens in {completion.seconds:.1f}s ({rate:.1f} tok/s)")
+    run_log(
+        deps.ws,
+        s["run_id"],
+        "model",
+        agent=agent,
+        step=s.get("step", 0) + 1,
+        attempt=s.get("attempt", 1),
+        tokens_in=completion.tokens_in,
+        tokens_out=completion.tokens_out,
+        seconds=round(completion.seconds, 3),
+    )
 
 
 def _record(ws: Workspace, s: RunState, **changes: Any) -> None:
@@ -693,6 +751,8 @@ def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, rea
         }
     )
     runs.save(ws, updated)
+    write_adr(ws, updated)
+    run_log(ws, run_id, "run", status=status, reason=reason, changesets=updated.changesets)
     return RunResult(record=updated, exit_code=0 if status == "completed" else 1)
 
 
