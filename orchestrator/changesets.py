@@ -27,8 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from orchestrator import gitops, signing
-from orchestrator.errors import SignatureError, UsageError
-from orchestrator.storage import atomic_write, atomic_write_json, read_json
+from orchestrator.errors import SignatureError, UsageError, WorkspaceError
+from orchestrator.storage import atomic_write, atomic_write_json, read_json, read_model
 from orchestrator.workspace import Workspace
 
 Status = Literal["pending", "approved", "rejected"]
@@ -133,7 +133,7 @@ def load(ws: Workspace, cs_id: str) -> Changeset:
             path = matches[0]
     if not path.exists() or "/" in cs_id:
         raise UsageError(f"unknown changeset {cs_id!r}; see `converge changeset list`")
-    return Changeset.model_validate(read_json(path))
+    return read_model(path, Changeset)
 
 
 def list_changesets(ws: Workspace, repo: str | None = None, status: str | None = None) -> list[Changeset]:
@@ -144,7 +144,7 @@ def list_changesets(ws: Workspace, repo: str | None = None, status: str | None =
     found = []
     if directory.is_dir():
         for path in directory.glob("*.json"):
-            cs = Changeset.model_validate(read_json(path))
+            cs = read_model(path, Changeset)
             if (repo is None or cs.repo == repo) and (status is None or cs.status == status):
                 found.append(cs)
     return sorted(found, key=lambda c: (c.created, c.id), reverse=True)
@@ -178,7 +178,10 @@ def read_envelope(path: Path) -> dict[str, Any]:
     """A stored DSSE envelope."""
     if not path.exists():
         raise SignatureError(f"attestation: {path} does not exist")
-    value = read_json(path)
+    try:
+        value = read_json(path)
+    except WorkspaceError as exc:
+        raise SignatureError(f"attestation: {exc}") from exc
     if not isinstance(value, dict):
         raise SignatureError(f"attestation: {path} is not a DSSE envelope")
     return value
@@ -276,7 +279,7 @@ def check(ws: Workspace, cs: Changeset) -> list[Problem]:
         env = read_envelope(attestation_path(ws, cs.repo, cs.id))
         statement = json.loads(signing.payload_of(env))
     except (SignatureError, ValueError) as exc:
-        return [Problem("attestation", str(exc))]
+        return [Problem("attestation", str(exc).removeprefix("attestation: "))]
     problems = _signature_problems(ws, cs, env, repo_path)
     if not isinstance(statement, dict):
         return [*problems, Problem("attestation", "payload is not a JSON object")]

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from orchestrator import gitops
 from orchestrator.errors import ConflictError, GitError, UsageError
 from orchestrator.gitops import ZERO, RefUpdate
-from orchestrator.storage import atomic_write_json, read_json
+from orchestrator.storage import atomic_write_json, read_model
 from orchestrator.workspace import Workspace
 
 GEN = "refs/converge/gen/"
@@ -100,7 +100,7 @@ def _journal_path(ws: Workspace, repo: str) -> Path:
 def _record(ws: Workspace, repo: str, number: int, commit: str) -> GenerationRecord:
     path = _records_dir(ws, repo) / f"{number}.json"
     if path.exists():
-        rec = GenerationRecord.model_validate(read_json(path))
+        rec = read_model(path, GenerationRecord)
         if rec.commit == commit:
             return rec
     return GenerationRecord(number=number, commit=commit, parent=None, created="")
@@ -184,7 +184,7 @@ def recover(ws: Workspace, repo: str) -> bool:
     journal = _journal_path(ws, repo)
     if not journal.exists():
         return False
-    entry = _Journal.model_validate(read_json(journal))
+    entry = read_model(journal, _Journal)
     path = ws.src / repo
     _remove_stale_git_locks(path)
     head = gitops.resolve(path, HEAD)

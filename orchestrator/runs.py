@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from orchestrator.errors import UsageError
-from orchestrator.storage import atomic_write_json, pid_alive, read_json
+from orchestrator.storage import atomic_write_json, pid_alive, read_model
 from orchestrator.workspace import Workspace
 
 RunStatus = Literal["running", "waiting_review", "completed", "failed", "interrupted"]
@@ -81,7 +81,7 @@ def load(ws: Workspace, run_id: str) -> RunRecord:
     path = _path(ws, run_id)
     if not path.exists():
         raise UsageError(f"unknown run {run_id!r}; `converge runs` lists them")
-    return _live_status(RunRecord.model_validate(read_json(path)))
+    return _live_status(read_model(path, RunRecord))
 
 
 def list_runs(ws: Workspace) -> list[RunRecord]:
@@ -89,7 +89,7 @@ def list_runs(ws: Workspace) -> list[RunRecord]:
     folder = ws.state / "runs"
     if not folder.is_dir():
         return []
-    records = [_live_status(RunRecord.model_validate(read_json(p))) for p in folder.glob("*.json")]
+    records = [_live_status(read_model(p, RunRecord)) for p in folder.glob("*.json")]
     return sorted(records, key=lambda r: r.started, reverse=True)
 
 

@@ -515,7 +515,7 @@ def rollback(ws: Workspace) -> dict[str, Any]:
     with file_lock(ws.state / "locks" / "self-install.lock", "the self installation", wait=True):
         cur, prev = _link_target(root / "current"), _link_target(root / "previous")
         if cur is None or prev is None or not prev.is_dir():
-            raise ConflictError("no previous installation of Converge to roll back to; see `converge self upgrade`")
+            raise UsageError("no previous installation of Converge to roll back to; see `converge self upgrade`")
         _switch(root / "current", prev)
         _switch(root / "previous", cur)
     return {**status(ws), "changed": True}

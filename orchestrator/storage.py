@@ -16,9 +16,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from orchestrator.errors import ConflictError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
@@ -45,13 +49,31 @@ def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON state file; a corrupt one is reported by path."""
+    """Read a JSON state file; a corrupt or unreadable one is reported by path."""
     from orchestrator.errors import WorkspaceError
 
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise WorkspaceError(f"{path}: corrupt JSON: {exc.msg} at line {exc.lineno}") from exc
+    except UnicodeDecodeError as exc:
+        raise WorkspaceError(f"{path}: corrupt: not UTF-8 text") from exc
+    except OSError as exc:
+        raise WorkspaceError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def read_model(path: Path, model: type[M]) -> M:
+    """Read a JSON state file into ``model``; a file of the wrong shape is reported by path and key."""
+    from pydantic import ValidationError
+
+    from orchestrator.errors import WorkspaceError
+
+    try:
+        return model.model_validate(read_json(path))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise WorkspaceError(f"{path}: corrupt: {key}: {err['msg']}") from exc
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from orchestrator import gitops
 from orchestrator.config import CONFIG_FILE, ConvergeConfig, dump_toml, load_config
 from orchestrator.errors import RepoError, UsageError, WorkspaceError
-from orchestrator.storage import atomic_write, atomic_write_json, file_lock, read_json
+from orchestrator.storage import atomic_write, atomic_write_json, file_lock, read_model
 
 STATE_DIR = ".converge"
 LAYOUT = ("spec", "src", "test", "tools", "cache", "proofs", "sbom")
@@ -51,6 +51,12 @@ class RepoRecord(BaseModel):
     source: str
     added: str
     is_self: bool = False
+
+
+class _Registry(BaseModel):
+    """`.converge/repos.json`."""
+
+    repos: list[RepoRecord] = []
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,7 @@ class Workspace:
         """Registered repositories, in registration order."""
         if not self._registry.exists():
             return []
-        data = read_json(self._registry)
-        return [RepoRecord.model_validate(item) for item in data.get("repos", [])]
+        return read_model(self._registry, _Registry).repos
 
     def repo(self, name: str) -> RepoRecord:
         """One registered repository by name, or a RepoError listing the known ones."""
@@ -133,6 +138,13 @@ def init_workspace(path: Path) -> Workspace:
                 f"{path}: not empty and not a Converge workspace (holds {', '.join(sorted(foreign)[:3])}); "
                 "choose an empty or new directory"
             )
+    try:
+        return _lay_out(path)
+    except OSError as exc:
+        raise WorkspaceError(f"{path}: cannot create the workspace: {exc.strerror}") from exc
+
+
+def _lay_out(path: Path) -> Workspace:
     template = template_dir()
     for part in LAYOUT:
         src = template / part
@@ -206,6 +218,9 @@ def add_repo(
         raise UsageError(f"{name!r}: not a valid repo name (letters, digits, . _ -, at most 64)")
     with ws.lock("registry", "the repo registry"):
         records = ws.repos()
+        if is_self and any(r.is_self for r in records):
+            existing = next(r.name for r in records if r.is_self)
+            raise RepoError(f"Converge's own source is already registered as {existing!r}")
         if any(r.name == name for r in records):
             raise RepoError(f"repo {name!r} is already registered; choose another --name")
         dest = ws.src / name

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import changesets, gate, generations, selfhost
-from orchestrator.errors import ConflictError, PolicyViolation, SandboxError, VerificationFailed
+from orchestrator.errors import PolicyViolation, SandboxError, UsageError, VerificationFailed
 from orchestrator.reports import CommandResult
 from orchestrator.sandbox import ScriptedBackend
 from orchestrator.workspace import Workspace, add_repo
@@ -106,10 +106,10 @@ def test_canary_outcomes_are_compared_strictly() -> None:
 
 def test_rollback_without_a_previous_install_says_no(tiny_self: tuple[Workspace, Path]) -> None:
     ws, _src = tiny_self
-    with pytest.raises(ConflictError, match="no previous installation"):
+    with pytest.raises(UsageError, match="no previous installation"):
         selfhost.rollback(ws)
     proc = converge("-w", str(ws.root), "self", "rollback", "--json")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # like `converge rollback` below generation 0
     assert "no previous installation" in proc.stderr
 
 

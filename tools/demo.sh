@@ -30,3 +30,11 @@ set -e
 if [ "$rc" -ge 2 ]; then exit "$rc"; fi
 $CONVERGE generation list sample
 $CONVERGE changeset list --repo sample
+latest=$($CONVERGE changeset list --repo sample --json | .venv/bin/python -c 'import json,sys; c=json.load(sys.stdin); print(c[0]["id"] if c else "")')
+if [ -n "$latest" ]; then
+  $CONVERGE changeset verify "$latest"
+  echo
+  echo "Review it:    CONVERGE_WORKSPACE=$WS $CONVERGE changeset show $latest"
+  echo "Verify it:    CONVERGE_WORKSPACE=$WS $CONVERGE changeset verify $latest"
+  echo "Roll it back: CONVERGE_WORKSPACE=$WS $CONVERGE rollback sample"
+fi

@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain Click usage errors: "Usage: ..." and one "Error: ..." line
 )
 
 # Each module defines `register(app)`; adding a command group is one line here.

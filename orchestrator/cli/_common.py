@@ -23,7 +23,7 @@ R = TypeVar("R")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when stderr is a file
 
 
 @dataclass
@@ -57,6 +57,13 @@ def handled(func: Callable[P, R]) -> Callable[P, R]:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"converge: error: {message}", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # a path the user gave that cannot be read or written: bad input, named, one line
+            if OPTIONS.debug:
+                traceback.print_exc()
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"converge: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             print("converge: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
@@ -81,7 +88,7 @@ def emit_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[objec
 
 def say(text: str) -> None:
     """A line for people, on stdout (only when not in --json mode)."""
-    Console(highlight=False).print(text, markup=False)
+    Console(highlight=False, soft_wrap=True).print(text, markup=False)
 
 
 def progress(text: str) -> None:

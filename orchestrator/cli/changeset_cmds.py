@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,8 @@ import typer
 from orchestrator import changesets, gate, signing
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.cli.run_cmds import continue_run
-from orchestrator.errors import SignatureError
+from orchestrator.errors import ConvergeError, SignatureError
+from orchestrator.storage import read_json
 from orchestrator.workspace import Workspace
 
 RepoArg = Annotated[str, typer.Argument(help="Registered repo name.")]
@@ -19,22 +19,37 @@ IdArg = Annotated[str, typer.Argument(help="Changeset id (or a unique prefix).")
 
 
 def _details(ws: Workspace, cs: changesets.Changeset) -> dict[str, object]:
+    """The changeset with its diff, verdict and signatures; damaged parts are named, not fatal."""
     diff_path = changesets.artifact_path(ws, cs.id, changesets.DIFF)
     verdict_path = changesets.artifact_path(ws, cs.id, changesets.VERDICT)
     proof = ws.root / cs.attestation
-    signatures: list[dict[str, str]] = []
+    problems: list[str] = []
+    signatures: list[dict[str, str]] | None = []
     if proof.exists():
-        env = changesets.read_envelope(proof)
-        allowed = signing.read_allowed_signers(signing.allowed_signers_path(ws))
-        owners = {signing.fingerprint(k): p for p, keys in allowed.items() for k in keys}
-        signatures = [
-            {"keyid": s["keyid"], "principal": owners.get(s["keyid"], "?")} for s in env.get("signatures", [])
-        ]
+        try:
+            env = changesets.read_envelope(proof)
+            allowed = signing.read_allowed_signers(signing.allowed_signers_path(ws))
+            owners = {signing.fingerprint(k): p for p, keys in allowed.items() for k in keys}
+            signatures = [
+                {"keyid": str(s.get("keyid", "?")), "principal": owners.get(str(s.get("keyid")), "?")}
+                for s in env.get("signatures", [])
+                if isinstance(s, dict)
+            ]
+        except ConvergeError as exc:
+            signatures = None
+            problems.append(str(exc))
+    policy: object = None
+    if verdict_path.exists():
+        try:
+            policy = read_json(verdict_path)
+        except ConvergeError as exc:
+            problems.append(str(exc))
     return {
         **cs.to_json(),
         "diff": diff_path.read_text(encoding="utf-8", errors="replace") if diff_path.exists() else None,
-        "policy": json.loads(verdict_path.read_text(encoding="utf-8")) if verdict_path.exists() else None,
+        "policy": policy,
         "signatures": signatures,
+        "problems": problems,
     }
 
 

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
-from orchestrator.doctor import DoctorContext, run_checks
-from orchestrator.errors import WorkspaceError
+from orchestrator.doctor import Check, DoctorContext, run_checks
+from orchestrator.errors import ConfigError, WorkspaceError
 from orchestrator.workspace import Workspace
 
 
@@ -25,12 +25,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check the sandbox engine, image, models and keys; exit 1 if something is missing."""
         ws: Workspace | None
+        config_problem: Check | None = None
         try:
             ws = workspace()
         except WorkspaceError:
             ws = None
+        except ConfigError as exc:
+            # the one thing doctor must still diagnose: report it, check what does not need the config
+            ws = None
+            config_problem = Check("config", "missing", str(exc), "edit .converge/converge.toml (see README)")
         ctx = DoctorContext(ws, clean=clean)
-        checks = run_checks(ctx)
+        checks = ([config_problem] if config_problem else []) + run_checks(ctx)
         ok = all(c.status != "missing" for c in checks)
         if json_out:
             emit_json({"ok": ok, "checks": [c.to_json() for c in checks], "cleaned": ctx.cleaned})

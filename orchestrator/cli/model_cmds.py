@@ -145,6 +145,8 @@ def _read_schema(path: Path) -> dict[str, Any]:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: schema file not found") from exc
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the schema: {exc.strerror}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a JSON file: {exc}") from exc
     if not isinstance(value, dict):

@@ -21,6 +21,8 @@ def _tests(path: Path | None) -> TestReport | None:
         return TestReport.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UsageError(f"--tests {path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--tests {path}: cannot read a test report: {getattr(exc, 'strerror', None) or exc}") from exc
     except ValidationError as exc:
         raise UsageError(f"--tests {path}: not a test report: {exc.errors()[0]['msg']}") from exc
 
@@ -41,14 +43,25 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--commit", help="An existing commit, judged against its parent.")
         ] = None,
         tests: Annotated[Path | None, typer.Option("--tests", help="A TestReport JSON file to judge with.")] = None,
+        changeset: Annotated[
+            str | None, typer.Option("--changeset", help="A changeset, judged again with its stored test report.")
+        ] = None,
         json_out: JsonFlag = False,
     ) -> None:
-        """Judge a patch, a commit, or (with neither) the working tree of REPO; exit 1 unless approved."""
-        if patch is not None and commit is not None:
-            raise UsageError("--patch and --commit: give one or the other")
+        """Judge a patch, a commit, a changeset, or (with none) the working tree of REPO; exit 1 unless approved."""
+        if sum(x is not None for x in (patch, commit, changeset)) > 1:
+            raise UsageError("--patch, --commit, --changeset: give one of them")
         ws = workspace()
         report = _tests(tests)
-        if patch is not None:
+        if changeset is not None:
+            from orchestrator import changesets
+
+            cs = changesets.load(ws, changeset)
+            if cs.repo != repo:
+                raise UsageError(f"--changeset {changeset}: belongs to repo {cs.repo!r}, not {repo!r}")
+            stored = changesets.artifact_path(ws, cs.id, changesets.REPORT)
+            result = policy_check.judge(ws, repo, cs.base, cs.commit, report or _tests(stored))
+        elif patch is not None:
             result = policy_check.check_patch(ws, repo, patch, report)
         elif commit is not None:
             result = policy_check.check_commit(ws, repo, commit, report)

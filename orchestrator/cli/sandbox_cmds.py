@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         repo: Annotated[str, typer.Argument(help="Registered repo name.")],
         command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
         timeout: Annotated[
-            float | None, typer.Option("--timeout", help="Seconds before the command is killed.")
+            float | None, typer.Option("--timeout", min=0.001, help="Seconds before the command is killed.")
         ] = None,
         json_out: JsonFlag = False,
     ) -> None:
