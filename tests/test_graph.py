@@ -203,3 +203,18 @@ def test_cli_refine_with_the_replay_backend_retries_after_a_failing_test(sample_
     assert converge(*w, "changeset", "verify", cs_id).returncode == 0
     listed = json.loads(converge(*w, "runs", "--json", check=True).stdout)
     assert listed[0]["id"] == run["id"] and listed[0]["changesets"] == [cs_id]
+
+
+@pytest.mark.model
+def test_the_embedded_model_and_a_tool_agent_refine_the_sample_repo(sample_ws: Workspace) -> None:
+    """The demo's job with real parts only: SmolLM2 plans, ruff-fix edits in the sandbox, policy approves."""
+    from orchestrator.loop import model_factory
+
+    deps = Deps(ws=sample_ws, model_for=model_factory(sample_ws))
+    result = start_run(deps, "sample", "Use ruff-fix to remove the unused imports", max_steps=1, auto_approve=True)
+    assert result.record.status == "completed", result.record.reason
+    step = result.record.steps[0]
+    assert (step.agent, step.outcome, step.generation) == ("ruff-fix", "promoted", 1)
+    stock = (sample_ws.src / "sample" / "inventory" / "stock.py").read_text()
+    assert "import os" not in stock and "import sys" not in stock
+    assert changesets.check(sample_ws, changesets.load(sample_ws, str(step.changeset))) == []

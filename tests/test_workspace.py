@@ -147,3 +147,14 @@ def test_cli_debug_shows_traceback(tmp_path: Path) -> None:
     proc = converge("--debug", "repos", cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("content", [b"[]", b'{"repos": [{"x": 1}]}', b"\xff\xfe", b"{"])
+def test_a_damaged_registry_is_named_not_a_traceback(tmp_path: Path, content: bytes) -> None:
+    w = tmp_path / "w"
+    converge("init", str(w), check=True)
+    (w / ".converge" / "repos.json").write_bytes(content)
+    proc = converge("-w", str(w), "repos", "--json")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("converge: error: ") and "repos.json: corrupt" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
