@@ -174,8 +174,6 @@ class Candidate:
         if not self.path.exists():
             raise GitError(f"{self.path}: the candidate worktree does not exist; enter the Candidate first")
         gitops.run(self.path, "add", "--all")
-        if not gitops.run(self.path, "diff", "--cached", "--name-only", self.base).strip():
-            raise EditError("The edits leave every file as it was; there is nothing to commit.")
         env = {
             "GIT_AUTHOR_NAME": IDENTITY_NAME,
             "GIT_AUTHOR_EMAIL": IDENTITY_EMAIL,
@@ -245,5 +243,7 @@ def _run_env(cwd: Path, args: list[str], stdin: str, env: dict[str, str]) -> Non
         ["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, env={**os.environ, **env}, check=False
     )
     if proc.returncode != 0:
+        if "nothing to commit" in proc.stdout:  # the index equals HEAD, the candidate's base
+            raise EditError("The edits leave every file as it was; there is nothing to commit.")
         detail = proc.stderr.strip().splitlines()
         raise GitError(f"git commit in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")

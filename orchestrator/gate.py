@@ -98,7 +98,9 @@ def commit_signed(ws: Workspace, cand: candidates.Candidate, message: str, cs_id
     signer = signing.workspace_signer(ws)
     allowed = signing.allowed_signers_path(ws)
     # so that a plain `git verify-commit` in the registered repo needs nothing else
-    gitops.run(cand.repo, "config", "gpg.ssh.allowedSignersFile", str(allowed))
+    config_file = cand.repo / ".git" / "config"
+    if not config_file.is_file() or str(allowed) not in config_file.read_text(encoding="utf-8", errors="replace"):
+        gitops.run(cand.repo, "config", "gpg.ssh.allowedSignersFile", str(allowed))
     config = ["commit.gpgsign=true", "gpg.format=ssh", f"user.signingkey={signer.key}"]
     body = message.strip() or "converge: change"
     if cs_id:

@@ -25,7 +25,6 @@ from packageurl import PackageURL
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from orchestrator import gitops
 from orchestrator.errors import ConfigError, GitError
 from orchestrator.storage import atomic_write
 from orchestrator.workspace import Workspace
@@ -40,6 +39,19 @@ class Dependency:
     source: str
     pinned: str | None = None
     scope: str = "required"
+
+
+USUAL_REQUIREMENTS = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "requirements_dev.txt")
+
+
+def _tree_names(tree: bytes, hash_len: int) -> list[str]:
+    """Entry names of a raw tree object (``<mode> <name>\\0<hash>`` repeated)."""
+    names, pos = [], 0
+    while pos < len(tree):
+        nul = tree.index(b"\0", pos)
+        names.append(tree[pos:nul].split(b" ", 1)[1].decode(errors="replace"))
+        pos = nul + 1 + hash_len
+    return names
 
 
 def _read(repo_path: Path, specs: list[str]) -> dict[str, bytes | None]:
@@ -77,14 +89,28 @@ def _parse(line: str, source: str, scope: str) -> Dependency | None:
     return Dependency(canonicalize_name(req.name), spec, source, pins[0] if len(pins) == 1 else None, scope)
 
 
+def _dependency_files(repo_path: Path, commit: str) -> tuple[dict[str, bytes | None], list[str], list[str]]:
+    """The commit, its root entry names and its requirements*.txt names, with their blobs.
+
+    One cat-file call reads the commit, its root tree and the usual dependency files; a second
+    one only when the tree holds other requirements*.txt files.
+    """
+    tree_spec = f"{commit}^{{tree}}"
+    usual = ["pyproject.toml", *USUAL_REQUIREMENTS]
+    blobs = _read(repo_path, [commit, tree_spec, *(f"{commit}:{n}" for n in usual)])
+    names = _tree_names(blobs[tree_spec] or b"", len(commit) // 2)
+    reqs = sorted(n for n in names if n.startswith("requirements") and n.endswith(".txt"))
+    others = [f"{commit}:{n}" for n in reqs if f"{commit}:{n}" not in blobs]
+    if others:
+        blobs.update(_read(repo_path, others))
+    return blobs, names, reqs
+
+
 def declared_dependencies(repo_path: Path, commit: str) -> tuple[dict[str, str], list[Dependency]]:
     """The project's name/version (and the commit's ``_timestamp``) and its declared dependencies at ``commit``."""
     project: dict[str, str] = {}
     deps: list[Dependency] = []
-    names = gitops.run(repo_path, "ls-tree", "--name-only", commit).split()
-    reqs = sorted(n for n in names if n.startswith("requirements") and n.endswith(".txt"))
-    wanted = (["pyproject.toml"] if "pyproject.toml" in names else []) + reqs
-    blobs = _read(repo_path, [commit] + [f"{commit}:{n}" for n in wanted])
+    blobs, names, reqs = _dependency_files(repo_path, commit)
     committer = [
         ln for ln in (blobs[commit] or b"").decode(errors="replace").splitlines() if ln.startswith("committer ")
     ]

@@ -154,3 +154,25 @@ def test_git_signs_commits_that_plain_verify_commit_accepts(ws: Workspace, make_
         signing.verify_commit(repo, unsigned, allowed)
     with pytest.raises(SignatureError, match="not by bob"):
         signing.verify_commit(repo, signed, allowed, principal="bob")
+
+
+def test_sbom_reads_every_requirements_file_at_the_commit(make_repo) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.sbom import declared_dependencies
+
+    repo = make_repo(
+        {
+            "pyproject.toml": '[project]\nname = "x"\nversion = "1"\ndependencies = ["pydantic>=2"]\n',
+            "requirements.txt": "flask>=2\n",
+            "requirements-docs.txt": "requests==2.31.0\n",
+            "src/requirements.txt": "ignored==1\n",
+        }
+    )
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    project, deps = declared_dependencies(repo, commit)
+    assert (project["name"], project["version"]) == ("x", "1")
+    found = sorted((d.name, d.source) for d in deps)
+    assert found == [
+        ("flask", "requirements.txt"),
+        ("pydantic", "pyproject.toml"),
+        ("requests", "requirements-docs.txt"),
+    ]
