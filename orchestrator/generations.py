@@ -260,6 +260,8 @@ def _move(
 ) -> None:
     journal = _journal_path(ws, repo)
     atomic_write_json(journal, _Journal(op=op, old=old, new=new).model_dump())
+    if clean:  # HEAD is checked to be at `old`: it moves in the same transaction as the refs
+        updates = [*updates, RefUpdate("HEAD", new, old)]
     try:
         gitops.update_refs(path, updates, f"converge: {op}")
     except BaseException:
@@ -270,7 +272,7 @@ def _move(
 
 
 def _checkout(path: Path, old: str, new: str, clean: bool) -> None:
-    """Move the working tree and HEAD from ``old`` to ``new``.
+    """Move the working tree (and, when not clean, HEAD) from ``old`` to ``new``.
 
     On a tree just checked clean (its index freshly refreshed by that check) a two-way
     ``read-tree -m -u`` touches only the files that differ, which on a large repo costs much
@@ -279,7 +281,6 @@ def _checkout(path: Path, old: str, new: str, clean: bool) -> None:
     if clean:
         try:
             gitops.run(path, "read-tree", "-m", "-u", old, new)
-            gitops.run(path, "update-ref", "--no-deref", "HEAD", new, old)
             return
         except GitError:
             pass  # nothing was lost (the tree was clean): reset below puts everything right

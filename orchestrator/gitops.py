@@ -89,6 +89,8 @@ def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
     """Apply ``updates`` as one atomic compare-and-swap transaction, or raise ConflictError."""
     lines = ["start"]
     for u in updates:
+        if u.ref == "HEAD":
+            lines.append("option no-deref")  # move a detached HEAD itself, never what it points to
         verb = f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}"
         lines.append(verb)
     lines += ["prepare", "commit", ""]
