@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import graph, sandbox, sandbox_docker
+from orchestrator import graph, runs, sandbox, sandbox_docker
 from orchestrator.agents import LoadedCard
 from orchestrator.model_backends import Completion, CompletionRequest, ModelBackend, ModelIdentity
 from orchestrator.repomap import build_repo_map
@@ -237,7 +237,7 @@ def one_step(ws: Workspace, repo: str, module: str) -> StepFigures:
     record = result.record
     if record.status != "completed" or [s.outcome for s in record.steps] != ["promoted"]:
         raise SystemExit(f"run {record.id} did not promote its step: {record.status} {record.reason}")
-    reports = sorted(graph.run_dir(ws, record.id).glob("*.tests.json"))
+    reports = sorted(runs.run_dir(ws, record.id).glob("*.tests.json"))
     report = TestReport.model_validate_json(reports[-1].read_text())
     if report.selection != "all" or report.command is None or not report.ok:
         raise SystemExit(f"run {record.id}: the step's last test report is not a passing full suite")

@@ -17,93 +17,28 @@ The graph calls the pieces (agents, models, gate, sandbox); the pieces never cal
 from __future__ import annotations
 
 import json
-import operator
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator import agents, candidates, changesets, gate, generations, runs
-from orchestrator.agents import LoadedCard, Plan, PlanStep
+from orchestrator import agents, attempts, candidates, changesets, gate, generations, runs
+from orchestrator.agents import LoadedCard, Plan
+from orchestrator.attempts import Deps, ModelFactory, RunState
 from orchestrator.edits import EditProposal, apply_edits
-from orchestrator.errors import ConvergeError, EditError, ModelError, SandboxError, UsageError
-from orchestrator.model_backends import CompletionRequest, ModelBackend
+from orchestrator.errors import ConvergeError, EditError, ModelError, UsageError
 from orchestrator.reports import TestReport
 from orchestrator.storage import atomic_write, atomic_write_json, read_json
 from orchestrator.workspace import Workspace
 
+__all__ = ["CHECKPOINTS", "Deps", "ModelFactory", "RunResult", "RunState", "build_graph", "resume_run", "start_run"]
+
 CHECKPOINTS = "runs.sqlite"
-FEEDBACK_LIMIT = 2000
-FILE_LIMIT = 12_000
-
-
-class RunState(TypedDict, total=False):
-    """What the checkpointer keeps between nodes: small values only."""
-
-    run_id: str
-    repo: str
-    goal: str
-    auto_approve: bool
-    plan_only: bool
-    max_steps: int
-    started: float
-    steps: list[dict[str, Any]]
-    step: int
-    attempt: int
-    feedback: str
-    proposal: str
-    commit: str
-    base: str
-    report: str
-    image: str
-    changeset: str
-    outcome: str
-    tokens: Annotated[int, operator.add]
-    done: Annotated[list[dict[str, Any]], operator.add]
-
-
-ModelFactory = Callable[[LoadedCard], ModelBackend]
-Events = Callable[[str], None]
-
-
-@dataclass
-class Deps:
-    """What the nodes need from outside: the workspace, how to reach models, where to report."""
-
-    ws: Workspace
-    model_for: ModelFactory
-    on_event: Events = field(default=lambda _text: None)
-    sandbox_backend: Any = None  # orchestrator.sandbox.SandboxBackend; None: from converge.toml
-
-
-# --- files of a run -----------------------------------------------------------------------------
-
-
-def run_dir(ws: Workspace, run_id: str) -> Path:
-    """Where a run keeps its plan, proposals and reports."""
-    return ws.cache / "runs" / run_id
-
-
-def _attempt_file(ws: Workspace, s: RunState, suffix: str) -> Path:
-    return run_dir(ws, s["run_id"]) / f"{s['step'] + 1}-{s['attempt']}.{suffix}"
-
-
-def _current_step(s: RunState) -> PlanStep:
-    return PlanStep.model_validate(s["steps"][s["step"]])
-
-
-def _changeset_id(s: RunState) -> str:
-    return changesets.changeset_id(s["repo"], s["base"], f"{s['run_id']}/{s['step'] + 1}/{s['attempt']}")
-
-
-def _clip(text: str, limit: int = FEEDBACK_LIMIT) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else text[: limit - 20] + "\n... (cut)"
 
 
 # --- the graph ------------------------------------------------------------------------------
@@ -125,22 +60,22 @@ class _Nodes:
             raise BudgetSpentError(f"token budget of {self.cfg.run.max_tokens} spent")
 
     def plan(self, s: RunState) -> RunState:
-        plan_file = run_dir(self.ws, s["run_id"]) / "plan.json"
+        plan_file = runs.run_dir(self.ws, s["run_id"]) / "plan.json"
         if plan_file.exists():  # resumed after the plan was made
             found = Plan.model_validate(read_json(plan_file))
             return {"steps": [st.model_dump() for st in found.steps], "step": 0, "attempt": 1}
         self.deps.on_event("plan: asking the planner")
         card = agents.get_card(self.cards, "planner")
         repo_path = self.ws.repo_path(s["repo"])
-        repo_map = _repo_map(self.ws, s["repo"], repo_path, s["goal"])
+        repo_map = attempts.repo_map(self.ws, s["repo"], repo_path, s["goal"])
         prompt = agents.build_prompt(card.card, goal=s["goal"], repo_map=repo_map)
         # deterministic tool agents first: cheaper and safer, so offered before model agents
         editors = sorted(
             (n for n, c in self.cards.items() if c.card.role in ("coder", "tool")),
             key=lambda n: (self.cards[n].card.kind != "tool", n),
         )
-        schema = _plan_schema(editors, s["max_steps"])
-        request = _request(card, prompt, schema)
+        schema = attempts.plan_schema(editors, s["max_steps"])
+        request = attempts.request(card, prompt, schema)
         from orchestrator.models import complete_json
 
         value, completion = complete_json(
@@ -150,7 +85,7 @@ class _Nodes:
         found = found.model_copy(update={"steps": found.steps[: s["max_steps"]]})
         atomic_write_json(plan_file, found.model_dump())
         _model_event(self.deps, s, "planner", completion)
-        write_adr(self.ws, runs.load(self.ws, s["run_id"]))
+        runs.write_adr(self.ws, runs.load(self.ws, s["run_id"]))
         self.deps.on_event(f"plan: {len(found.steps)} step(s)")
         return {
             "steps": [st.model_dump() for st in found.steps],
@@ -161,8 +96,8 @@ class _Nodes:
 
     def propose(self, s: RunState) -> RunState:
         self.budget_check(s)
-        step = _current_step(s)
-        path = _attempt_file(self.ws, s, "proposal.json")
+        step = attempts.current_step(s)
+        path = attempts.attempt_file(self.ws, s, "proposal.json")
         base = generations.current(self.ws, s["repo"]).commit
         update: RunState = {"base": base, "proposal": str(path), "feedback": s.get("feedback", "")}
         if path.exists():
@@ -170,31 +105,31 @@ class _Nodes:
         card = agents.get_card(self.cards, step.agent)
         self.deps.on_event(f"step {s['step'] + 1} attempt {s['attempt']}: {step.agent} proposes ({step.title})")
         if card.card.kind == "tool":
-            proposal = _tool_proposal(self.deps, s, card, base)
+            proposal = attempts.tool_proposal(self.deps, s, card, base)
             if proposal is None:
                 atomic_write_json(path, {"summary": "no change", "edits": []})
                 return {**update, "outcome": "no-change"}
             atomic_write(path, proposal.model_dump_json(indent=2))
             return update
-        repo_map = _repo_map(self.ws, s["repo"], self.ws.repo_path(s["repo"]), s["goal"])
+        repo_map = attempts.repo_map(self.ws, s["repo"], self.ws.repo_path(s["repo"]), s["goal"])
         prompt = agents.build_prompt(
             card.card,
             goal=s["goal"],
             repo_map=repo_map,
             step=step,
-            feedback=_with_files(s.get("feedback", ""), self.ws.repo_path(s["repo"]), step.targets),
+            feedback=attempts.with_files(s.get("feedback", ""), self.ws.repo_path(s["repo"]), step.targets),
         )
         from orchestrator.models import complete_json
 
         try:
-            schema = _edits_schema()
+            schema = attempts.edits_schema()
             value, completion = complete_json(
-                self.deps.model_for(card), _request(card, prompt, schema), schema, retries=1
+                self.deps.model_for(card), attempts.request(card, prompt, schema), schema, retries=1
             )
             proposal = EditProposal.model_validate(value)
         except (ModelError, ValidationError) as exc:
             atomic_write_json(path.with_suffix(".error.json"), {"error": str(exc)})
-            return {**update, "outcome": "retry", "feedback": _clip(str(exc))}
+            return {**update, "outcome": "retry", "feedback": attempts.clip(str(exc))}
         atomic_write(path, proposal.model_dump_json(indent=2))
         _model_event(self.deps, s, step.agent, completion)
         return {**update, "tokens": completion.tokens_out, "outcome": ""}
@@ -202,36 +137,36 @@ class _Nodes:
     def apply(self, s: RunState) -> RunState:
         if Path(s["proposal"]).exists() and not json.loads(Path(s["proposal"]).read_text()).get("edits"):
             return {"outcome": "no-change"}
-        cs_id = _changeset_id(s)
+        cs_id = attempts.changeset_id(s)
         kept = candidates.kept_commit(self.ws.repo_path(s["repo"]), s["run_id"], s["step"] + 1, s["attempt"])
         if kept is not None:
             return {"commit": kept[1], "changeset": cs_id, "outcome": ""}
         proposal = EditProposal.model_validate_json(Path(s["proposal"]).read_text())
-        cand = _candidate(self.ws, s, s["base"])
+        cand = attempts.candidate(self.ws, s, s["base"])
         try:
             cand.create()
             applied = apply_edits(cand.path, proposal)
-            message = f"{_current_step(s).title}\n\n{proposal.summary}"
+            message = f"{attempts.current_step(s).title}\n\n{proposal.summary}"
             commit = gate.commit_signed(self.ws, cand, message, cs_id)
         except EditError as exc:
             cand.remove()
-            return {"outcome": "retry", "feedback": _clip(str(exc))}
+            return {"outcome": "retry", "feedback": attempts.clip(str(exc))}
         self.deps.on_event(f"  applied {len(applied.paths)} file(s): {', '.join(applied.paths)}")
         cand.keep("candidates")
         cand.remove()  # verify checks the kept commit out afresh; nothing lives in a worktree between nodes
         return {"commit": commit, "changeset": cs_id, "outcome": ""}
 
     def verify(self, s: RunState) -> RunState:
-        report_file = _attempt_file(self.ws, s, "tests.json")
-        image_file = _attempt_file(self.ws, s, "image")
+        report_file = attempts.attempt_file(self.ws, s, "tests.json")
+        image_file = attempts.attempt_file(self.ws, s, "image")
         if report_file.exists() and image_file.exists():
             report = TestReport.model_validate_json(report_file.read_text())
         else:
-            report, image = _run_tests(self.deps, s, self.cfg.run.full_suite_before_promote)
+            report, image = attempts.run_tests(self.deps, s, self.cfg.run.full_suite_before_promote)
             atomic_write(image_file, image)
             atomic_write(report_file, report.model_dump_json(indent=2))
             cmd = report.command
-            run_log(
+            runs.run_log(
                 self.ws,
                 s["run_id"],
                 "tests",
@@ -246,21 +181,21 @@ class _Nodes:
         image = image_file.read_text()
         self.deps.on_event(f"  tests: {report.summary}")
         if not report.ok:
-            _move_candidate(self.ws, s, "failed")
-            return {"report": str(report_file), "outcome": "retry", "feedback": _test_feedback(report)}
+            attempts.move_candidate(self.ws, s, "failed")
+            return {"report": str(report_file), "outcome": "retry", "feedback": attempts.test_feedback(report)}
         return {"report": str(report_file), "image": image, "outcome": ""}
 
     def judge(self, s: RunState) -> RunState:
-        verdict_file = _attempt_file(self.ws, s, "verdict.json")
+        verdict_file = attempts.attempt_file(self.ws, s, "verdict.json")
         report = TestReport.model_validate_json(Path(s["report"]).read_text())
         if verdict_file.exists():
             found = read_json(verdict_file)
         else:
-            who = _provenance(self.deps, self.cards, s)
+            who = attempts.provenance(self.deps, self.cards, s)
             j = gate.judge(self.ws, s["repo"], s["base"], s["commit"], report, who=who)
             found = {"decision": j.decision, "risk": j.risk, "reasons": j.reasons, "detail": j.detail}
             atomic_write_json(verdict_file, found)
-            run_log(
+            runs.run_log(
                 self.ws,
                 s["run_id"],
                 "verdict",
@@ -270,19 +205,19 @@ class _Nodes:
             )
         self.deps.on_event(f"  policy: {found['decision']} (risk {found['risk']})")
         if found["decision"] == "reject":
-            _move_candidate(self.ws, s, "failed")
+            attempts.move_candidate(self.ws, s, "failed")
             reasons = "; ".join(found["reasons"]) or "rejected"
-            return {"outcome": "retry", "feedback": _clip(f"Policy rejected the change: {reasons}")}
+            return {"outcome": "retry", "feedback": attempts.clip(f"Policy rejected the change: {reasons}")}
         return {"outcome": ""}
 
     def sign(self, s: RunState) -> RunState:
         cs_id = s["changeset"]
         if not changesets.exists(self.ws, cs_id):
             report = TestReport.model_validate_json(Path(s["report"]).read_text())
-            found = read_json(_attempt_file(self.ws, s, "verdict.json"))
+            found = read_json(attempts.attempt_file(self.ws, s, "verdict.json"))
             judgement = gate.Judgement(found["decision"], found["risk"], found["reasons"], found["detail"])
             base_gen = next(g for g in generations.lineage(self.ws, s["repo"]) if g.commit == s["base"])
-            message = _current_step(s).title
+            message = attempts.current_step(s).title
             gate.sign(
                 self.ws,
                 s["repo"],
@@ -291,7 +226,7 @@ class _Nodes:
                 commit=s["commit"],
                 report=report,
                 judgement=judgement,
-                who=_provenance(self.deps, self.cards, s),
+                who=attempts.provenance(self.deps, self.cards, s),
                 message=message,
                 sandbox_image=s.get("image") or None,
             )
@@ -309,14 +244,14 @@ class _Nodes:
             cs = changesets.load(self.ws, cs.id)
             _record(self.ws, s, status="running", waiting_on=None)
         if cs.status == "rejected":
-            return {"outcome": "rejected", "feedback": _clip(f"A reviewer rejected the change: {cs.reason}")}
+            return {"outcome": "rejected", "feedback": attempts.clip(f"A reviewer rejected the change: {cs.reason}")}
         if cs.status != "approved":
             return {"outcome": "retry", "feedback": "The change was not approved."}
         self.deps.on_event(f"  promoted: generation {cs.generation}")
         return {"outcome": "promoted"}
 
     def advance(self, s: RunState) -> RunState:
-        step = _current_step(s)
+        step = attempts.current_step(s)
         outcome = s.get("outcome") or "failed"
         if outcome == "retry":
             outcome = "failed"
@@ -356,7 +291,7 @@ def _after(node: str, cards: dict[str, LoadedCard]) -> Callable[[RunState], str]
         if outcome == "no-change":
             return "advance"
         if outcome in ("retry", "rejected"):
-            return "retry" if s["attempt"] < _attempts(cards, s) else "advance"
+            return "retry" if s["attempt"] < attempts.attempts(cards, s) else "advance"
         return nexts[node]
 
     return route
@@ -364,7 +299,7 @@ def _after(node: str, cards: dict[str, LoadedCard]) -> Callable[[RunState], str]
 
 def _after_review(cards: dict[str, LoadedCard]) -> Callable[[RunState], str]:
     def route(s: RunState) -> str:
-        if s.get("outcome") in ("retry", "rejected") and s["attempt"] < _attempts(cards, s):
+        if s.get("outcome") in ("retry", "rejected") and s["attempt"] < attempts.attempts(cards, s):
             return "retry"
         return "advance"
 
@@ -396,223 +331,10 @@ class BudgetSpentError(ConvergeError):
     exit_code = 1
 
 
-def _attempts(cards: dict[str, LoadedCard], s: RunState) -> int:
-    step = _current_step(s)
-    card = cards.get(step.agent)
-    return card.card.budgets.attempts if card else 1
-
-
-# --- helpers of the nodes -----------------------------------------------------------------------
-
-
-def _request(card: LoadedCard, prompt: agents.Prompt, schema: dict[str, Any] | None) -> CompletionRequest:
-    sampling = card.card.sampling
-    return CompletionRequest(
-        system=prompt.system,
-        prefix=prompt.stable_prefix,
-        user=prompt.user,
-        json_schema=schema,
-        temperature=sampling.temperature,
-        max_tokens=sampling.max_tokens,
-        seed=sampling.seed,
-    )
-
-
-def _plan_schema(editors: list[str], max_steps: int) -> dict[str, Any]:
-    """The plan schema, bounded so constrained decoding always ends: known agents, short fields."""
-    schema = Plan.model_json_schema()
-    schema["properties"]["goal"]["maxLength"] = 200
-    schema["properties"]["steps"]["maxItems"] = max_steps
-    step = schema["$defs"]["PlanStep"]["properties"]
-    step["title"]["maxLength"] = 120
-    step["agent"] = {"type": "string", "enum": editors, "description": "the agent that does the step"}
-    step["targets"].update(maxItems=4, items={"type": "string", "maxLength": 120})
-    step["acceptance"].update(maxItems=3, items={"type": "string", "maxLength": 160})
-    return schema
-
-
-def _edits_schema() -> dict[str, Any]:
-    """The edit schema with a bounded number of blocks (string lengths stay free: llama.cpp's
-    grammar compiler unrolls each ``maxLength`` into nested rules and refuses long ones)."""
-    schema = EditProposal.model_json_schema()
-    schema["properties"]["edits"].update(minItems=1, maxItems=6)
-    return schema
-
-
-def _repo_map(ws: Workspace, repo: str, path: Path, goal: str) -> str:
-    from orchestrator.repomap import build_repo_map
-
-    budget = max(256, ws.config().models.context_length // 4)
-    return build_repo_map(path, ws.cache / "repomap" / repo).render(goal, budget)
-
-
-def _with_files(feedback: str, repo_path: Path, targets: list[str]) -> list[str]:
-    """The step's target files, numbered, so the coder can copy exact search text; then any feedback."""
-    notes = []
-    for rel in targets[:4]:
-        target = (repo_path / rel).resolve()
-        if target.is_file() and target.is_relative_to(repo_path.resolve()):
-            text = target.read_text(encoding="utf-8", errors="replace")[:FILE_LIMIT]
-            notes.append(f"Current content of {rel}:\n```\n{text}\n```")
-    if feedback:
-        notes.append(feedback)
-    return notes
-
-
-def _candidate(ws: Workspace, s: RunState, base: str) -> candidates.Candidate:
-    return candidates.Candidate(
-        ws.repo_path(s["repo"]),
-        ws.cache / "worktrees" / s["repo"],
-        run=s["run_id"],
-        step=s["step"] + 1,
-        attempt=s["attempt"],
-        base=base,
-    )
-
-
-def _move_candidate(ws: Workspace, s: RunState, outcome: candidates.Outcome) -> None:
-    cand = _candidate(ws, s, s["base"])
-    cand.commit_sha = s["commit"]
-    cand.keep(outcome)
-
-
-def _run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
-    """Tests of the candidate in the sandbox: the ones that import the change first, then all."""
-    from orchestrator import sandbox
-    from orchestrator.repomap import build_repo_map
-
-    ws = deps.ws
-    verify_cand = candidates.Candidate(
-        ws.repo_path(s["repo"]),
-        ws.cache / "worktrees" / s["repo"],
-        run=s["run_id"],
-        step=f"{s['step'] + 1}v",
-        attempt=s["attempt"],
-        base=s["commit"],
-    )
-    with verify_cand:
-        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
-        if ws.repo(s["repo"]).is_self:
-            from orchestrator.selfhost import verify_self
-
-            # Converge's own suite, minus what cannot run inside a sandbox (see selfhost)
-            return verify_self(ws, s["repo"], verify_cand.path, label, deps.sandbox_backend)
-        changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
-        selected = build_repo_map(verify_cand.path).tests_for(changed)
-        with sandbox.open_sandbox(ws, s["repo"], verify_cand.path, label=label, backend=deps.sandbox_backend) as box:
-            image = box.spec.image.digest
-            if selected:
-                first = box.run_tests(selected)
-                deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
-                if not first.ok or not full:
-                    return first, image
-            report = box.run_tests()
-            if ws.config().run.reproducibility_check:
-                _check_reproducible(deps, s, report, box.run_tests())
-            return report, image
-
-
-def _check_reproducible(deps: Deps, s: RunState, first: TestReport, second: TestReport) -> None:
-    """``[run] reproducibility_check``: record whether a second full run gave the same outcomes."""
-    identical = (first.ran, first.ok) == (second.ran, second.ok) and all(
-        sorted(getattr(first, k)) == sorted(getattr(second, k)) for k in ("passed", "failed", "errored", "skipped")
-    )
-    atomic_write_json(_attempt_file(deps.ws, s, "repro.json"), {"identical": identical})
-    deps.on_event(f"  reproducible: {'yes' if identical else 'no'} (second run: {second.summary})")
-
-
-def _test_feedback(report: TestReport) -> str:
-    if not report.ran:
-        tail = report.command.stderr_tail if report.command else ""
-        return _clip(f"The tests could not run:\n{tail[-1500:]}")
-    failing = ", ".join((report.failed + report.errored)[:10]) or "(no test passed)"
-    out = report.command.stdout_tail[-1500:] if report.command else ""
-    return _clip(f"These tests fail after your change: {failing}\nTest output (end):\n{out}")
-
-
-def _tool_proposal(deps: Deps, s: RunState, card: LoadedCard, base: str) -> EditProposal | None:
-    from orchestrator import sandbox
-
-    ws = deps.ws
-    cand = candidates.Candidate(
-        ws.repo_path(s["repo"]),
-        ws.cache / "worktrees" / s["repo"],
-        run=s["run_id"],
-        step=f"{s['step'] + 1}t",
-        attempt=s["attempt"],
-        base=base,
-    )
-    with cand:
-        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}-tool"
-        with sandbox.open_sandbox(ws, s["repo"], cand.path, label=label, backend=deps.sandbox_backend) as box:
-            try:
-                return agents.run_tool_agent(card.card, cand.path, lambda _wt, argv: box.run(list(argv)))
-            except (SandboxError, EditError) as exc:
-                raise UsageError(f"agent {card.name!r}: {exc}") from exc
-
-
-def _provenance(deps: Deps, cards: dict[str, LoadedCard], s: RunState) -> gate.Provenance:
-    step = _current_step(s)
-    card = cards[step.agent]
-    model_sha = None
-    if card.card.kind == "model":
-        model_sha = deps.model_for(card).identity.sha256
-    return gate.Provenance(
-        author=f"agent:{card.name}",
-        agent_card_sha256=card.digest,
-        model_sha256=model_sha,
-        run=s["run_id"],
-        step=s["step"] + 1,
-        attempt=s["attempt"],
-    )
-
-
-def adr_path(ws: Workspace, run_id: str) -> Path:
-    """The decision record of a run: goal, plan, and each step's outcome with its changeset."""
-    return ws.spec / "runs" / run_id / "adr.md"
-
-
-def write_adr(ws: Workspace, record: runs.RunRecord) -> None:
-    """(Re)write the run's ADR from its plan file and run record."""
-    plan_file = run_dir(ws, record.id) / "plan.json"
-    found = Plan.model_validate(read_json(plan_file)) if plan_file.exists() else None
-    lines = [f"# Run {record.id}: {record.goal}", "", f"- repo: {record.repo}", f"- started: {record.started}"]
-    lines += [f"- status: {record.status}" + (f" ({record.reason})" if record.reason else ""), ""]
-    if found is not None:
-        lines += ["## Decision", "", f"The planner restated the goal as: {found.goal}", "", "## Plan", ""]
-        for n, step in enumerate(found.steps, start=1):
-            lines.append(f"{n}. **{step.title}** — agent `{step.agent}`")
-            if step.targets:
-                lines.append(f"   - files: {', '.join(step.targets)}")
-            lines += [f"   - done when: {check}" for check in step.acceptance]
-    if record.steps:
-        lines += ["", "## Outcome", ""]
-        for done in record.steps:
-            line = f"- step {done.step} ({done.agent}): {done.outcome} after {done.attempts} attempt(s)"
-            if done.changeset:
-                proof = f"../../../proofs/{record.repo}/{done.changeset}.dsse.json"
-                line += f"; changeset `{done.changeset}` ([attestation]({proof}))"
-            if done.generation is not None:
-                line += f"; generation {done.generation}"
-            if done.reason:
-                line += f" — {done.reason.splitlines()[0][:200]}"
-            lines.append(line)
-    atomic_write(adr_path(ws, record.id), "\n".join(lines) + "\n")
-
-
-def run_log(ws: Workspace, run_id: str, kind: str, **data: Any) -> None:
-    """Append one event (a model call, a test command, a verdict, an outcome) to `.converge/logs/<run>.jsonl`."""
-    path = ws.state / "logs" / f"{run_id}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"at": runs.now(), "kind": kind, **data}
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
-
-
 def _model_event(deps: Deps, s: RunState, agent: str, completion: Any) -> None:
     rate = completion.tokens_out / completion.seconds if completion.seconds > 0 else 0.0
     deps.on_event(f"  model ({agent}): {completion.tokens_out} tokens in {completion.seconds:.1f}s ({rate:.1f} tok/s)")
-    run_log(
+    runs.run_log(
         deps.ws,
         s["run_id"],
         "model",
@@ -751,12 +473,10 @@ def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, rea
         }
     )
     runs.save(ws, updated)
-    write_adr(ws, updated)
-    run_log(ws, run_id, "run", status=status, reason=reason, changesets=updated.changesets)
+    runs.write_adr(ws, updated)
+    runs.run_log(ws, run_id, "run", status=status, reason=reason, changesets=updated.changesets)
     return RunResult(record=updated, exit_code=0 if status == "completed" else 1)
 
 
 def _pid() -> int:
-    import os
-
     return os.getpid()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.agents import LoadedCard
-from orchestrator.graph import ModelFactory
+from orchestrator.attempts import ModelFactory
 from orchestrator.model_backends import ModelBackend
 from orchestrator.workspace import Workspace
 

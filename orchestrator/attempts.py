@@ -1,0 +1,257 @@
+"""What one attempt of a plan step does with the pieces, for the graph's nodes to call.
+
+The run's state and dependencies (``RunState``, ``Deps``), the files of an attempt, the prompts
+and bounded schemas sent to models, candidate worktrees, tests in the sandbox (the selected
+ones first), tool agents, and the provenance recorded in attestations. Nothing here knows the
+graph: these are plain functions over the state the graph keeps.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from orchestrator import agents, candidates, changesets, gate, runs
+from orchestrator.agents import LoadedCard, Plan, PlanStep
+from orchestrator.edits import EditProposal
+from orchestrator.errors import EditError, SandboxError, UsageError
+from orchestrator.model_backends import CompletionRequest, ModelBackend
+from orchestrator.reports import TestReport
+from orchestrator.storage import atomic_write_json
+from orchestrator.workspace import Workspace
+
+FEEDBACK_LIMIT = 2000
+FILE_LIMIT = 12_000
+
+
+class RunState(TypedDict, total=False):
+    """What the checkpointer keeps between nodes: small values only."""
+
+    run_id: str
+    repo: str
+    goal: str
+    auto_approve: bool
+    plan_only: bool
+    max_steps: int
+    started: float
+    steps: list[dict[str, Any]]
+    step: int
+    attempt: int
+    feedback: str
+    proposal: str
+    commit: str
+    base: str
+    report: str
+    image: str
+    changeset: str
+    outcome: str
+    tokens: Annotated[int, operator.add]
+    done: Annotated[list[dict[str, Any]], operator.add]
+
+
+ModelFactory = Callable[[LoadedCard], ModelBackend]
+Events = Callable[[str], None]
+
+
+@dataclass
+class Deps:
+    """What the nodes need from outside: the workspace, how to reach models, where to report."""
+
+    ws: Workspace
+    model_for: ModelFactory
+    on_event: Events = field(default=lambda _text: None)
+    sandbox_backend: Any = None  # orchestrator.sandbox.SandboxBackend; None: from converge.toml
+
+
+# --- the files and values of an attempt --------------------------------------------------------
+
+
+def attempt_file(ws: Workspace, s: RunState, suffix: str) -> Path:
+    return runs.run_dir(ws, s["run_id"]) / f"{s['step'] + 1}-{s['attempt']}.{suffix}"
+
+
+def current_step(s: RunState) -> PlanStep:
+    return PlanStep.model_validate(s["steps"][s["step"]])
+
+
+def changeset_id(s: RunState) -> str:
+    return changesets.changeset_id(s["repo"], s["base"], f"{s['run_id']}/{s['step'] + 1}/{s['attempt']}")
+
+
+def clip(text: str, limit: int = FEEDBACK_LIMIT) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 20] + "\n... (cut)"
+
+
+def attempts(cards: dict[str, LoadedCard], s: RunState) -> int:
+    step = current_step(s)
+    card = cards.get(step.agent)
+    return card.card.budgets.attempts if card else 1
+
+
+# --- helpers of the nodes -----------------------------------------------------------------------
+
+
+def request(card: LoadedCard, prompt: agents.Prompt, schema: dict[str, Any] | None) -> CompletionRequest:
+    sampling = card.card.sampling
+    return CompletionRequest(
+        system=prompt.system,
+        prefix=prompt.stable_prefix,
+        user=prompt.user,
+        json_schema=schema,
+        temperature=sampling.temperature,
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
+    )
+
+
+def plan_schema(editors: list[str], max_steps: int) -> dict[str, Any]:
+    """The plan schema, bounded so constrained decoding always ends: known agents, short fields."""
+    schema = Plan.model_json_schema()
+    schema["properties"]["goal"]["maxLength"] = 200
+    schema["properties"]["steps"]["maxItems"] = max_steps
+    step = schema["$defs"]["PlanStep"]["properties"]
+    step["title"]["maxLength"] = 120
+    step["agent"] = {"type": "string", "enum": editors, "description": "the agent that does the step"}
+    step["targets"].update(maxItems=4, items={"type": "string", "maxLength": 120})
+    step["acceptance"].update(maxItems=3, items={"type": "string", "maxLength": 160})
+    return schema
+
+
+def edits_schema() -> dict[str, Any]:
+    """The edit schema with a bounded number of blocks (string lengths stay free: llama.cpp's
+    grammar compiler unrolls each ``maxLength`` into nested rules and refuses long ones)."""
+    schema = EditProposal.model_json_schema()
+    schema["properties"]["edits"].update(minItems=1, maxItems=6)
+    return schema
+
+
+def repo_map(ws: Workspace, repo: str, path: Path, goal: str) -> str:
+    from orchestrator.repomap import build_repo_map
+
+    budget = max(256, ws.config().models.context_length // 4)
+    return build_repo_map(path, ws.cache / "repomap" / repo).render(goal, budget)
+
+
+def with_files(feedback: str, repo_path: Path, targets: list[str]) -> list[str]:
+    """The step's target files, numbered, so the coder can copy exact search text; then any feedback."""
+    notes = []
+    for rel in targets[:4]:
+        target = (repo_path / rel).resolve()
+        if target.is_file() and target.is_relative_to(repo_path.resolve()):
+            text = target.read_text(encoding="utf-8", errors="replace")[:FILE_LIMIT]
+            notes.append(f"Current content of {rel}:\n```\n{text}\n```")
+    if feedback:
+        notes.append(feedback)
+    return notes
+
+
+def candidate(ws: Workspace, s: RunState, base: str) -> candidates.Candidate:
+    return candidates.Candidate(
+        ws.repo_path(s["repo"]),
+        ws.cache / "worktrees" / s["repo"],
+        run=s["run_id"],
+        step=s["step"] + 1,
+        attempt=s["attempt"],
+        base=base,
+    )
+
+
+def move_candidate(ws: Workspace, s: RunState, outcome: candidates.Outcome) -> None:
+    cand = candidate(ws, s, s["base"])
+    cand.commit_sha = s["commit"]
+    cand.keep(outcome)
+
+
+def run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
+    """Tests of the candidate in the sandbox: the ones that import the change first, then all."""
+    from orchestrator import sandbox
+    from orchestrator.repomap import build_repo_map
+
+    ws = deps.ws
+    verify_cand = candidates.Candidate(
+        ws.repo_path(s["repo"]),
+        ws.cache / "worktrees" / s["repo"],
+        run=s["run_id"],
+        step=f"{s['step'] + 1}v",
+        attempt=s["attempt"],
+        base=s["commit"],
+    )
+    with verify_cand:
+        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
+        if ws.repo(s["repo"]).is_self:
+            from orchestrator.selfhost import verify_self
+
+            # Converge's own suite, minus what cannot run inside a sandbox (see selfhost)
+            return verify_self(ws, s["repo"], verify_cand.path, label, deps.sandbox_backend)
+        changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
+        selected = build_repo_map(verify_cand.path).tests_for(changed)
+        with sandbox.open_sandbox(ws, s["repo"], verify_cand.path, label=label, backend=deps.sandbox_backend) as box:
+            image = box.spec.image.digest
+            if selected:
+                first = box.run_tests(selected)
+                deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
+                if not first.ok or not full:
+                    return first, image
+            report = box.run_tests()
+            if ws.config().run.reproducibility_check:
+                check_reproducible(deps, s, report, box.run_tests())
+            return report, image
+
+
+def check_reproducible(deps: Deps, s: RunState, first: TestReport, second: TestReport) -> None:
+    """``[run] reproducibility_check``: record whether a second full run gave the same outcomes."""
+    identical = (first.ran, first.ok) == (second.ran, second.ok) and all(
+        sorted(getattr(first, k)) == sorted(getattr(second, k)) for k in ("passed", "failed", "errored", "skipped")
+    )
+    atomic_write_json(attempt_file(deps.ws, s, "repro.json"), {"identical": identical})
+    deps.on_event(f"  reproducible: {'yes' if identical else 'no'} (second run: {second.summary})")
+
+
+def test_feedback(report: TestReport) -> str:
+    if not report.ran:
+        tail = report.command.stderr_tail if report.command else ""
+        return clip(f"The tests could not run:\n{tail[-1500:]}")
+    failing = ", ".join((report.failed + report.errored)[:10]) or "(no test passed)"
+    out = report.command.stdout_tail[-1500:] if report.command else ""
+    return clip(f"These tests fail after your change: {failing}\nTest output (end):\n{out}")
+
+
+def tool_proposal(deps: Deps, s: RunState, card: LoadedCard, base: str) -> EditProposal | None:
+    from orchestrator import sandbox
+
+    ws = deps.ws
+    cand = candidates.Candidate(
+        ws.repo_path(s["repo"]),
+        ws.cache / "worktrees" / s["repo"],
+        run=s["run_id"],
+        step=f"{s['step'] + 1}t",
+        attempt=s["attempt"],
+        base=base,
+    )
+    with cand:
+        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}-tool"
+        with sandbox.open_sandbox(ws, s["repo"], cand.path, label=label, backend=deps.sandbox_backend) as box:
+            try:
+                return agents.run_tool_agent(card.card, cand.path, lambda _wt, argv: box.run(list(argv)))
+            except (SandboxError, EditError) as exc:
+                raise UsageError(f"agent {card.name!r}: {exc}") from exc
+
+
+def provenance(deps: Deps, cards: dict[str, LoadedCard], s: RunState) -> gate.Provenance:
+    step = current_step(s)
+    card = cards[step.agent]
+    model_sha = None
+    if card.card.kind == "model":
+        model_sha = deps.model_for(card).identity.sha256
+    return gate.Provenance(
+        author=f"agent:{card.name}",
+        agent_card_sha256=card.digest,
+        model_sha256=model_sha,
+        run=s["run_id"],
+        step=s["step"] + 1,
+        attempt=s["attempt"],
+    )
