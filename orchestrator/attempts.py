@@ -149,12 +149,13 @@ def with_files(feedback: str, repo_path: Path, targets: list[str]) -> list[str]:
     return notes
 
 
-def candidate(ws: Workspace, s: RunState, base: str) -> candidates.Candidate:
+def candidate(ws: Workspace, s: RunState, base: str, purpose: str = "") -> candidates.Candidate:
+    """The worktree of this attempt at ``base``; ``purpose`` ("v": verify, "t": tool) keys a separate one."""
     return candidates.Candidate(
         ws.repo_path(s["repo"]),
         ws.cache / "worktrees" / s["repo"],
         run=s["run_id"],
-        step=s["step"] + 1,
+        step=f"{s['step'] + 1}{purpose}",
         attempt=s["attempt"],
         base=base,
     )
@@ -172,14 +173,7 @@ def run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
     from orchestrator.repomap import build_repo_map
 
     ws = deps.ws
-    verify_cand = candidates.Candidate(
-        ws.repo_path(s["repo"]),
-        ws.cache / "worktrees" / s["repo"],
-        run=s["run_id"],
-        step=f"{s['step'] + 1}v",
-        attempt=s["attempt"],
-        base=s["commit"],
-    )
+    verify_cand = candidate(ws, s, s["commit"], "v")
     with verify_cand:
         label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
         if ws.repo(s["repo"]).is_self:
@@ -224,14 +218,7 @@ def tool_proposal(deps: Deps, s: RunState, card: LoadedCard, base: str) -> EditP
     from orchestrator import sandbox
 
     ws = deps.ws
-    cand = candidates.Candidate(
-        ws.repo_path(s["repo"]),
-        ws.cache / "worktrees" / s["repo"],
-        run=s["run_id"],
-        step=f"{s['step'] + 1}t",
-        attempt=s["attempt"],
-        base=base,
-    )
+    cand = candidate(ws, s, base, "t")
     with cand:
         label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}-tool"
         with sandbox.open_sandbox(ws, s["repo"], cand.path, label=label, backend=deps.sandbox_backend) as box:
