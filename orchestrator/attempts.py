@@ -129,11 +129,12 @@ def edits_schema() -> dict[str, Any]:
     return schema
 
 
-def repo_map(ws: Workspace, repo: str, path: Path, goal: str) -> str:
-    from orchestrator.repomap import build_repo_map
+def repo_map(ws: Workspace, repo: str, goal: str) -> str:
+    """The registered repo's map, ranked for ``goal`` and cut to a quarter of the context window."""
+    from orchestrator.repomap import repo_map_for
 
     budget = max(256, ws.config().models.context_length // 4)
-    return build_repo_map(path, ws.cache / "repomap" / repo).render(goal, budget)
+    return repo_map_for(ws, repo).render(goal, budget)
 
 
 def with_files(feedback: str, repo_path: Path, targets: list[str]) -> list[str]:
@@ -170,7 +171,7 @@ def move_candidate(ws: Workspace, s: RunState, outcome: candidates.Outcome) -> N
 def run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
     """Tests of the candidate in the sandbox: the ones that import the change first, then all."""
     from orchestrator import sandbox
-    from orchestrator.repomap import build_repo_map
+    from orchestrator.repomap import repo_map_for
 
     ws = deps.ws
     verify_cand = candidate(ws, s, s["commit"], "v")
@@ -182,7 +183,8 @@ def run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
             # Converge's own suite, minus what cannot run inside a sandbox (see selfhost)
             return verify_self(ws, s["repo"], verify_cand.path, label, deps.sandbox_backend)
         changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
-        selected = build_repo_map(verify_cand.path).tests_for(changed)
+        # the repo's map cache is keyed by content: only the files the candidate changed are parsed
+        selected = repo_map_for(ws, s["repo"], verify_cand.path).tests_for(changed)
         with sandbox.open_sandbox(ws, s["repo"], verify_cand.path, label=label, backend=deps.sandbox_backend) as box:
             image = box.spec.image.digest
             if selected:

@@ -66,8 +66,7 @@ class _Nodes:
             return {"steps": [st.model_dump() for st in found.steps], "step": 0, "attempt": 1}
         self.deps.on_event("plan: asking the planner")
         card = agents.get_card(self.cards, "planner")
-        repo_path = self.ws.repo_path(s["repo"])
-        repo_map = attempts.repo_map(self.ws, s["repo"], repo_path, s["goal"])
+        repo_map = attempts.repo_map(self.ws, s["repo"], s["goal"])
         prompt = agents.build_prompt(card.card, goal=s["goal"], repo_map=repo_map)
         # deterministic tool agents first: cheaper and safer, so offered before model agents
         editors = sorted(
@@ -111,7 +110,7 @@ class _Nodes:
                 return {**update, "outcome": "no-change"}
             atomic_write(path, proposal.model_dump_json(indent=2))
             return update
-        repo_map = attempts.repo_map(self.ws, s["repo"], self.ws.repo_path(s["repo"]), s["goal"])
+        repo_map = attempts.repo_map(self.ws, s["repo"], s["goal"])
         prompt = agents.build_prompt(
             card.card,
             goal=s["goal"],
