@@ -181,6 +181,14 @@ class OutputTail:
         self.total = 0
         self._buf = bytearray()
 
+    @classmethod
+    def of(cls, kept: bytes, total: int, limit: int) -> OutputTail:
+        """A tail rebuilt from its kept bytes and the stream's total size (as the runner sends it)."""
+        tail = cls(limit)
+        tail._buf += kept[-limit:] if limit else b""
+        tail.total = max(total, len(tail._buf))
+        return tail
+
     def add(self, chunk: bytes) -> None:
         self.total += len(chunk)
         self._buf += chunk

@@ -6,24 +6,28 @@ the bridge), a read-only root, the worktree at ``/src`` as the only writable bin
 tmpfs ``/tmp``, ``cap_drop=ALL``, ``no-new-privileges``, a non-root uid, pids/memory/CPU
 limits, the recipe's reaper as PID 1, no Docker socket and exactly the spec's environment.
 
-A command that outlives its timeout is stopped by killing every process of the sandbox
-user (``kill -KILL -1`` from a second exec); an OOM kill is read from the container's
-memory cgroup counter. docker-py exceptions become :class:`SandboxError` here.
+PID 1 is Converge's command runner (``sandbox_runner.py``): commands go to it as JSON
+lines over the attached stdin, so a command costs a fork inside the container rather than
+a ``docker exec``. The runner enforces the timeout (``kill -KILL -1`` of everything but
+itself), caps the output and reads OOM kills from the memory cgroup's counter.
+docker-py exceptions become :class:`SandboxError` here.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gc
+import json
 import os
-import re
 import socket
+import struct
 import threading
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from orchestrator.errors import SandboxError
 from orchestrator.reports import CommandResult
@@ -32,7 +36,6 @@ from orchestrator.sandbox_image import ensure_image
 from orchestrator.storage import pid_alive
 
 ENGINE_FIX = "run `make setup` (installs docker.io and starts dockerd) or start dockerd yourself"
-OOM_PROBE = "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
 
 
 def connect() -> Any:
@@ -113,7 +116,8 @@ def container_config(spec: SandboxSpec, image_tag: str) -> dict[str, Any]:
         "image": image_tag,
         "command": list(image.keepalive),
         "detach": True,
-        "init": False,  # PID 1 is the recipe's reaper, immune to the timeout's kill -1
+        "stdin_open": True,  # the runner's request stream
+        "init": False,  # PID 1 is Converge's runner: it reaps, and survives the timeout's kill -1
         "user": f"{image.uid}:{image.gid}",
         "working_dir": "/src",
         "environment": dict(spec.environment),
@@ -202,15 +206,34 @@ def _close_stream(stream: Any) -> None:
 
 
 class DockerSession:
-    """One running container; commands run in it one at a time."""
+    """One running container whose PID 1 (``sandbox_runner``) runs our commands, one at a time.
+
+    Requests and answers travel as JSON lines over the container's attached stdin/stdout,
+    a stream opened once; a command costs a fork in the container, not a ``docker exec``.
+    If the runner stops answering, the session falls back to the engine to stop the
+    command and reports the session broken.
+    """
+
+    GRACE = 15.0  # seconds past a command's timeout before the runner is deemed lost
 
     def __init__(self, client: Any, container: Any, user: str) -> None:
         self._client = client
         self._container = container
         self._user = user
-        self._oom_seen = 0
         self._lock = threading.Lock()
+        self._requests = 0
+        self._pending = b""
+        self._runner_err = bytearray()
         self.closed = False
+        import docker.errors
+
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        try:
+            attached = client.api.attach_socket(container.id, params=params)
+        except docker.errors.DockerException as exc:
+            raise SandboxError(f"cannot attach to sandbox container {container.short_id}: {exc}") from exc
+        self._attached = attached
+        self._sock: socket.socket = getattr(attached, "_sock", attached)
 
     @property
     def id(self) -> str:
@@ -221,82 +244,85 @@ class DockerSession:
             return self._exec(list(argv), timeout, output_limit)
 
     def _exec(self, argv: list[str], timeout: float, output_limit: int) -> CommandResult:
-        import docker.errors
-
         if self.closed:
             raise SandboxError("sandbox already closed")
-        api = self._client.api
-        out, err = OutputTail(output_limit), OutputTail(output_limit)
-        failure: list[BaseException] = []
+        self._requests += 1
+        request = {"id": self._requests, "argv": argv, "timeout": timeout, "limit": output_limit}
         started = time.monotonic()
         try:
-            exec_id = api.exec_create(self.id, argv, user=self._user, workdir="/src")["Id"]
-            stream = api.exec_start(exec_id, stream=True, demux=True)
-        except docker.errors.DockerException as exc:
-            raise SandboxError(f"sandbox exec of {argv[0]!r} failed: {exc}") from exc
-
-        def pump() -> None:
-            try:
-                for chunk_out, chunk_err in stream:
-                    if chunk_out:
-                        out.add(chunk_out)
-                    if chunk_err:
-                        err.add(chunk_err)
-            except Exception as exc:  # handed to the caller below
-                failure.append(exc)
-
-        reader = threading.Thread(target=pump, name="sandbox-output", daemon=True)
-        reader.start()
-        reader.join(timeout)
-        timed_out = reader.is_alive()
-        try:
-            if timed_out:
-                self._kill_all()
-                reader.join(30)
-        finally:
-            duration = time.monotonic() - started
-            _close_stream(stream)
-        if failure and not timed_out:
-            raise SandboxError(f"lost the output of {argv[0]!r}: {failure[0]}") from failure[0]
-        exit_code = self._exit_code(exec_id)
-        oom = not timed_out and exit_code != 0 and self._oom_happened()
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            reply = self._answer(self._requests, started + timeout + self.GRACE)
+        except (OSError, ValueError) as exc:
+            self._lost(argv, f"{exc.__class__.__name__}: {exc}")
+        if "error" in reply:
+            raise SandboxError(f"sandbox runner refused {argv[0]!r}: {reply['error']}")
+        out = OutputTail.of(base64.b64decode(reply["stdout"]), reply["stdout_total"], output_limit)
+        err = OutputTail.of(base64.b64decode(reply["stderr"]), reply["stderr_total"], output_limit)
         return CommandResult(
             argv=argv,
-            exit_code=exit_code,
-            duration=round(duration, 4),
-            timed_out=timed_out,
-            oom_killed=oom,
+            exit_code=int(reply["exit_code"]),
+            duration=float(reply["duration"]),
+            timed_out=bool(reply["timed_out"]),
+            oom_killed=bool(reply["oom_killed"]),
             stdout_tail=out.text(),
             stderr_tail=err.text(),
             truncated=out.truncated or err.truncated,
         )
 
-    def _exit_code(self, exec_id: str) -> int:
-        deadline = time.monotonic() + 10
+    def _answer(self, request_id: int, deadline: float) -> dict[str, Any]:
+        """Read frames until the answer to ``request_id`` is complete."""
         while True:
-            code = self._client.api.exec_inspect(exec_id).get("ExitCode")
-            if code is not None:
-                return int(code)
-            if time.monotonic() > deadline:
-                return -1
-            time.sleep(0.02)
+            line, sep, rest = self._pending.partition(b"\n")
+            if sep:
+                self._pending = rest
+                reply = json.loads(line)
+                if isinstance(reply, dict) and reply.get("id", request_id) == request_id:
+                    return reply
+                continue
+            stream, payload = self._frame(deadline)
+            if stream == 2:
+                self._runner_err += payload
+                del self._runner_err[:-4096]
+            else:
+                self._pending += payload
 
-    def _quiet(self, argv: list[str]) -> str:
-        api = self._client.api
-        exec_id = api.exec_create(self.id, argv, user=self._user)["Id"]
-        raw = api.exec_start(exec_id)
-        return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    def _frame(self, deadline: float) -> tuple[int, bytes]:
+        header = self._read(8, deadline)
+        stream, size = header[0], struct.unpack(">I", header[4:])[0]
+        return stream, self._read(size, deadline)
 
-    def _kill_all(self) -> None:
-        """SIGKILL every process of the sandbox user but this one (PID 1 is root's init)."""
-        self._quiet(["/bin/sh", "-c", "kill -KILL -1"])
+    def _read(self, size: int, deadline: float) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer from the sandbox runner")
+            self._sock.settimeout(left)
+            chunk = self._sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("the sandbox runner's stream closed")
+            data += chunk
+        return bytes(data)
 
-    def _oom_happened(self) -> bool:
-        found = re.search(r"oom_kill (\d+)", self._quiet(["/bin/sh", "-c", OOM_PROBE]))
-        count = int(found.group(1)) if found else 0
-        happened = count > self._oom_seen
-        self._oom_seen = count
-        return happened
+    def _lost(self, argv: list[str], why: str) -> NoReturn:
+        """The runner is gone or stuck: stop everything in the container and say what happened."""
+        self.closed = True
+        state: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            self._container.reload()
+            state = self._container.attrs.get("State", {})
+        detail = self._runner_err.decode(errors="replace").strip().splitlines()[-1:] or [why]
+        self._detach()
+        with contextlib.suppress(Exception):
+            self._container.remove(force=True)
+        if state.get("OOMKilled"):
+            raise SandboxError(f"sandbox ran out of memory while running {argv[0]!r} and was stopped")
+        raise SandboxError(f"sandbox runner lost while running {argv[0]!r}: {detail[0]}")
+
+    def _detach(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        _close_stream(self._attached)
 
     def close(self) -> None:
         import docker.errors
@@ -304,6 +330,7 @@ class DockerSession:
         if self.closed:
             return
         self.closed = True
+        self._detach()
         try:
             self._container.remove(force=True)
         except docker.errors.NotFound:

@@ -31,6 +31,7 @@ from orchestrator.workspace import Workspace, template_dir
 IMAGE_REPO = "converge-sandbox"
 RECIPE_FILE = Path("tools") / "sandbox" / "recipe.toml"
 BUILDER_VERSION = 1  # bump when the tar layout written below changes
+RUNNER_SOURCE = (Path(__file__).parent / "sandbox_runner.py").read_text(encoding="utf-8")
 
 
 class Recipe(BaseModel):
@@ -45,7 +46,7 @@ class Recipe(BaseModel):
     dirs: list[str] = Field(default_factory=list)
     links: dict[str, str] = Field(default_factory=dict)
     host_mounts: list[str] = Field(default_factory=list)
-    init: str = Field(default="import signal\nsignal.pause()\n", description="Python source of PID 1")
+    init: str | None = Field(default=None, description="ignored since Converge's runner became PID 1")
     env: dict[str, str] = Field(default_factory=dict)
 
 
@@ -59,7 +60,6 @@ class ImageSpec:
     dirs: tuple[str, ...]
     links: dict[str, str]
     mounts: tuple[str, ...]  # host paths, bind-mounted read-only at the same path
-    init: str  # Python source run as PID 1 by the host interpreter
     env: dict[str, str]
     recipe_path: Path = field(compare=False)
 
@@ -74,7 +74,6 @@ class ImageSpec:
             "dirs": list(self.dirs),
             "links": self.links,
             "mounts": list(self.mounts),
-            "init": self.init,
             "python": str(self.python),
             "env": self.env,
         }
@@ -86,8 +85,8 @@ class ImageSpec:
 
     @property
     def keepalive(self) -> list[str]:
-        """The command of PID 1."""
-        return [str(self.python), "-c", self.init]
+        """The command of PID 1: Converge's command runner, isolated from the sandbox's environment."""
+        return [str(self.python), "-I", "-S", "-c", RUNNER_SOURCE]
 
     @property
     def python(self) -> Path:
@@ -138,7 +137,6 @@ def resolve(ws: Workspace | None) -> ImageSpec:
         dirs=tuple(dict.fromkeys(dirs)),
         links=links,
         mounts=tuple(dict.fromkeys(mounts)),
-        init=recipe.init,
         env=dict(recipe.env),
         recipe_path=path,
     )

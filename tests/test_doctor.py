@@ -120,6 +120,7 @@ def test_doctor_clean_removes_orphans_of_dead_processes(sample_ws: Workspace) ->
         with contextlib.closing(docker.from_env()) as engine:
             left = engine.containers.list(all=True, filters={"label": [f"converge.workspace={sample_ws.root}"]})
         assert orphan.id not in [c.id for c in left]
+        orphan.close()  # its container is gone already; this releases the attached stream
         assert not stale.exists()
         _, report = _doctor(sample_ws)
         assert _by_name(report)["sandbox.orphans"]["status"] == "ready"

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -261,6 +262,40 @@ def test_ten_megabytes_of_output_come_back_truncated_with_a_marker(box: Sandbox)
     assert result.ok and result.truncated
     assert result.stdout_tail.startswith("[converge: output truncated, 9000003 earlier bytes dropped]")
     assert result.stdout_tail.endswith("xEND") and len(result.stdout_tail) < 1_001_000
+
+
+def test_runner_reports_missing_programs_and_keeps_both_streams(box: Sandbox) -> None:
+    missing = box.run(["no-such-program", "--flag"])
+    assert missing.exit_code == 127 and "no-such-program" in missing.stderr_tail
+    both = box.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (both.exit_code, both.stdout_tail, both.stderr_tail) == (3, "out\n", "err\n")
+    signalled = box.run(["sh", "-c", "kill -TERM $$"])
+    assert signalled.exit_code == 128 + 15
+
+
+def test_a_daemon_holding_the_output_pipe_does_not_hold_the_command(box: Sandbox) -> None:
+    result = box.run(["sh", "-c", "sleep 600 & echo started"], timeout=60)
+    assert result.ok and result.stdout_tail == "started\n" and result.duration < 10
+
+
+def test_commands_cannot_reach_the_runners_stream(box: Sandbox) -> None:
+    """The runner (PID 1, same uid) is not dumpable: its descriptors are out of a command's reach."""
+    probe = box.run(py("import os; print(os.listdir('/proc/1/fd'))"))
+    assert probe.exit_code != 0 and "Permission denied" in probe.stderr_tail
+    forged = box.run(["sh", "-c", "echo '{\"id\": 99}' > /proc/1/fd/1"])
+    assert forged.exit_code != 0
+    assert box.run(["echo", "after"]).stdout_tail == "after\n"
+
+
+def test_a_killed_runner_is_an_error_not_a_result(ws: Workspace, tree: Path, client: docker.DockerClient) -> None:
+    for box in _box(ws, tree):
+        (container_id,) = _containers(ws)
+        container = client.containers.get(container_id)
+        killer = threading.Timer(1.0, container.kill)
+        killer.start()
+        with pytest.raises(SandboxError, match="runner lost while running 'sleep'"):
+            box.run(["sleep", "30"])
+        killer.join()
 
 
 def test_pytest_runs_inside_and_junit_becomes_test_ids(box: Sandbox) -> None:
