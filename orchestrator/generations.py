@@ -203,19 +203,51 @@ def _remove_stale_git_locks(path: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
-def uncommitted(path: Path, expected_head: str, target: str) -> list[str]:
-    """What moving the tree from ``expected_head`` to ``target`` would lose.
+@dataclass(frozen=True)
+class _Move:
+    """The working-tree side of moving from commit ``old`` to ``new``: which paths change and how."""
 
-    Changed tracked files, commits made on top, and untracked files where ``target`` brings a
-    tracked file. Other untracked files survive a move untouched, so the tree is not scanned
-    for them: on a large repo that scan alone costs as much as the move.
+    old: str
+    new: str
+    changes: tuple[tuple[str, str], ...]  # (status letter A/D/M/T, path)
+
+    @classmethod
+    def between(cls, path: Path, old: str, new: str) -> _Move:
+        out = gitops.run(path, "diff", "--name-status", "--no-renames", "-z", old, new).split("\0")
+        pairs = tuple((out[i][:1], out[i + 1]) for i in range(0, len(out) - 1, 2) if out[i])
+        return cls(old, new, pairs)
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for _, p in self.changes]
+
+    @property
+    def added(self) -> list[str]:
+        return [p for kind, p in self.changes if kind == "A"]
+
+
+def uncommitted(path: Path, move: _Move) -> list[str]:
+    """What moving the tree from ``move.old`` (the expected HEAD) to ``move.new`` would lose.
+
+    Changed tracked files, commits made on top, and untracked files where the target brings
+    a tracked file. Other untracked files survive a move untouched, so the tree is not
+    scanned for them: on a large repo that scan alone costs as much as the move.
     """
-    files = gitops.changed_files(path, untracked=False)
-    added = gitops.run(path, "diff", "--name-only", "--no-renames", "-z", "--diff-filter=A", expected_head, target)
-    files += [p for p in added.split("\0") if p and (path / p).exists()]
-    head = gitops.resolve(path, "HEAD")
-    if head != expected_head:
-        files.append(f"HEAD (now {str(head)[:12]}, not the current generation {expected_head[:12]})")
+    out = gitops.run(path, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no")
+    files: list[str] = []
+    head = None
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        if entry.startswith("# branch.oid "):
+            head = entry.removeprefix("# branch.oid ")
+        elif entry[:2] in ("1 ", "u "):
+            files.append(entry.split(" ", 8 if entry[0] == "1" else 10)[-1])
+        elif entry.startswith("2 "):
+            files.append(entry.split(" ", 9)[-1])
+            next(entries, None)  # the rename's original path
+    files += [p for p in move.added if (path / p).exists()]
+    if head != move.old:
+        files.append(f"HEAD (now {str(head)[:12]}, not the current generation {move.old[:12]})")
     return files
 
 
@@ -242,8 +274,8 @@ def _stash(path: Path) -> str:
     return ref
 
 
-def _guard_tree(path: Path, head: str, target: str, force: bool) -> str | None:
-    dirty = uncommitted(path, head, target)
+def _guard_tree(path: Path, move: _Move, force: bool) -> str | None:
+    dirty = uncommitted(path, move)
     if not dirty:
         return None
     if not force:
@@ -255,36 +287,47 @@ def _guard_tree(path: Path, head: str, target: str, force: bool) -> str | None:
     return _stash(path)
 
 
-def _move(
-    ws: Workspace, repo: str, path: Path, op: str, old: str, new: str, updates: list[RefUpdate], clean: bool
+def _apply_move(
+    ws: Workspace, repo: str, path: Path, op: str, move: _Move, updates: list[RefUpdate], clean: bool
 ) -> None:
     journal = _journal_path(ws, repo)
-    atomic_write_json(journal, _Journal(op=op, old=old, new=new).model_dump())
+    atomic_write_json(journal, _Journal(op=op, old=move.old, new=move.new).model_dump())
     if clean:  # HEAD is checked to be at `old`: it moves in the same transaction as the refs
-        updates = [*updates, RefUpdate("HEAD", new, old)]
+        updates = [*updates, RefUpdate("HEAD", move.new, move.old)]
     try:
         gitops.update_refs(path, updates, f"converge: {op}")
     except BaseException:
         journal.unlink()
         raise
-    _checkout(path, old, new, clean)
+    _checkout(path, move, clean)
     journal.unlink()
 
 
-def _checkout(path: Path, old: str, new: str, clean: bool) -> None:
-    """Move the working tree (and, when not clean, HEAD) from ``old`` to ``new``.
+RESTORE_MAX_PATHS = 256  # past this, git's per-pathspec matching costs more than a two-way read-tree
 
-    On a tree just checked clean (its index freshly refreshed by that check) a two-way
-    ``read-tree -m -u`` touches only the files that differ, which on a large repo costs much
-    less than ``reset --hard`` rewriting every entry. A stashed dirty tree is reset.
+
+def _checkout(path: Path, move: _Move, clean: bool) -> None:
+    """Bring the working tree and index (and, when not clean, HEAD) from ``move.old`` to ``move.new``.
+
+    On a tree just checked clean, only the paths that differ are touched: a few of them are
+    restored by name (``restore --staged --worktree``, which reads and writes the index once
+    and nothing else); many go through a two-way ``read-tree -m -u``. Both cost far less on a
+    large repo than ``reset --hard``, which re-checks every entry. A stashed tree is reset.
     """
     if clean:
         try:
-            gitops.run(path, "read-tree", "-m", "-u", old, new)
+            if not move.changes:
+                return
+            if len(move.changes) <= RESTORE_MAX_PATHS:
+                restore = ["--literal-pathspecs", "restore", f"--source={move.new}", "--staged", "--worktree"]
+                restore += ["--no-overlay", "--pathspec-from-file=-", "--pathspec-file-nul"]
+                gitops.run(path, *restore, stdin="\0".join(move.paths))
+            else:
+                gitops.run(path, "read-tree", "-m", "-u", move.old, move.new)
             return
         except GitError:
             pass  # nothing was lost (the tree was clean): reset below puts everything right
-    gitops.run(path, "reset", "--quiet", "--hard", new)
+    gitops.run(path, "reset", "--quiet", "--hard", move.new)
 
 
 def promote(
@@ -306,7 +349,8 @@ def promote(
             )
         if gitops.resolve(path, commit) is None:
             raise GitError(f"{commit}: no such commit in {path}")
-        stash = _guard_tree(path, cur.commit, commit, force)
+        move = _Move.between(path, cur.commit, commit)
+        stash = _guard_tree(path, move, force)
         number = max(g.number for g in gens) + 1
         failed_numbers = _numbers(gitops.list_refs(path, FAILED), FAILED)
         number = max([number, *(n + 1 for n in failed_numbers)])
@@ -314,13 +358,12 @@ def promote(
             number=number, commit=commit, parent=cur.number, changesets=changesets or [], created=_now()
         )
         _write_record(ws, repo, rec)
-        _move(
+        _apply_move(
             ws,
             repo,
             path,
             "promote",
-            cur.commit,
-            commit,
+            move,
             [
                 RefUpdate(f"{GEN}{number}", commit, ZERO),
                 RefUpdate(HEAD, commit, cur.commit),
@@ -352,11 +395,12 @@ def rollback(ws: Workspace, repo: str, to: int | None = None, force: bool = Fals
             target = matches[0]
             if target.number == cur.number:
                 raise UsageError(f"--to {to}: generation {to} is already current")
-        stash = _guard_tree(path, cur.commit, target.commit, force)
+        move = _Move.between(path, cur.commit, target.commit)
+        stash = _guard_tree(path, move, force)
         abandoned = [g for g in live if g.number > target.number]
         updates = [RefUpdate(HEAD, target.commit, cur.commit)]
         updates += [RefUpdate(f"{FAILED}{g.number}", g.commit, ZERO) for g in abandoned]
-        _move(ws, repo, path, "rollback", cur.commit, target.commit, updates, clean=stash is None)
+        _apply_move(ws, repo, path, "rollback", move, updates, clean=stash is None)
         for g in abandoned:
             rec = _record(ws, repo, g.number, g.commit)
             _write_record(ws, repo, rec.model_copy(update={"abandoned": _now(), "reason": "rolled back"}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,67 @@ def test_untracked_files_survive_and_only_a_collision_refuses(sample_ws: Workspa
     with pytest.raises(UsageError, match="VERSION"):
         generations.promote(sample_ws, "sample", commit, base)
     assert (path / "VERSION").read_text() == "my own untracked VERSION"
+
+
+def _commit_in_worktree(path: Path, base: str, change: Callable[[Path], None], tmp: Path) -> str:
+    tree = tmp / "wt"
+    git(path, "worktree", "add", "-q", "--detach", str(tree), base)
+    try:
+        change(tree)
+        git(tree, "add", "-A")
+        git(tree, "commit", "-q", "-m", "shape change")
+        return git(tree, "rev-parse", "HEAD")
+    finally:
+        git(path, "worktree", "remove", "--force", str(tree))
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    seen = {}
+    for item in sorted(root.rglob("*")):
+        rel = item.relative_to(root).as_posix()
+        if rel == ".git" or rel.startswith(".git/"):
+            continue
+        if item.is_symlink():
+            seen[rel] = f"link:{item.readlink()}"
+        elif item.is_file():
+            seen[rel] = f"{oct(item.stat().st_mode & 0o111)}:{item.read_text()}"
+    return seen
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["by-path", "read-tree"])
+def test_moves_follow_every_kind_of_change_exactly(sample_ws: Workspace, tmp_path: Path, many: bool) -> None:
+    """Adds, deletes, a file becoming a directory, modes, symlinks, glob and magic characters in names."""
+    path = sample_ws.src / "sample"
+    base = generations.current(sample_ws, "sample").commit
+    before = _snapshot(path)
+
+    def change(tree: Path) -> None:
+        (tree / "VERSION").write_text("v")
+        git(tree, "add", "VERSION")
+        git(tree, "commit", "-q", "-m", "file first")
+        (tree / "VERSION").unlink()
+        (tree / "VERSION").mkdir()
+        (tree / "VERSION" / "number").write_text("2\n")
+        (tree / "README.md").unlink()
+        (tree / "star*name[1].txt").write_text("glob\n")
+        (tree / ":(top)odd").write_text("magic\n")
+        (tree / "run.sh").write_text("#!/bin/sh\n")
+        (tree / "run.sh").chmod(0o755)
+        (tree / "link").symlink_to("run.sh")
+        if many:
+            (tree / "bulk").mkdir()
+            for i in range(generations.RESTORE_MAX_PATHS + 10):
+                (tree / "bulk" / f"f{i}.txt").write_text(f"{i}\n")
+
+    target = _commit_in_worktree(path, base, change, tmp_path)
+    generations.promote(sample_ws, "sample", target, base)
+    assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(path, "rev-parse", "HEAD") == target
+    after = _snapshot(path)
+    assert after["VERSION/number"].endswith(":2\n") and "README.md" not in after
+    assert after["star*name[1].txt"].endswith("glob\n") and after[":(top)odd"].endswith("magic\n")
+    assert after["run.sh"].startswith("0o111") and after["link"] == "link:run.sh"
+    assert len([p for p in after if p.startswith("bulk/")]) == (generations.RESTORE_MAX_PATHS + 10 if many else 0)
+    generations.rollback(sample_ws, "sample")
+    assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
+    assert _snapshot(path) == before
