@@ -129,7 +129,6 @@ class Candidate:
         if base is None:
             raise GitError(f"{self.repo}: base {self.base!r} is not a commit")
         self.base = base
-        gitops.run(self.repo, "worktree", "prune")
         if self.path.exists() and not self._is_our_worktree():
             shutil.rmtree(self.path)
         if self.path.exists():
@@ -153,10 +152,13 @@ class Candidate:
 
     def remove(self) -> None:
         """Remove the worktree and its git bookkeeping (the kept ref keeps the commit)."""
+        removed_by_git = False
         if self.path.exists():
             gitops.run(self.repo, "worktree", "remove", "--force", "--force", str(self.path), check=False)
+            removed_by_git = not self.path.exists()
+        if not removed_by_git:  # git refused, or the directory was gone already: drop its bookkeeping
             shutil.rmtree(self.path, ignore_errors=True)
-        gitops.run(self.repo, "worktree", "prune")
+            gitops.run(self.repo, "worktree", "prune")
         parent = self.path.parent
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()

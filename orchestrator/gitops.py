@@ -9,9 +9,10 @@ carries the expected old value: all of them apply, or none (compare-and-swap).
 from __future__ import annotations
 
 import ctypes
+import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,21 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the journal still repairs the tree afterwards
         pass
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def git_argv(args: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command line for ``git ARGS`` and the preexec hook that makes it die with Converge.
+
+    ``setpriv --pdeathsig`` sets the parent-death signal and execs git, which lets Python
+    spawn with vfork: a few milliseconds less per git call than a ``preexec_fn`` (which forces
+    a full fork of this large process), and a refinement step makes dozens of calls.
+    """
+    if _SETPRIV is not None:
+        return [_SETPRIV, "--pdeathsig", "KILL", "git", *args], None
+    return ["git", *args], _die_with_parent
 
 
 @dataclass(frozen=True)
@@ -55,15 +71,8 @@ def open_repo(path: Path) -> git.Repo:
 
 def run(cwd: Path, *args: str, stdin: str | None = None, check: bool = True) -> str:
     """Run ``git ARGS`` in ``cwd`` and return stdout; a failure is a GitError naming the command."""
-    proc = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        preexec_fn=_die_with_parent,
-    )
+    argv, hook = git_argv(args)
+    proc = subprocess.run(argv, cwd=cwd, input=stdin, capture_output=True, text=True, check=False, preexec_fn=hook)
     if check and proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()
         raise GitError(f"git {args[0]} in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")
@@ -94,14 +103,9 @@ def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
         verb = f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}"
         lines.append(verb)
     lines += ["prepare", "commit", ""]
+    argv, hook = git_argv(["update-ref", "--stdin", "-m", message])
     proc = subprocess.run(
-        ["git", "update-ref", "--stdin", "-m", message],
-        cwd=cwd,
-        input="\n".join(lines),
-        capture_output=True,
-        text=True,
-        check=False,
-        preexec_fn=_die_with_parent,
+        argv, cwd=cwd, input="\n".join(lines), capture_output=True, text=True, check=False, preexec_fn=hook
     )
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()

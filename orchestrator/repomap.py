@@ -369,17 +369,30 @@ def repo_map_for(ws: Workspace, repo: str, tree: Path | None = None) -> RepoMap:
 
 
 def _listing(repo: Path) -> dict[str, str]:
-    """Path -> content digest: index blob ids, re-hashed for files that differ from the index."""
+    """Path -> content digest: index blob ids, re-hashed for files that differ from the index.
+
+    One ``ls-files`` answers it all: ``H`` (``S``: skip-worktree) lines carry the staged mode and blob id, ``R`` marks
+    a deleted file, ``C`` a changed one and ``?`` an untracked one (not ignored).
+    """
     listed: dict[str, str] = {}
-    for record in gitops.run(repo, "ls-files", "-s", "-z").split("\0"):
-        meta, _, path = record.partition("\t")
+    deleted: set[str] = set()
+    dirty: list[str] = []
+    out = gitops.run(repo, "ls-files", "-s", "-t", "-c", "-d", "-m", "-o", "--exclude-standard", "-z")
+    for record in out.split("\0"):
+        tag, _, rest = record.partition(" ")
+        if tag == "?":
+            dirty.append(rest)
+            continue
+        meta, _, path = rest.partition("\t")
         fields = meta.split()
-        if path and len(fields) == 3 and fields[0] in ("100644", "100755"):
+        if tag in ("H", "S") and len(fields) == 3 and fields[0] in ("100644", "100755"):
             listed[path] = fields[1]
-    deleted = set(gitops.run(repo, "ls-files", "-d", "-z").split("\0"))
+        elif tag == "R":
+            deleted.add(path)
+        elif tag == "C":
+            dirty.append(path)
     for path in deleted:
         listed.pop(path, None)
-    dirty = gitops.run(repo, "ls-files", "-m", "-o", "--exclude-standard", "-z").split("\0")
     for path in dirty:
         target = repo / path
         if path and path not in deleted and target.is_file() and not target.is_symlink():
