@@ -5,7 +5,7 @@
       ├── sandbox_image.resolve / ensure_image     the offline base image, cached by digest
       ├── sandbox_env.ensure_env                   the repo's test environment, cached by digest
       └── SandboxBackend.start(spec)               one long-lived container per candidate
-    Sandbox.run(argv)        -> CommandResult      one command by exec, with timeout and output cap
+    Sandbox.run(argv)        -> CommandResult      one command in the container, with timeout and output cap
     Sandbox.run_tests(ids)   -> TestReport         pytest with JUnit XML, parsed into test ids
 
 Hardening is not optional: a :class:`SandboxSpec` always says network none (except the

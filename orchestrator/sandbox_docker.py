@@ -1,4 +1,4 @@
-"""The Docker sandbox backend: one hardened long-lived container per candidate, commands by exec.
+"""The Docker sandbox backend: one hardened long-lived container per candidate, commands through its runner.
 
 Every container gets: ``network_mode=none`` (unless a loosened dependency setup asks for
 the bridge), a read-only root, the worktree at ``/src`` as the only writable bind (its
