@@ -161,7 +161,7 @@ class DockerBackend:
             container = self.client.containers.run(**container_config(spec, tag))
         except docker.errors.DockerException as exc:
             raise SandboxError(f"sandbox container for {spec.worktree} did not start: {exc}") from exc
-        return DockerSession(self.client, container, f"{spec.image.uid}:{spec.image.gid}")
+        return DockerSession(self.client, container)
 
     def close(self) -> None:
         if self._client is not None:
@@ -216,10 +216,9 @@ class DockerSession:
 
     GRACE = 15.0  # seconds past a command's timeout before the runner is deemed lost
 
-    def __init__(self, client: Any, container: Any, user: str) -> None:
+    def __init__(self, client: Any, container: Any) -> None:
         self._client = client
         self._container = container
-        self._user = user
         self._lock = threading.Lock()
         self._requests = 0
         self._pending = b""
