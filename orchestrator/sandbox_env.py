@@ -40,7 +40,7 @@ from orchestrator.workspace import Workspace
 if TYPE_CHECKING:
     from orchestrator.sandbox import SandboxBackend, SandboxSpec
 
-ENV_VERSION = 2
+ENV_VERSION = 3  # bump when what goes into an environment changes (3: extras of requirements count)
 SEED = ("pytest", "ruff")  # the test runner, and the linter the ruff-fix/ruff-format tool agents run
 REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "requirements_dev.txt")
 EXTRAS = ("test", "tests", "testing", "dev")
@@ -83,33 +83,50 @@ def _parse(line: str) -> Requirement | None:
         return None
 
 
-def _applies(req: Requirement) -> bool:
-    return req.marker is None or req.marker.evaluate({"extra": ""})
+def _applies(req: Requirement, extras: frozenset[str] = frozenset()) -> bool:
+    """Whether ``req`` holds here, for a distribution asked for with ``extras`` (``pkg[server]``)."""
+    if req.marker is None:
+        return True
+    return any(req.marker.evaluate({"extra": extra}) for extra in {"", *extras})
 
 
 def host_closure(names: list[str]) -> tuple[dict[str, md.Distribution], list[str]]:
-    """Distributions of Converge's environment for ``names`` and their dependencies; what is absent."""
+    """Distributions of Converge's environment for ``names`` and their dependencies; what is absent.
+
+    Extras count: ``llama-cpp-python[server]`` brings the server's own dependencies, even
+    when the plain ``llama-cpp-python`` was met first. A version pin is enforced for what
+    ``names`` asks for; a dependency's dependency is taken as installed here, since that is
+    the set this environment runs with (pip may have installed it past a stale pin).
+    """
     found: dict[str, md.Distribution] = {}
+    extras_of: dict[str, frozenset[str]] = {}
     missing: list[str] = []
-    todo = list(names)
+    top = set(names)
+    todo: list[tuple[str, frozenset[str]]] = [(line, frozenset()) for line in names]
     while todo:
-        line = todo.pop()
+        line, context = todo.pop()
         req = _parse(line)
-        if req is None or not _applies(req):
+        if req is None or not _applies(req, context):
             continue
         key = _norm(req.name)
+        wanted = frozenset(req.extras)
         if key in found:
+            new = wanted - extras_of[key]
+            if new:
+                extras_of[key] |= new
+                todo.extend((dep, new) for dep in found[key].requires or [])
             continue
         try:
             dist = md.distribution(req.name)
         except md.PackageNotFoundError:
             missing.append(line)
             continue
-        if req.specifier and not req.specifier.contains(dist.version, prereleases=True):
+        if line in top and req.specifier and not req.specifier.contains(dist.version, prereleases=True):
             missing.append(line)
             continue
         found[key] = dist
-        todo.extend(dist.requires or [])
+        extras_of[key] = wanted
+        todo.extend((dep, wanted) for dep in dist.requires or [])
     return found, sorted(set(missing))
 
 

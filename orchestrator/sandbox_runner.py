@@ -136,6 +136,8 @@ class Command:
         try:
             pid = spawn(self.argv, out_w, err_w)
         except OSError as exc:
+            os.close(out_r)
+            os.close(err_r)
             self.err.add(f"converge sandbox: cannot run {self.argv[0]!r}: {exc.strerror}\n".encode())
             return self.answer(127 if exc.errno == 2 else 126, oom=False)
         finally:

@@ -1,7 +1,7 @@
 """Converge refining itself: the checks a `self` changeset needs, and switching installations.
 
     check(ws, cs_id)            one outer sandbox over the candidate's commit:
-      ├── self-tests            Converge's suite minus docker/model/slow tests -> artifact self-tests.json
+      ├── self-tests            Converge's suite minus the Docker tests -> artifact self-tests.json
       └── canary                the candidate's Converge and the running one each refine a copy of the
                                 sample repo with the same scripted model -> artifact canary.json
     require_checks(ws, cs)      the promotion gate's hook: no passing self-tests + canary, no promotion
@@ -18,8 +18,9 @@ Inside a sandbox there is no Docker socket (by design), so the canary's own veri
 :class:`NestedBackend`, which runs commands directly. It refuses to start unless the outer
 sandbox's marker variable is set: it is only ever acceptable *inside* that sandbox. Both sides of
 the canary run in the same outer sandbox with the same nested backend, so the only thing that
-differs between them is Converge's code. What cannot run inside (tests marked ``docker`` or
-``model``) runs in CI on the host.
+differs between them is Converge's code. What cannot run inside (tests marked ``docker``: they
+need the engine's socket, which would make the sandbox root on the host) runs in CI on the host.
+Model tests run inside: the embedded GGUF and llama.cpp come with the copied environment.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from orchestrator.workspace import Workspace, source_root
 SANDBOX_MARKER = "CONVERGE_IN_SANDBOX"
 SELF_TESTS = "self-tests.json"
 CANARY = "canary.json"
-TEST_MARKERS = "not docker and not model and not slow"
+TEST_MARKERS = "not docker"  # the one thing a sandbox cannot give: an engine socket
 SELF_TEST_ARGS = ("-m", TEST_MARKERS)
 SELF_JUNIT = "/tmp/converge-self-junit.xml"
 SCRATCH = ".converge-canary"  # in the outer sandbox's worktree: canary inputs and the reference copy
@@ -244,7 +245,7 @@ class SelfTests(BaseModel):
     ok: bool
     summary: str
     report: TestReport
-    note: str = "docker and model tests cannot run inside the sandbox (no engine socket, no model); CI runs them"
+    note: str = "tests marked docker cannot run inside the sandbox (no engine socket, by design); CI runs them"
 
 
 class CanaryResult(BaseModel):

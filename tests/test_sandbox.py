@@ -23,7 +23,7 @@ from orchestrator.errors import SandboxError
 from orchestrator.reports import CommandResult
 from orchestrator.sandbox import Sandbox, ScriptedBackend, generation_worktree, open_sandbox, parse_junit
 from orchestrator.sandbox_docker import DockerBackend
-from orchestrator.sandbox_env import declared_requirements
+from orchestrator.sandbox_env import declared_requirements, host_closure
 from orchestrator.sandbox_image import resolve
 from orchestrator.workspace import Workspace, add_repo, init_workspace
 from tests.conftest import SAMPLE, converge, git
@@ -363,6 +363,13 @@ def test_image_is_cached_under_the_recipe_digest(ws: Workspace, client: docker.D
     finally:
         recipe.write_text(original)
     assert resolve(ws).tag == spec.tag
+
+
+def test_requirement_extras_bring_their_own_dependencies() -> None:
+    plain, _ = host_closure(["llama-cpp-python"])
+    assert "uvicorn" not in plain
+    served, missing = host_closure(["llama-cpp-python", "llama-cpp-python[server]"])
+    assert {"uvicorn", "fastapi", "llama-cpp-python"} <= set(served) and missing == []
 
 
 def test_test_environment_is_built_once_per_requirements_digest(ws: Workspace, tree: Path, box: Sandbox) -> None:

@@ -158,7 +158,7 @@ def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace
     cs = gate.submit(ws, "self", patch, "cli: say it is self-refined", auto_approve=True)
     assert cs.status == "pending" and cs.verdict == "review"  # orchestrator/ is protected on self
     report = json.loads(changesets.artifact_path(ws, cs.id, changesets.REPORT).read_text())
-    assert "not docker and not model and not slow" in " ".join(report["command"]["argv"])
+    assert "-m not docker" in " ".join(report["command"]["argv"])
 
     refused = converge("-w", str(ws.root), "changeset", "approve", cs.id)
     assert refused.returncode == 1
