@@ -173,34 +173,23 @@ def _test_id(classname: str, name: str, file: str | None) -> str:
     return "::".join(["/".join(modules) + ".py", *classes, name])
 
 
+@dataclass(frozen=True)
 class OutputTail:
-    """The last ``limit`` bytes of a stream, and how many came before them."""
+    """The last ``limit`` bytes of a stream (``kept``) and how many bytes it had in all.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.total = 0
-        self._buf = bytearray()
+    The sandbox's runner keeps the tail as the command writes; this is its answer, made text.
+    """
 
-    @classmethod
-    def of(cls, kept: bytes, total: int, limit: int) -> OutputTail:
-        """A tail rebuilt from its kept bytes and the stream's total size (as the runner sends it)."""
-        tail = cls(limit)
-        tail._buf += kept[-limit:] if limit else b""
-        tail.total = max(total, len(tail._buf))
-        return tail
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        self._buf += chunk
-        if len(self._buf) > 2 * self.limit:
-            del self._buf[: len(self._buf) - self.limit]
+    kept: bytes
+    total: int
+    limit: int
 
     @property
     def truncated(self) -> bool:
         return self.total > self.limit
 
     def text(self) -> str:
-        kept = bytes(self._buf[-self.limit :]) if self.limit else b""
+        kept = self.kept[-self.limit :] if self.limit else b""
         body = kept.decode("utf-8", errors="replace")
         if self.truncated:
             return f"[converge: output truncated, {self.total - len(kept)} earlier bytes dropped]\n{body}"

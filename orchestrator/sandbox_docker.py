@@ -255,8 +255,8 @@ class DockerSession:
             self._lost(argv, f"{exc.__class__.__name__}: {exc}")
         if "error" in reply:
             raise SandboxError(f"sandbox runner refused {argv[0]!r}: {reply['error']}")
-        out = OutputTail.of(base64.b64decode(reply["stdout"]), reply["stdout_total"], output_limit)
-        err = OutputTail.of(base64.b64decode(reply["stderr"]), reply["stderr_total"], output_limit)
+        out = OutputTail(base64.b64decode(reply["stdout"]), int(reply["stdout_total"]), output_limit)
+        err = OutputTail(base64.b64decode(reply["stderr"]), int(reply["stderr_total"]), output_limit)
         return CommandResult(
             argv=argv,
             exit_code=int(reply["exit_code"]),
