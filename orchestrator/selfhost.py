@@ -103,8 +103,10 @@ class NestedSession:
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec
+        from orchestrator.sandbox import JUNIT_PATH
+
         self.env_dir: Path | None = spec.env_dir
-        Path("/tmp/converge-junit.xml").unlink(missing_ok=True)  # a stale report must never be read
+        Path(JUNIT_PATH).unlink(missing_ok=True)  # a stale report must never be read
 
     def _map(self, text: str) -> str:
         if self.env_dir is not None and (text == "/env" or text.startswith("/env/")):
