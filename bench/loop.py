@@ -3,29 +3,35 @@
 A generated repo (a package of ``--modules`` modules, one test file per module, >= 200 tests
 each doing a little real work) is registered in a temporary workspace. Then:
 
-1. ``--runs`` real one-step refinement runs (``graph.start_run``: plan, propose, apply, verify
-   in the Docker sandbox with selected tests then the full suite, judge, sign, promote), the
-   scripted model making a one-line change to one module each time. Each step's wall time is
-   split into model time (the backend's ``complete``, timed), sandbox command time (every
-   exec in a sandbox container, timed) and the rest: orchestration (graph, checkpoints, git
-   worktrees, repo map, policy, signing, and container start/stop).
+1. Real refinement runs (``graph.start_run``: plan, then per step propose, apply, verify in
+   the Docker sandbox with the selected tests then the full suite, judge, sign, promote),
+   the scripted model making a one-line change to another module in each step: one cold
+   run of one step, then ``--runs`` runs of ``--steps`` steps (converge.toml's default
+   ``max_steps``). A run's wall time is split into model time (the backend's ``complete``,
+   timed; ~0 here, which leaves nothing for the run's sandbox pool to hide container starts
+   behind but the tests), sandbox command time (every exec in a sandbox container, timed)
+   and the rest: orchestration (graph, checkpoints, git worktrees, repo map, policy,
+   signing, and any wait for a sandbox). Per-step figures are a run's divided by its steps.
 2. In ONE sandbox session over the current generation, the tests the repo map selects for a
    one-file change against the full suite, alternating for ``--rounds`` rounds.
 
 Prints `name: value` lines (medians over runs / rounds):
   tests_total             tests in the generated repo (>= 200)
   tests_selected          tests the repo map selects for a one-file change
-  step_wall_s             one refinement step, start_run to its return
-  model_s                 time inside the model backend's complete()
-  sandbox_s               time inside sandbox commands (every exec: pytest runs, junit reads)
-  sandbox_lifecycle_s     part of the overhead: open_sandbox setup + teardown (container start/stop, env check)
+  run_wall_s              one run of --steps steps, start_run to its return
+  step_wall_s             run_wall_s / steps
+  model_s                 time inside the model backend's complete(), per step
+  sandbox_s               time inside sandbox commands (every exec: pytest runs, junit reads), per step
+  sandbox_lifecycle_s     part of the overhead: getting a sandbox and giving it back, per step
   overhead_s              step_wall_s - model_s - sandbox_s
-  raw_test_s              the full suite's duration in the step (its TestReport's command.duration)
+  overhead_by_node_s      the overhead inside each graph node, per step (the rest is between nodes)
+  raw_test_s              the full suite's duration in a step (its TestReport's command.duration)
   overhead_share          overhead_s / raw_test_s (target <= 0.10)
+  one_step_run_*          the same for the cold run of a single step (run setup not shared)
   selected_tests_s        the selected tests' pytest run, one sandbox session, median
   full_suite_s            the full suite's pytest run, same session, median
   selected_speedup        full_suite_s / selected_tests_s (target >= 3)
-Usage: python bench/loop.py [--modules M] [--tests-per-module T] [--work N] [--runs R] [--rounds K]
+Usage: python bench/loop.py [--modules M] [--tests-per-module T] [--work N] [--steps S] [--runs R] [--rounds K]
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import graph, runs, sandbox, sandbox_docker
+from orchestrator import graph, runs, sandbox, sandbox_docker, sandbox_pool
 from orchestrator.agents import LoadedCard
 from orchestrator.model_backends import Completion, CompletionRequest, ModelBackend, ModelIdentity
 from orchestrator.repomap import build_repo_map
@@ -133,9 +139,9 @@ class Meter:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Meter]:
-        """Wrap, in this process only, every DockerSession.exec, open_sandbox and graph node."""
+        """Wrap, in this process only, every DockerSession.exec, SandboxPool.at and graph node."""
         original_exec = sandbox_docker.DockerSession.exec
-        original_open = sandbox.open_sandbox
+        original_at = sandbox_pool.SandboxPool.at
         original_nodes = {name: getattr(graph._Nodes, name) for name in NODES}
         meter = self
 
@@ -147,11 +153,11 @@ class Meter:
                 meter.exec_s += time.perf_counter() - started
 
         @contextlib.contextmanager
-        def timed_open(*args: Any, **kwargs: Any) -> Iterator[sandbox.Sandbox]:
+        def timed_at(*args: Any, **kwargs: Any) -> Iterator[tuple[Path, sandbox.Sandbox]]:
             started = time.perf_counter()
             inside = 0.0
             try:
-                with original_open(*args, **kwargs) as box:
+                with original_at(*args, **kwargs) as box:
                     entered = time.perf_counter()
                     try:
                         yield box
@@ -172,14 +178,14 @@ class Meter:
             return node
 
         setattr(sandbox_docker.DockerSession, "exec", timed_exec)  # noqa: B010 - patched in this process only
-        setattr(sandbox, "open_sandbox", timed_open)  # noqa: B010
+        setattr(sandbox_pool.SandboxPool, "at", timed_at)  # noqa: B010
         for name, method in original_nodes.items():
             setattr(graph._Nodes, name, timed_node(name, method))
         try:
             yield self
         finally:
             setattr(sandbox_docker.DockerSession, "exec", original_exec)  # noqa: B010
-            setattr(sandbox, "open_sandbox", original_open)  # noqa: B010
+            setattr(sandbox_pool.SandboxPool, "at", original_at)  # noqa: B010
             for name, method in original_nodes.items():
                 setattr(graph._Nodes, name, method)
 
@@ -210,38 +216,48 @@ class TimedModel:
 
 
 @dataclass(frozen=True)
-class StepFigures:
+class RunFigures:
+    """One run of ``steps`` steps, its time split up; per-step figures are the run's divided by its steps."""
+
+    steps: int
     wall: float
     meter: Meter
-    raw_test: float
+    raw_tests: list[float]
 
     @property
     def overhead(self) -> float:
-        return self.wall - self.meter.model_s - self.meter.exec_s
+        return (self.wall - self.meter.model_s - self.meter.exec_s) / self.steps
+
+    @property
+    def raw_test(self) -> float:
+        return statistics.median(self.raw_tests)
 
     @property
     def share(self) -> float:
         return self.overhead / self.raw_test
 
 
-def one_step(ws: Workspace, repo: str, module: str) -> StepFigures:
-    """One real refinement step making a one-line change to ``module``; its time split up."""
-    path = f"{PACKAGE}/{module}.py"
-    scripted = ScriptedBackend([plan((f"Tidy {module}", "coder", [path]))], [edit(path, CHANGE_FROM, CHANGE_TO)])
+def one_run(ws: Workspace, repo: str, modules: list[str]) -> RunFigures:
+    """One real refinement run with a step per module, each making a one-line change to it."""
+    paths = [f"{PACKAGE}/{module}.py" for module in modules]
+    steps = [(f"Tidy {module}", "coder", [path]) for module, path in zip(modules, paths, strict=True)]
+    scripted = ScriptedBackend([plan(*steps)], [edit(path, CHANGE_FROM, CHANGE_TO) for path in paths])
     meter = Meter()
     deps = graph.Deps(ws=ws, model_for=TimedModel(scripted, meter).factory())
     with meter.installed():
         started = time.perf_counter()
-        result = graph.start_run(deps, repo, f"tidy {module}", auto_approve=True, max_steps=1)
+        result = graph.start_run(deps, repo, f"tidy {', '.join(modules)}", auto_approve=True, max_steps=len(modules))
         wall = time.perf_counter() - started
     record = result.record
-    if record.status != "completed" or [s.outcome for s in record.steps] != ["promoted"]:
-        raise SystemExit(f"run {record.id} did not promote its step: {record.status} {record.reason}")
-    reports = sorted(runs.run_dir(ws, record.id).glob("*.tests.json"))
-    report = TestReport.model_validate_json(reports[-1].read_text())
-    if report.selection != "all" or report.command is None or not report.ok:
-        raise SystemExit(f"run {record.id}: the step's last test report is not a passing full suite")
-    return StepFigures(wall, meter, report.command.duration)
+    if record.status != "completed" or [s.outcome for s in record.steps] != ["promoted"] * len(modules):
+        raise SystemExit(f"run {record.id} did not promote every step: {record.status} {record.reason}")
+    raw: list[float] = []
+    for step in range(1, len(modules) + 1):
+        report = TestReport.model_validate_json((runs.run_dir(ws, record.id) / f"{step}-1.tests.json").read_text())
+        if report.selection != "all" or report.command is None or not report.ok:
+            raise SystemExit(f"run {record.id} step {step}: the last test report is not a passing full suite")
+        raw.append(report.command.duration)
+    return RunFigures(len(modules), wall, meter, raw)
 
 
 def side_by_side(ws: Workspace, repo: str, changed: str, rounds: int) -> tuple[list[float], list[float], int, int]:
@@ -277,12 +293,13 @@ def main() -> None:
     parser.add_argument("--modules", type=int, default=20)
     parser.add_argument("--tests-per-module", type=int, default=12)
     parser.add_argument("--work", type=int, default=40_000, help="loop iterations per test")
-    parser.add_argument("--runs", type=int, default=4, help="one-step refinement runs (the first is reported as cold)")
+    parser.add_argument("--steps", type=int, default=5, help="steps per run (converge.toml's default max_steps)")
+    parser.add_argument("--runs", type=int, default=2, help="runs after the cold one-step run")
     parser.add_argument("--rounds", type=int, default=5, help="selected/full rounds in one sandbox")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     args = parser.parse_args()
-    if not 2 <= args.runs <= args.modules:
-        parser.error("--runs: between 2 and --modules (the first run is cold; each run changes another module)")
+    if args.steps < 1 or args.runs < 1 or 1 + args.runs * args.steps > args.modules:
+        parser.error("--steps, --runs: at least 1, and 1 + runs * steps modules at most (each step changes another)")
     base = Path(tempfile.mkdtemp(prefix="converge-bench-loop-"))
     try:
         src = make_repo(base, args.modules, args.tests_per_module, args.work)
@@ -290,26 +307,29 @@ def main() -> None:
         add_repo(ws, str(src), name="gen")
         # (2) first: it also builds the image and test environment, outside the step figures
         sel, full, n_sel, n_all = side_by_side(ws, "gen", f"{PACKAGE}/mod00.py", args.rounds)
-        steps = [one_step(ws, "gen", f"mod{i:02d}") for i in range(args.runs)]
-        cold, warm = steps[0], steps[1:]
-        nodes = {n: _med([s.meter.node_overhead.get(n, 0.0) for s in warm]) for n in NODES}
-        in_nodes = [sum(s.meter.node_overhead.values()) for s in warm]
+        names = [f"mod{i:02d}" for i in range(args.modules)]
+        cold = one_run(ws, "gen", names[:1])
+        warm = [one_run(ws, "gen", names[1 + r * args.steps : 1 + (r + 1) * args.steps]) for r in range(args.runs)]
+        nodes = {n: _med([s.meter.node_overhead.get(n, 0.0) / s.steps for s in warm]) for n in NODES}
+        in_nodes = [sum(s.meter.node_overhead.values()) / s.steps for s in warm]
         figures: list[tuple[str, object]] = [
             ("tests_total", n_all),
             ("tests_selected", n_sel),
-            ("runs", f"{len(warm)} warm + 1 cold"),
-            ("step_wall_s", _med([s.wall for s in warm])),
-            ("model_s", _med([s.meter.model_s for s in warm])),
-            ("sandbox_s", _med([s.meter.exec_s for s in warm])),
+            ("runs", f"{len(warm)} of {args.steps} steps, after 1 cold run of 1 step"),
+            ("run_wall_s", _med([s.wall for s in warm])),
+            ("step_wall_s", _med([s.wall / s.steps for s in warm])),
+            ("model_s", _med([s.meter.model_s / s.steps for s in warm])),
+            ("sandbox_s", _med([s.meter.exec_s / s.steps for s in warm])),
             ("overhead_s", _med([s.overhead for s in warm])),
-            ("sandbox_lifecycle_s", _med([s.meter.lifecycle_s for s in warm])),
+            ("sandbox_lifecycle_s", _med([s.meter.lifecycle_s / s.steps for s in warm])),
             ("overhead_in_nodes_s", _med(in_nodes)),
             ("overhead_by_node_s", " ".join(f"{n}={v}" for n, v in nodes.items() if v)),
             ("raw_test_s", _med([s.raw_test for s in warm])),
             ("overhead_share", _med([s.share for s in warm])),
             ("overhead_share_target", 0.10),
-            ("cold_step_wall_s", round(cold.wall, 3)),
-            ("cold_overhead_share", round(cold.share, 3)),
+            ("one_step_run_wall_s", round(cold.wall, 3)),
+            ("one_step_run_overhead_s", round(cold.overhead, 3)),
+            ("one_step_run_overhead_share", round(cold.share, 3)),
             ("rounds", args.rounds),
             ("selected_tests_s", _med(sel)),
             ("full_suite_s", _med(full)),

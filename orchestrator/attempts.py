@@ -9,10 +9,11 @@ graph: these are plain functions over the state the graph keeps.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from orchestrator import agents, candidates, changesets, gate, runs
 from orchestrator.agents import LoadedCard, Plan, PlanStep
@@ -22,6 +23,10 @@ from orchestrator.model_backends import CompletionRequest, ModelBackend
 from orchestrator.reports import TestReport
 from orchestrator.storage import atomic_write_json
 from orchestrator.workspace import Workspace
+
+if TYPE_CHECKING:
+    from orchestrator.sandbox import Sandbox
+    from orchestrator.sandbox_pool import SandboxPool
 
 FEEDBACK_LIMIT = 2000
 FILE_LIMIT = 12_000
@@ -64,6 +69,7 @@ class Deps:
     model_for: ModelFactory
     on_event: Events = field(default=lambda _text: None)
     sandbox_backend: Any = None  # orchestrator.sandbox.SandboxBackend; None: from converge.toml
+    sandboxes: SandboxPool | None = None  # the run's sandboxes started ahead (see graph._drive)
 
 
 # --- the files and values of an attempt --------------------------------------------------------
@@ -168,34 +174,51 @@ def move_candidate(ws: Workspace, s: RunState, outcome: candidates.Outcome) -> N
     cand.keep(outcome)
 
 
-def run_tests(deps: Deps, s: RunState, full: bool) -> tuple[TestReport, str]:
-    """Tests of the candidate in the sandbox: the ones that import the change first, then all."""
-    from orchestrator import sandbox
+def run_tests(deps: Deps, s: RunState, full: bool, *, warm_next: bool = False) -> tuple[TestReport, str]:
+    """Tests of the candidate in the sandbox: the ones that import the change first, then all.
+
+    ``warm_next``: another attempt or step may follow, so the run's pool starts its next
+    sandbox while these tests run.
+    """
     from orchestrator.repomap import repo_map_for
 
     ws = deps.ws
-    verify_cand = candidate(ws, s, s["commit"], "v")
-    with verify_cand:
-        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
-        if ws.repo(s["repo"]).is_self:
-            from orchestrator.selfhost import verify_self
+    if ws.repo(s["repo"]).is_self:
+        from orchestrator.selfhost import verify_self
 
+        with candidate(ws, s, s["commit"], "v") as verify_cand:
             # Converge's own suite, minus what cannot run inside a sandbox (see selfhost)
+            label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
             return verify_self(ws, s["repo"], verify_cand.path, label, deps.sandbox_backend)
-        changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
+    changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
+    with sandbox_at(deps, s["repo"], s["commit"]) as (tree, box):
+        if deps.sandboxes is not None and warm_next:
+            deps.sandboxes.warm(s["commit"])  # the next step starts from it if this one is promoted
         # the repo's map cache is keyed by content: only the files the candidate changed are parsed
-        selected = repo_map_for(ws, s["repo"], verify_cand.path).tests_for(changed)
-        with sandbox.open_sandbox(ws, s["repo"], verify_cand.path, label=label, backend=deps.sandbox_backend) as box:
-            image = box.spec.image.digest
-            if selected:
-                first = box.run_tests(selected)
-                deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
-                if not first.ok or not full:
-                    return first, image
-            report = box.run_tests()
-            if ws.config().run.reproducibility_check:
-                check_reproducible(deps, s, report, box.run_tests())
-            return report, image
+        selected = repo_map_for(ws, s["repo"], tree).tests_for(changed)
+        image = box.spec.image.digest
+        if selected:
+            first = box.run_tests(selected)
+            deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
+            if not first.ok or not full:
+                return first, image
+        report = box.run_tests()
+        if ws.config().run.reproducibility_check:
+            check_reproducible(deps, s, report, box.run_tests())
+        return report, image
+
+
+@contextmanager
+def sandbox_at(deps: Deps, repo: str, commit: str) -> Iterator[tuple[Path, Sandbox]]:
+    """A fresh worktree of ``commit`` with a sandbox over it: the run's pool's, or a pool of its own."""
+    from orchestrator.sandbox_pool import SandboxPool
+
+    if deps.sandboxes is not None and deps.sandboxes.repo == repo:
+        with deps.sandboxes.at(commit) as found:
+            yield found
+        return
+    with SandboxPool(deps.ws, repo, backend=deps.sandbox_backend) as pool, pool.at(commit) as found:
+        yield found
 
 
 def check_reproducible(deps: Deps, s: RunState, first: TestReport, second: TestReport) -> None:
@@ -217,17 +240,13 @@ def test_feedback(report: TestReport) -> str:
 
 
 def tool_proposal(deps: Deps, s: RunState, card: LoadedCard, base: str) -> EditProposal | None:
-    from orchestrator import sandbox
-
-    ws = deps.ws
-    cand = candidate(ws, s, base, "t")
-    with cand:
-        label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}-tool"
-        with sandbox.open_sandbox(ws, s["repo"], cand.path, label=label, backend=deps.sandbox_backend) as box:
-            try:
-                return agents.run_tool_agent(card.card, cand.path, lambda _wt, argv: box.run(list(argv)))
-            except (SandboxError, EditError) as exc:
-                raise UsageError(f"agent {card.name!r}: {exc}") from exc
+    with sandbox_at(deps, s["repo"], base) as (tree, box):
+        if deps.sandboxes is not None:
+            deps.sandboxes.warm(base)  # the tests of this step's candidate come next
+        try:
+            return agents.run_tool_agent(card.card, tree, lambda _wt, argv: box.run(list(argv)))
+        except (SandboxError, EditError) as exc:
+            raise UsageError(f"agent {card.name!r}: {exc}") from exc
 
 
 def provenance(deps: Deps, cards: dict[str, LoadedCard], s: RunState) -> gate.Provenance:

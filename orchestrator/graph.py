@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,8 @@ class _Nodes:
         if report_file.exists() and image_file.exists():
             report = TestReport.model_validate_json(report_file.read_text())
         else:
-            report, image = attempts.run_tests(self.deps, s, self.cfg.run.full_suite_before_promote)
+            more = s["step"] + 1 < len(s["steps"]) or s["attempt"] < attempts.attempts(self.cards, s)
+            report, image = attempts.run_tests(self.deps, s, self.cfg.run.full_suite_before_promote, warm_next=more)
             atomic_write(image_file, image)
             atomic_write(report_file, report.model_dump_json(indent=2))
             cmd = report.command
@@ -432,8 +434,8 @@ def _drive(deps: Deps, run_id: str, state: RunState | None) -> RunResult:
 
     ws = deps.ws
     config: Any = {"configurable": {"thread_id": run_id}, "recursion_limit": 500}
-    with checkpointer(ws) as saver:
-        graph = build_graph(deps).compile(checkpointer=saver)
+    with checkpointer(ws) as saver, _sandboxes(deps, run_id, state) as run_deps:
+        graph = build_graph(run_deps).compile(checkpointer=saver)
         payload: Any = state
         if state is None:
             snapshot = graph.get_state(config)
@@ -451,6 +453,23 @@ def _drive(deps: Deps, run_id: str, state: RunState | None) -> RunResult:
             record = runs.load(ws, run_id)
             return RunResult(record=record, exit_code=0)
         return _finish(ws, run_id, values, "completed", "")
+
+
+@contextmanager
+def _sandboxes(deps: Deps, run_id: str, state: RunState | None) -> Iterator[Deps]:
+    """``deps`` with the run's sandbox pool, its first sandbox starting now (while the planner thinks).
+
+    Converge's own repo verifies through selfhost, which starts its own sandboxes: no pool.
+    """
+    from orchestrator.sandbox_pool import SandboxPool
+
+    repo = state["repo"] if state is not None else runs.load(deps.ws, run_id).repo
+    if deps.sandboxes is not None or deps.ws.repo(repo).is_self or (state or {}).get("plan_only"):
+        yield deps
+        return
+    with SandboxPool(deps.ws, repo, backend=deps.sandbox_backend) as pool:
+        pool.warm(generations.current(deps.ws, repo).commit)
+        yield replace(deps, sandboxes=pool)
 
 
 def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, reason: str) -> RunResult:

@@ -317,23 +317,57 @@ def describe(argv: Sequence[str]) -> str:
 @contextlib.contextmanager
 def generation_worktree(ws: Workspace, repo: str, ref: str = "refs/converge/head") -> Iterator[Path]:
     """A temporary detached worktree of ``ref`` (default: the current generation) of ``repo``."""
-    import uuid
-
     from orchestrator import gitops
 
     source = ws.repo_path(repo)
     commit = gitops.resolve(source, ref) or gitops.resolve(source, "HEAD")
     if commit is None:
         raise SandboxError(f"repo {repo}: {ref} does not name a commit; re-register it with `converge add`")
-    path = ws.cache / "worktrees" / f"sandbox-{repo}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gitops.run(source, "worktree", "add", "--quiet", "--detach", str(path), commit)
+    path = scratch_worktree(ws, repo, commit)
     try:
         yield path
     finally:
-        gitops.run(source, "worktree", "remove", "--force", str(path), check=False)
-        if path.exists():
-            import shutil
+        remove_worktree(source, path)
 
-            shutil.rmtree(path, ignore_errors=True)
+
+def scratch_worktree(ws: Workspace, repo: str, commit: str) -> Path:
+    """A new detached worktree of ``commit`` named after this process (``sandbox-<repo>-<pid>-<hex>``).
+
+    The name lets :func:`stale_worktrees` find what a killed process left behind.
+    """
+    import uuid
+
+    from orchestrator import gitops
+
+    path = ws.cache / "worktrees" / f"sandbox-{repo}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gitops.run(ws.repo_path(repo), "worktree", "add", "--quiet", "--detach", str(path), commit)
+    return path
+
+
+def remove_worktree(source: Path, path: Path) -> None:
+    """Remove a scratch worktree of the repo at ``source`` (git's bookkeeping too); idempotent."""
+    import shutil
+
+    from orchestrator import gitops
+
+    gitops.run(source, "worktree", "remove", "--force", "--force", str(path), check=False)
+    if path.exists():  # git refused: drop the files, then git's record of them
+        shutil.rmtree(path, ignore_errors=True)
         gitops.run(source, "worktree", "prune", check=False)
+
+
+def stale_worktrees(ws: Workspace, repo: str | None = None) -> list[tuple[Path, Path]]:
+    """Scratch worktrees (of ``repo``, or of every repo) whose process is gone, with their repo's path."""
+    from orchestrator.storage import pid_alive
+
+    root = ws.cache / "worktrees"
+    if not root.is_dir():
+        return []
+    found: list[tuple[Path, Path]] = []
+    for name in [repo] if repo is not None else [r.name for r in ws.repos()]:
+        for path in root.glob(f"sandbox-{name}-*"):
+            parts = path.name.removeprefix(f"sandbox-{name}-").split("-")
+            if len(parts) == 2 and parts[0].isdigit() and not pid_alive(int(parts[0])):
+                found.append((path, ws.repo_path(name)))
+    return found

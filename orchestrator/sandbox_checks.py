@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 from typing import Any
 
-from orchestrator import gitops
 from orchestrator.config import SandboxConfig
 from orchestrator.doctor import Check, DoctorContext, register_check
 from orchestrator.errors import SandboxError
+from orchestrator.sandbox import remove_worktree, stale_worktrees
 from orchestrator.sandbox_image import image_present, resolve
-from orchestrator.storage import pid_alive
 
 
 def _config(ctx: DoctorContext) -> SandboxConfig:
@@ -83,15 +81,18 @@ def _orphans(ctx: DoctorContext, client: Any) -> Check:
     from orchestrator.sandbox_docker import DockerBackend
 
     backend = DockerBackend(client)
-    stale = _stale_worktrees(ctx)
+    stale = stale_worktrees(ctx.ws) if ctx.ws is not None else []
     if ctx.clean:
         removed = backend.reap(None)
         for path, repo_dir in stale:
-            shutil.rmtree(path, ignore_errors=True)
-            gitops.run(repo_dir, "worktree", "prune", check=False)
+            remove_worktree(repo_dir, path)
         ctx.cleaned += [f"container {cid}" for cid in removed] + [f"worktree {p}" for p, _ in stale]
         return Check("sandbox.orphans", "ready", f"removed {len(removed)} container(s), {len(stale)} worktree(s)")
-    count = sum(1 for c in client.containers.list(all=True, filters={"label": ["converge.sandbox=1"]}) if _dead(c))
+    count = sum(
+        1
+        for c in client.containers.list(all=True, ignore_removed=True, filters={"label": ["converge.sandbox=1"]})
+        if _dead(c)
+    )
     if count or stale:
         return Check(
             "sandbox.orphans",
@@ -106,20 +107,6 @@ def _dead(container: object) -> bool:
     from orchestrator.sandbox_docker import _orphaned
 
     return _orphaned(getattr(container, "labels", {}))
-
-
-def _stale_worktrees(ctx: DoctorContext) -> list[tuple[Path, Path]]:
-    """`sandbox run` worktrees (``sandbox-<repo>-<pid>-<hex>``) whose process is gone."""
-    if ctx.ws is None:
-        return []
-    root = ctx.ws.cache / "worktrees"
-    found: list[tuple[Path, Path]] = []
-    for record in ctx.ws.repos():
-        for path in root.glob(f"sandbox-{record.name}-*") if root.is_dir() else []:
-            parts = path.name.removeprefix(f"sandbox-{record.name}-").split("-")
-            if len(parts) == 2 and parts[0].isdigit() and not pid_alive(int(parts[0])):
-                found.append((path, ctx.ws.src / record.name))
-    return found
 
 
 @register_check("sandbox.policy")

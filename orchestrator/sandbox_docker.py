@@ -4,13 +4,15 @@ Every container gets: ``network_mode=none`` (unless a loosened dependency setup 
 the bridge), a read-only root, the worktree at ``/src`` as the only writable bind (its
 ``.git`` and the repository's git directory bound read-only over it), a size-limited
 tmpfs ``/tmp``, ``cap_drop=ALL``, ``no-new-privileges``, a non-root uid, pids/memory/CPU
-limits, the recipe's reaper as PID 1, no Docker socket and exactly the spec's environment.
+limits, no Docker socket and exactly the spec's environment.
 
 PID 1 is Converge's command runner (``sandbox_runner.py``): commands go to it as JSON
 lines over the attached stdin, so a command costs a fork inside the container rather than
 a ``docker exec``. The runner enforces the timeout (``kill -KILL -1`` of everything but
-itself), caps the output and reads OOM kills from the memory cgroup's counter.
-docker-py exceptions become :class:`SandboxError` here.
+itself), caps the output and reads OOM kills from the memory cgroup's counter. Closing
+a session only ends that stream: the runner exits, and the engine removes the container
+by itself (auto-remove), so nothing waits for a container to go; a Converge killed
+mid-run ends the stream too. docker-py exceptions become :class:`SandboxError` here.
 """
 
 from __future__ import annotations
@@ -115,8 +117,12 @@ def container_config(spec: SandboxSpec, image_tag: str) -> dict[str, Any]:
     return {
         "image": image_tag,
         "command": list(image.keepalive),
-        "detach": True,
-        "stdin_open": True,  # the runner's request stream
+        # stdin is the runner's request stream; not detached means StdinOnce: the engine closes
+        # it when our one attached stream ends (a close, or this process killed), the runner
+        # exits on end of input, and auto_remove has the engine remove the container: nobody waits
+        "stdin_open": True,
+        "detach": False,
+        "auto_remove": True,
         "init": False,  # PID 1 is Converge's runner: it reaps, and survives the timeout's kill -1
         "user": f"{image.uid}:{image.gid}",
         "working_dir": "/src",
@@ -157,9 +163,14 @@ class DockerBackend:
         tag = ensure_image(self.client, spec.image)
         if os.getuid() == 0 and spec.worktree_writable:
             share_worktree(spec.worktree, spec.image.gid)
+        container = None
         try:
-            container = self.client.containers.run(**container_config(spec, tag))
+            container = self.client.containers.create(**container_config(spec, tag))
+            container.start()
         except docker.errors.DockerException as exc:
+            if container is not None:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
             raise SandboxError(f"sandbox container for {spec.worktree} did not start: {exc}") from exc
         return DockerSession(self.client, container)
 
@@ -177,15 +188,26 @@ class DockerBackend:
             filters.append(f"converge.workspace={workspace}")
         removed = []
         try:
-            for container in self.client.containers.list(all=True, filters={"label": filters}):
+            for container in self.client.containers.list(all=True, ignore_removed=True, filters={"label": filters}):
                 if include_live or _orphaned(container.labels):
-                    container.remove(force=True)
+                    _remove(container)
                     removed.append(container.short_id)
-        except docker.errors.NotFound:
-            pass  # removed by someone else meanwhile
         except docker.errors.DockerException as exc:
             raise SandboxError(f"cannot list or remove sandbox containers: {exc}; {ENGINE_FIX}") from exc
         return removed
+
+
+def _remove(container: Any) -> None:
+    """Remove a container, unless it is gone already or the engine is removing it (auto-remove)."""
+    import docker.errors
+
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: its removal is already in progress
+            raise
 
 
 def _orphaned(labels: dict[str, str]) -> bool:
@@ -313,7 +335,7 @@ class DockerSession:
         detail = self._runner_err.decode(errors="replace").strip().splitlines()[-1:] or [why]
         self._detach()
         with contextlib.suppress(Exception):
-            self._container.remove(force=True)
+            _remove(self._container)
         if state.get("OOMKilled"):
             raise SandboxError(f"sandbox ran out of memory while running {argv[0]!r} and was stopped")
         raise SandboxError(f"sandbox runner lost while running {argv[0]!r}: {detail[0]}")
@@ -324,15 +346,8 @@ class DockerSession:
         _close_stream(self._attached)
 
     def close(self) -> None:
-        import docker.errors
-
+        """End the request stream: the runner kills what is left and exits, the engine removes the container."""
         if self.closed:
             return
         self.closed = True
         self._detach()
-        try:
-            self._container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.DockerException as exc:
-            raise SandboxError(f"cannot remove sandbox container {self._container.short_id}: {exc}") from exc

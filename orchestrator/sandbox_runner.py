@@ -12,8 +12,8 @@ from the repository or the sandbox's environment is imported. Being PID 1 it rea
 orphans, survives the ``kill(-1, SIGKILL)`` that ends a command at its timeout, and makes
 itself non-dumpable so that commands (same uid) cannot reach its file descriptors through
 ``/proc/1``. Commands are made the OOM killer's first choice (``oom_score_adj`` 1000).
-When stdin closes it kills what is left and exits; containers whose owner died are
-reaped by the next Converge (labels name the owner).
+When stdin closes (the host closed the session, or died) it kills what is left, even
+mid-command, and exits; the engine then removes the container.
 """
 
 import base64
@@ -116,11 +116,39 @@ def pid_fd(pid: int) -> int | None:
         return None
 
 
+class Inbox:
+    """The host's request stream. Its end means the host is gone (closed, or killed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.closed = False
+
+    def fill(self) -> None:
+        chunk = os.read(self.fd, CHUNK)
+        if chunk:
+            self.buf += chunk
+        else:
+            self.closed = True
+
+    def gone(self) -> bool:
+        return self.closed
+
+    def line(self) -> bytes | None:
+        """The next complete request line, if one has arrived."""
+        line, sep, rest = self.buf.partition(b"\n")
+        if not sep:
+            return None
+        self.buf = rest
+        return line
+
+
 class Command:
     """One request: the process, its two output streams, its deadline."""
 
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, request: dict[str, Any], inbox: Inbox) -> None:
         self.request = request
+        self.inbox = inbox
         self.argv = [str(arg) for arg in request["argv"]]
         self.limit = int(request["limit"])
         self.out, self.err = Tail(self.limit), Tail(self.limit)
@@ -167,25 +195,34 @@ class Command:
                 return
             if self.status is not None and (not streams or now >= drain_until):
                 return
-            watch = list(streams)
+            if self.inbox.closed:  # nobody will read the answer: end it all now, not at the timeout
+                os.kill(-1, signal.SIGKILL)
+                return
+            watch = [*streams, self.inbox.fd]
             if self.status is None and exited is not None:
                 watch.append(exited)
             wait = (self.deadline if self.status is None else drain_until) - now
             if self.status is None and exited is None:
                 wait = min(wait, 0.01)  # no pidfd: poll for the exit
             ready, _, _ = select.select(watch, [], [], max(0.0, wait))
-            for fd in ready:
-                if fd in streams:
-                    chunk = os.read(fd, CHUNK)
-                    if chunk:
-                        streams[fd].add(chunk)
-                    else:
-                        del streams[fd]
+            self.take_in(ready, streams)
             if self.status is None and (exited is None or exited in ready):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     self.status = status
                     drain_until = time.monotonic() + DRAIN_GRACE
+
+    def take_in(self, ready: list[int], streams: dict[int, Tail]) -> None:
+        """Read what the ready descriptors have: output into its tail, requests into the inbox."""
+        for fd in ready:
+            if fd == self.inbox.fd:
+                self.inbox.fill()
+            elif fd in streams:
+                chunk = os.read(fd, CHUNK)
+                if chunk:
+                    streams[fd].add(chunk)
+                else:
+                    del streams[fd]
 
     def answer(self, code: int, oom: bool) -> dict[str, Any]:
         return {
@@ -204,26 +241,24 @@ class Command:
 def serve() -> None:
     not_dumpable()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    stdin = sys.stdin.buffer.fileno()
+    inbox = Inbox(sys.stdin.buffer.fileno())
     stdout = sys.stdout.buffer
-    pending = b""
-    while True:
-        ready, _, _ = select.select([stdin], [], [], 1.0)
-        reap()
-        if not ready:
+    while not inbox.gone():
+        line = inbox.line()
+        if line is None:
+            ready, _, _ = select.select([inbox.fd], [], [], 1.0)
+            reap()
+            if ready:
+                inbox.fill()
             continue
-        chunk = os.read(stdin, CHUNK)
-        if not chunk:
+        try:
+            reply = Command(json.loads(line), inbox).run()
+        except (ValueError, KeyError, TypeError) as exc:
+            reply = {"error": f"bad request: {exc}"}
+        if inbox.gone():
             break
-        pending += chunk
-        while b"\n" in pending:
-            line, _, pending = pending.partition(b"\n")
-            try:
-                reply = Command(json.loads(line)).run()
-            except (ValueError, KeyError, TypeError) as exc:
-                reply = {"error": f"bad request: {exc}"}
-            stdout.write(json.dumps(reply).encode() + b"\n")
-            stdout.flush()
+        stdout.write(json.dumps(reply).encode() + b"\n")
+        stdout.flush()
     with contextlib.suppress(OSError):
         os.kill(-1, signal.SIGKILL)
 

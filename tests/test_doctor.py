@@ -118,7 +118,9 @@ def test_doctor_clean_removes_orphans_of_dead_processes(sample_ws: Workspace) ->
         assert f"worktree {stale}" in report["cleaned"]
         assert any(item.startswith("container ") for item in report["cleaned"])
         with contextlib.closing(docker.from_env()) as engine:
-            left = engine.containers.list(all=True, filters={"label": [f"converge.workspace={sample_ws.root}"]})
+            left = engine.containers.list(
+                all=True, ignore_removed=True, filters={"label": [f"converge.workspace={sample_ws.root}"]}
+            )
         assert orphan.id not in [c.id for c in left]
         orphan.close()  # its container is gone already; this releases the attached stream
         assert not stale.exists()

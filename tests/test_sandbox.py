@@ -59,7 +59,9 @@ def client() -> Iterator[docker.DockerClient]:
 
 def _containers(ws: Workspace) -> list[str]:
     with contextlib.closing(docker.from_env()) as engine:
-        found = engine.containers.list(all=True, filters={"label": [f"converge.workspace={ws.root}"]})
+        found = engine.containers.list(
+            all=True, ignore_removed=True, filters={"label": [f"converge.workspace={ws.root}"]}
+        )
     return [c.id for c in found]
 
 
@@ -124,7 +126,15 @@ def host_unchanged(env: dict[str, Path | Workspace]) -> Iterator[None]:
         _digest_tree(ws.state / "keys"),
     )
     assert after == before
-    assert _containers(ws) == []
+    assert _settled(ws) == []
+
+
+def _settled(ws: Workspace, within: float = 10.0) -> list[str]:
+    """The workspace's containers once the engine has removed the closed ones (it does so by itself)."""
+    deadline = time.monotonic() + within
+    while (left := _containers(ws)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def _box(ws: Workspace, tree: Path, **limits: object) -> Iterator[Sandbox]:

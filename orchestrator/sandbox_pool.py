@@ -1,0 +1,216 @@
+"""Sandboxes started ahead of need, so that a step's tests do not wait for a container.
+
+    with SandboxPool(ws, repo) as pool:
+        pool.warm(commit)                                  # start one in the background
+        with pool.at(commit, label=...) as (tree, box):    # a fresh checkout of commit, sandboxed
+            box.run_tests()
+
+A refinement run asks for a sandbox over a fresh checkout several times: tool agents at a
+step's base, tests at each candidate. Starting a container takes about 0.3 s of engine work
+that nothing else needs, so the pool keeps one *standby* ready: a scratch worktree of the
+repo (``cache/worktrees/sandbox-<repo>-<pid>-<hex>``) with a sandbox started over it, on
+which no command has run yet. :meth:`SandboxPool.at` moves that worktree to the commit
+asked for (host git in a tree nothing untrusted has touched), checks that the sandbox is
+exactly what :func:`~orchestrator.sandbox.open_sandbox` would start now (same image, test
+environment, limits, environment), and hands it over; a standby that differs is discarded
+and a sandbox started there and then. One background thread prepares standbys and removes
+used worktrees; :meth:`SandboxPool.close` waits for it, so a closed pool leaves nothing.
+
+A process killed meanwhile leaves its worktrees, named after its pid: the next pool of the
+repo removes them (so does ``converge doctor --clean``), and the engine removes containers
+whose stream closed (see ``sandbox_docker``); an orphan never attached is reaped by owner pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from orchestrator import gitops
+from orchestrator.config import SandboxConfig
+from orchestrator.errors import GitError, SandboxError
+from orchestrator.sandbox import (
+    Limits,
+    Sandbox,
+    SandboxBackend,
+    SandboxSession,
+    SandboxSpec,
+    backend_for,
+    environment,
+    labels,
+    remove_worktree,
+    scratch_worktree,
+    stale_worktrees,
+)
+from orchestrator.sandbox_image import resolve
+from orchestrator.workspace import Workspace
+
+
+@dataclass
+class _Standby:
+    """A scratch worktree at ``commit`` and a started sandbox over it, no command run yet."""
+
+    path: Path
+    commit: str
+    spec: SandboxSpec
+    session: SandboxSession
+
+
+class SandboxPool:
+    """Sandboxes of one repo over fresh checkouts, one kept started ahead; a context manager."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        repo: str,
+        *,
+        backend: SandboxBackend | None = None,
+        config: SandboxConfig | None = None,
+    ) -> None:
+        self.ws = ws
+        self.repo = repo
+        self.source = ws.repo_path(repo)
+        self.cfg = config or ws.config().sandbox
+        self._own_backend = backend is None
+        self.backend = backend or backend_for(self.cfg)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sandbox-pool-{repo}")
+        self._next: Future[_Standby] | None = None
+        self._swept = False
+        self.closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- the public part ---------------------------------------------------------------------
+
+    def warm(self, commit: str) -> None:
+        """Start preparing a sandbox over ``commit`` in the background, unless one is on its way."""
+        if self._next is None and not self.closed:
+            self._next = self._worker.submit(self._prepare, commit)
+
+    @contextlib.contextmanager
+    def at(self, commit: str) -> Iterator[tuple[Path, Sandbox]]:
+        """A fresh worktree of ``commit`` and a sandbox over it; both go when the block ends."""
+        if self.closed:
+            raise SandboxError(f"sandbox pool of {self.repo} already closed")
+        standby = self._take(commit)
+        try:
+            yield standby.path, Sandbox(standby.session, standby.spec)
+        finally:
+            self._retire(standby)
+
+    def close(self) -> None:
+        """Dispose of the standby and wait until every used worktree is removed; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        pending, self._next = self._next, None
+        if pending is not None:
+            self._worker.submit(self._dispose, pending)
+        self._worker.shutdown(wait=True)
+        if self._own_backend:
+            self.backend.close()
+
+    # --- the parts ---------------------------------------------------------------------------
+
+    def _take(self, commit: str) -> _Standby:
+        pending, self._next = self._next, None
+        standby = _result(pending) if pending is not None else None
+        if standby is not None:
+            try:
+                self._move(standby, commit)
+                if self._same(standby.spec, self._spec(standby.path)):
+                    return standby
+            except (SandboxError, GitError, OSError):
+                pass  # a standby that cannot serve is discarded; the start below says why, if it fails too
+            self._retire(standby)
+        return self._prepare(commit)
+
+    def _prepare(self, commit: str) -> _Standby:
+        """A scratch worktree of ``commit`` with a sandbox started over it (the worker's job)."""
+        if not self._swept:
+            self._swept = True
+            self.backend.reap(self.ws.root)
+            for path, source in stale_worktrees(self.ws, self.repo):
+                remove_worktree(source, path)
+        path = scratch_worktree(self.ws, self.repo, commit)
+        try:
+            spec = self._spec(path)
+            session = self.backend.start(spec)
+            # starting may have changed the files' group and mode (their ctime): refresh git's
+            # view now, in the background, so that a move later rewrites only what differs
+            gitops.run(path, "update-index", "-q", "--refresh", check=False)
+        except BaseException:
+            remove_worktree(self.source, path)
+            raise
+        return _Standby(path, commit, spec, session)
+
+    def _spec(self, tree: Path) -> SandboxSpec:
+        """What :func:`~orchestrator.sandbox.open_sandbox` would start over ``tree`` now."""
+        from orchestrator.sandbox_env import ensure_env
+
+        image = resolve(self.ws)
+        base = SandboxSpec(
+            image=image,
+            worktree=tree.absolute(),
+            env_dir=None,
+            limits=Limits.from_config(self.cfg),
+            labels=labels(self.ws, self.repo, "standby"),
+            environment=environment(image, self.cfg),
+        )
+        allow = "network-deps" in self.cfg.allow.get(self.repo, [])
+        return replace(base, env_dir=ensure_env(self.ws, self.repo, base, self.backend, allow_network=allow))
+
+    @staticmethod
+    def _same(started: SandboxSpec, wanted: SandboxSpec) -> bool:
+        return replace(started, labels={}) == replace(wanted, labels={})
+
+    def _move(self, standby: _Standby, commit: str) -> None:
+        """Check ``commit`` out in the standby's worktree: only the paths that differ are written.
+
+        Group-writable files (umask 002) in the group's setgid directories: the sandbox's user
+        may write what the checkout brings, as it may write the rest of the worktree.
+        """
+        if standby.commit == commit:
+            return
+        argv, hook = gitops.git_argv(["checkout", "--quiet", "--force", "--detach", commit])
+        proc = subprocess.run(
+            argv, cwd=standby.path, capture_output=True, text=True, check=False, preexec_fn=hook, umask=0o002
+        )
+        if proc.returncode != 0:
+            detail = proc.stderr.strip().splitlines()
+            raise GitError(f"git checkout in {standby.path}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+        standby.commit = commit
+
+    def _retire(self, standby: _Standby) -> None:
+        """Close the sandbox now (the engine removes the container); remove the worktree in the background."""
+        standby.session.close()
+        if self.closed:
+            remove_worktree(self.source, standby.path)
+        else:
+            self._worker.submit(remove_worktree, self.source, standby.path)
+
+    def _dispose(self, pending: Future[_Standby]) -> None:
+        standby = _result(pending)
+        if standby is not None:
+            standby.session.close()
+            remove_worktree(self.source, standby.path)
+
+
+def _result(pending: Future[_Standby]) -> _Standby | None:
+    """The standby a background start made, or None if it failed (a start in the foreground will say why)."""
+    try:
+        return pending.result()
+    except (SandboxError, GitError, OSError):
+        return None
