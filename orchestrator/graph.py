@@ -364,6 +364,9 @@ def checkpointer(ws: Workspace) -> Iterator[Any]:
     conn = sqlite3.connect(ws.state / CHECKPOINTS, check_same_thread=False, timeout=30)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
+        # a commit reaches the OS without waiting for the disk: a killed Converge loses no
+        # checkpoint; a power cut may lose the last few, and resume redoes those (idempotent) nodes
+        conn.execute("PRAGMA synchronous=NORMAL")
         saver = SqliteSaver(conn)
         saver.setup()
         yield saver

@@ -18,6 +18,8 @@ an unchanged repo reuses its environment and a changed lock file gets a new one.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.metadata as md
 import json
@@ -97,7 +99,23 @@ def host_closure(names: list[str]) -> tuple[dict[str, md.Distribution], list[str
     when the plain ``llama-cpp-python`` was met first. A version pin is enforced for what
     ``names`` asks for; a dependency's dependency is taken as installed here, since that is
     the set this environment runs with (pip may have installed it past a stale pin).
+    Answers are remembered until a directory on ``sys.path`` changes (an install or upgrade
+    adds a ``.dist-info`` there): a run asks for every sandbox it starts.
     """
+    found, missing = _closure(tuple(names), _path_stamp())
+    return dict(found), list(missing)
+
+
+def _path_stamp() -> tuple[int, ...]:
+    stamps = []
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            stamps.append(Path(entry or ".").stat().st_mtime_ns)
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=32)
+def _closure(names: tuple[str, ...], _stamp: tuple[int, ...]) -> tuple[dict[str, md.Distribution], list[str]]:
     found: dict[str, md.Distribution] = {}
     extras_of: dict[str, frozenset[str]] = {}
     missing: list[str] = []
