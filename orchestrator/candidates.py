@@ -46,10 +46,11 @@ def candidate_ref(outcome: Outcome, run: str, step: int | str, attempt: int) -> 
 
 def kept_commit(repo: Path, run: str, step: int | str, attempt: int) -> tuple[Outcome, str] | None:
     """Where an earlier process kept this candidate (``candidates`` or ``failed``) and its commit."""
+    names = {outcome: candidate_ref(outcome, run, step, attempt) for outcome in ("candidates", "failed")}
+    refs = gitops.list_refs(repo, *names.values())  # both in one call: a step asks on every attempt
     for outcome in ("candidates", "failed"):
-        sha = gitops.resolve(repo, candidate_ref(outcome, run, step, attempt))
-        if sha is not None:
-            return outcome, sha
+        if names[outcome] in refs:
+            return outcome, refs[names[outcome]]
     return None
 
 
@@ -211,16 +212,17 @@ class Candidate:
         if self.commit_sha is None:
             raise GitError("no candidate commit to keep; call commit() first")
         ref = candidate_ref(outcome, self.run, self.step, self.attempt)
-        existing = gitops.resolve(self.repo, ref)
+        other: Outcome = "failed" if outcome == "candidates" else "candidates"
+        other_ref = candidate_ref(other, self.run, self.step, self.attempt)
+        refs = gitops.list_refs(self.repo, ref, other_ref)
+        existing = refs.get(ref)
         if existing == self.commit_sha:
             self.kept = (outcome, ref)
             return ref
         if existing is not None:
             raise ConflictError(f"{ref} already keeps {existing[:12]}, not {self.commit_sha[:12]}")
         updates = [RefUpdate(ref, self.commit_sha, ZERO)]
-        other: Outcome = "failed" if outcome == "candidates" else "candidates"
-        other_ref = candidate_ref(other, self.run, self.step, self.attempt)
-        if gitops.resolve(self.repo, other_ref) == self.commit_sha:
+        if refs.get(other_ref) == self.commit_sha:
             updates.append(RefUpdate(other_ref, ZERO, self.commit_sha))  # a move, in the same transaction
         gitops.update_refs(self.repo, updates, f"converge: keep {outcome}")
         self.kept = (outcome, ref)

@@ -117,6 +117,11 @@ def _numbers(refs: dict[str, str], prefix: str) -> dict[int, str]:
 
 def lineage(ws: Workspace, repo: str) -> list[Generation]:
     """Every generation of ``repo``, oldest first, with its status."""
+    return _lineage(ws, repo)[0]
+
+
+def _lineage(ws: Workspace, repo: str) -> tuple[list[Generation], dict[str, str]]:
+    """The lineage and the refs/converge/ refs it was read from (after repairing an abandoned move)."""
     path = ws.repo_path(repo)
     if _journal_path(ws, repo).exists():
         _repair_if_abandoned(ws, repo)
@@ -136,7 +141,7 @@ def lineage(ws: Workspace, repo: str) -> list[Generation]:
         else:
             status = "superseded"
         result.append(Generation(n, gens[n], rec.parent, status, tuple(rec.changesets), rec.created))
-    return result
+    return result, refs
 
 
 def current(ws: Workspace, repo: str) -> Generation:
@@ -340,7 +345,7 @@ def promote(
 ) -> Generation:
     """Make ``commit`` (built on generation commit ``base``) the next generation."""
     with repo_transaction(ws, repo) as path:
-        gens = lineage(ws, repo)
+        gens, refs = _lineage(ws, repo)
         cur = next(g for g in gens if g.status == "current")
         if cur.commit != base:
             raise ConflictError(
@@ -352,7 +357,7 @@ def promote(
         move = _Move.between(path, cur.commit, commit)
         stash = _guard_tree(path, move, force)
         number = max(g.number for g in gens) + 1
-        failed_numbers = _numbers(gitops.list_refs(path, FAILED), FAILED)
+        failed_numbers = _numbers(refs, FAILED)
         number = max([number, *(n + 1 for n in failed_numbers)])
         rec = GenerationRecord(
             number=number, commit=commit, parent=cur.number, changesets=changesets or [], created=_now()

@@ -104,10 +104,10 @@ def resolve(cwd: Path, ref: str) -> str | None:
     return out or None
 
 
-def list_refs(cwd: Path, prefix: str) -> dict[str, str]:
-    """All refs under ``prefix`` mapped to the object they point to."""
+def list_refs(cwd: Path, *patterns: str) -> dict[str, str]:
+    """The refs under (or named exactly by) ``patterns`` mapped to the object they point to; one git call."""
     refs: dict[str, str] = {}
-    for line in run(cwd, "for-each-ref", "--format=%(objectname) %(refname)", prefix).splitlines():
+    for line in run(cwd, "for-each-ref", "--format=%(objectname) %(refname)", "--", *patterns).splitlines():
         sha, _, name = line.partition(" ")
         refs[name] = sha
     return refs

@@ -206,6 +206,9 @@ def _commit(git: _Git, ref: str) -> str:
 
 
 def _git_dir(repo_path: Path) -> str:
+    own = repo_path / ".git"
+    if own.is_dir() and (own / "HEAD").is_file():  # a plain repository (registered ones are): no git call
+        return str(own.resolve())
     proc = subprocess.run(
         ["git", "rev-parse", "--absolute-git-dir"], cwd=repo_path, capture_output=True, text=True, check=False
     )
