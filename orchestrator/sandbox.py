@@ -236,7 +236,6 @@ def open_sandbox(
     config: SandboxConfig | None = None,
 ) -> Iterator[Sandbox]:
     """A sandbox over ``worktree`` (a candidate of ``repo``), removed when the block ends."""
-    from orchestrator.sandbox_env import ensure_env
 
     cfg = config or ws.config().sandbox
     chosen = backend or backend_for(cfg)
@@ -249,25 +248,35 @@ def open_sandbox(
         if backend is None:
             chosen.close()
         raise
-    image = resolve(ws)
-    base = SandboxSpec(
-        image=image,
-        worktree=worktree,
-        env_dir=None,
-        limits=Limits.from_config(cfg),
-        labels=labels(ws, repo, label),
-        environment=environment(image, cfg),
-    )
-    env_dir = ensure_env(ws, repo, base, chosen, allow_network="network-deps" in cfg.allow.get(repo, []))
+    spec = sandbox_spec(ws, repo, worktree, label, cfg, chosen)
     try:
-        session = chosen.start(replace(base, env_dir=env_dir))
+        session = chosen.start(spec)
         try:
-            yield Sandbox(session, replace(base, env_dir=env_dir))
+            yield Sandbox(session, spec)
         finally:
             session.close()
     finally:
         if backend is None:
             chosen.close()
+
+
+def sandbox_spec(
+    ws: Workspace, repo: str, worktree: Path, label: str, cfg: SandboxConfig, backend: SandboxBackend
+) -> SandboxSpec:
+    """The sandbox a candidate of ``repo`` gets over ``worktree`` now: image, test environment, limits."""
+    from orchestrator.sandbox_env import ensure_env
+
+    image = resolve(ws)
+    base = SandboxSpec(
+        image=image,
+        worktree=worktree.absolute(),
+        env_dir=None,
+        limits=Limits.from_config(cfg),
+        labels=labels(ws, repo, label),
+        environment=environment(image, cfg),
+    )
+    env_dir = ensure_env(ws, repo, base, backend, allow_network="network-deps" in cfg.allow.get(repo, []))
+    return replace(base, env_dir=env_dir)
 
 
 @dataclass

@@ -36,19 +36,16 @@ from orchestrator import gitops
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import GitError, SandboxError
 from orchestrator.sandbox import (
-    Limits,
     Sandbox,
     SandboxBackend,
     SandboxSession,
     SandboxSpec,
     backend_for,
-    environment,
-    labels,
     remove_worktree,
+    sandbox_spec,
     scratch_worktree,
     stale_worktrees,
 )
-from orchestrator.sandbox_image import resolve
 from orchestrator.workspace import Workspace
 
 
@@ -157,20 +154,7 @@ class SandboxPool:
         return _Standby(path, commit, spec, session)
 
     def _spec(self, tree: Path) -> SandboxSpec:
-        """What :func:`~orchestrator.sandbox.open_sandbox` would start over ``tree`` now."""
-        from orchestrator.sandbox_env import ensure_env
-
-        image = resolve(self.ws)
-        base = SandboxSpec(
-            image=image,
-            worktree=tree.absolute(),
-            env_dir=None,
-            limits=Limits.from_config(self.cfg),
-            labels=labels(self.ws, self.repo, "standby"),
-            environment=environment(image, self.cfg),
-        )
-        allow = "network-deps" in self.cfg.allow.get(self.repo, [])
-        return replace(base, env_dir=ensure_env(self.ws, self.repo, base, self.backend, allow_network=allow))
+        return sandbox_spec(self.ws, self.repo, tree, "standby", self.cfg, self.backend)
 
     @staticmethod
     def _same(started: SandboxSpec, wanted: SandboxSpec) -> bool:
