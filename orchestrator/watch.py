@@ -1,4 +1,4 @@
-"""Watching the workspace: repo maps kept fresh on file changes, and the task inbox.
+"""Watching the workspace: repo maps kept fresh on file changes, and the task inbox worked.
 
     with Watcher(ws, deps_factory, log=print) as watcher:
         watcher.run_forever()            # until stop(); the CLI calls it on SIGINT/SIGTERM
@@ -11,16 +11,8 @@ changed paths collect per repo and, after a quiet period (the debounce), go to
 outputs (``__pycache__``, ``*.pyc``, ``build/``, ``dist/``, ``node_modules`` ...) never count.
 If inotify cannot watch (its per-user limit), the watcher falls back to polling and says so.
 
-Task inbox: a TOML file dropped into ``spec/inbox/`` (keys ``repo``, ``goal``, ``max_steps``,
-``auto_approve``) becomes one run, one at a time::
-
-    inbox/x.toml ─claim (rename)─► running/x.toml + x.run.json (run id) ─► done/x.toml   + x.result.json
-                                         │                              └► failed/x.toml + x.result.json
-                                         └─ bad TOML, unknown key or repo ───► failed/x.toml + x.result.json
-
-The run id is recorded before the run starts, so a task found in ``running/`` when the watcher
-starts (it was killed) is resumed from its run's last checkpoint. A failing task, whatever
-raised, is moved to ``failed/``; the watcher keeps running. One watcher per workspace (a lock).
+Tasks: the :class:`~orchestrator.inbox.Inbox` of ``spec/inbox/``, worked by a thread of its
+own, one task at a time, beside the maps. One watcher per workspace (a lock).
 """
 
 from __future__ import annotations
@@ -34,17 +26,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from orchestrator import runs
-from orchestrator.config import format_validation_error, read_toml
-from orchestrator.errors import ConvergeError, UsageError
-from orchestrator.graph import Deps, RunResult, resume_run, start_run
+from orchestrator.errors import ConvergeError
+from orchestrator.graph import Deps
+from orchestrator.inbox import DepsFactory, Inbox, Log, TaskOutcome
 from orchestrator.repomap import FileEntry, RepoMap, repo_map_for
-from orchestrator.storage import atomic_write_json, read_json
 from orchestrator.workspace import Workspace
 
 DEBOUNCE = 0.2
@@ -56,9 +46,6 @@ IGNORED_DIRS = frozenset(
     | {".mypy_cache", ".ruff_cache", ".tox", ".eggs"}
 )
 IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".swx", ".tmp", "~")
-
-Log = Callable[[str], None]
-DepsFactory = Callable[[Workspace], Deps]
 
 
 def is_ignored(rel: str, is_dir: bool = False) -> bool:
@@ -72,33 +59,6 @@ def is_ignored(rel: str, is_dir: bool = False) -> bool:
     return not is_dir and parts[-1].endswith(IGNORED_SUFFIXES)
 
 
-# --- task files --------------------------------------------------------------------------------
-
-
-class TaskFile(BaseModel):
-    """A task dropped into ``spec/inbox/``: one run of ``goal`` on ``repo``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    repo: str = Field(min_length=1, description="A registered repo name.")
-    goal: str = Field(min_length=1, description="What the run should achieve, in words.")
-    max_steps: int | None = Field(default=None, ge=1, description="Plan steps to execute (default: converge.toml).")
-    auto_approve: bool = Field(default=False, description="Promote what policy itself approves without asking.")
-
-
-class TaskOutcome(BaseModel):
-    """How one task file ended: written beside it as ``<name>.result.json``."""
-
-    task: str
-    status: Literal["done", "failed"]
-    run_id: str | None = None
-    run_status: runs.RunStatus | None = None
-    reason: str = ""
-    changesets: list[str] = Field(default_factory=list)
-    resumed: bool = False
-    finished: str = Field(default_factory=runs.now)
-
-
 class WatchReport(BaseModel):
     """What one pass (or a whole watch session) did, for ``converge watch --json``."""
 
@@ -106,16 +66,6 @@ class WatchReport(BaseModel):
     maps: dict[str, int]
     refreshed: dict[str, list[str]] = Field(default_factory=dict)
     tasks: list[TaskOutcome] = Field(default_factory=list)
-
-
-def load_task(ws: Workspace, path: Path) -> TaskFile:
-    """Parse and check a task file; a ConvergeError names the file, key and what is wrong."""
-    try:
-        task = TaskFile.model_validate(read_toml(path))
-    except ValidationError as exc:
-        raise UsageError(format_validation_error(path.name, exc)) from exc
-    ws.repo(task.repo)
-    return task
 
 
 # --- repo map changes ----------------------------------------------------------------------------
@@ -194,8 +144,7 @@ class Watcher:
         self.deps_factory = deps_factory
         self.debounce = debounce
         self.log: Log = log or (lambda _text: None)
-        self.inbox = ws.spec / "inbox"
-        self.tasks: list[TaskOutcome] = []
+        self.inbox = Inbox(ws, deps_factory, self.log)
         self.refreshed: dict[str, list[str]] = {}
         self._polling = polling
         self._maps: dict[str, RepoMap] = {}
@@ -210,8 +159,7 @@ class Watcher:
 
     def __enter__(self) -> Watcher:
         self._stack.enter_context(self.ws.lock("watch", "the task inbox (another `converge watch` runs)"))
-        for sub in ("running", "done", "failed"):
-            (self.inbox / sub).mkdir(parents=True, exist_ok=True)
+        self.inbox.prepare()
         self._sync_repos()
         return self
 
@@ -383,101 +331,13 @@ class Watcher:
                 finally:
                     rmap.cache_dir = None
 
-    # --- the task inbox
-
-    def inbox_tasks(self, settled: float = 0.0) -> list[Path]:
-        """Task files waiting in the inbox, oldest first; only those unchanged for ``settled`` seconds."""
-        now = time.time()
-        found = []
-        for path in self.inbox.glob("*.toml"):
-            try:
-                mtime = path.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if not path.name.startswith(".") and now - mtime >= settled:
-                found.append((mtime, path.name, path))
-        return [p for _m, _n, p in sorted(found)]
-
-    def resume_in_flight(self) -> list[TaskOutcome]:
-        """Finish tasks left in ``running/`` by a watcher that was stopped or killed."""
-        done = []
-        for path in sorted((self.inbox / "running").glob("*.toml")):
-            self.log(f"watch: resuming task {path.name}")
-            done.append(self._run_claimed(path, resumed=True))
-        return done
-
-    def take(self, path: Path) -> TaskOutcome | None:
-        """Claim one inbox task (atomic rename into ``running/``) and run it; None if it was gone."""
-        running = _free_name(self.inbox / "running", path.name)
-        try:
-            path.rename(running)
-        except FileNotFoundError:
-            return None
-        self.log(f"watch: task {path.name}: claimed")
-        return self._run_claimed(running, resumed=False)
-
-    def _run_claimed(self, path: Path, resumed: bool) -> TaskOutcome:
-        sidecar = path.with_suffix(".run.json")
-        run_id: str | None = None
-        try:
-            task = load_task(self.ws, path)
-            if sidecar.is_file():
-                run_id = str(read_json(sidecar)["run_id"])
-            else:
-                run_id = runs.new_run_id()
-                atomic_write_json(sidecar, {"task": path.name, "run_id": run_id, "claimed": runs.now()})
-            result = self._drive(task, run_id)
-            outcome = _outcome(path.name, result, resumed)
-        except ConvergeError as exc:
-            outcome = TaskOutcome(task=path.name, status="failed", run_id=run_id, reason=str(exc), resumed=resumed)
-        except Exception as exc:  # a model or sandbox crash fails the task, never the watcher
-            reason = f"{type(exc).__name__}: {exc}"
-            outcome = TaskOutcome(task=path.name, status="failed", run_id=run_id, reason=reason, resumed=resumed)
-            self._mark_run_failed(run_id, reason)
-        if outcome.run_id is not None and outcome.run_status is None:
-            outcome.run_status = _run_status(self.ws, outcome.run_id)
-        self._file(path, outcome)
-        sidecar.unlink(missing_ok=True)
-        self.tasks.append(outcome)
-        detail = f" (run {outcome.run_id}: {outcome.run_status})" if outcome.run_id else ""
-        self.log(
-            f"watch: task {path.name}: {outcome.status}{detail}" + (f": {outcome.reason}" if outcome.reason else "")
-        )
-        return outcome
-
-    def _drive(self, task: TaskFile, run_id: str) -> RunResult:
-        deps = self.deps_factory(self.ws)
-        try:
-            runs.load(self.ws, run_id)
-        except UsageError:  # claimed, but the run never started: start it under the recorded id
-            return start_run(
-                deps, task.repo, task.goal, max_steps=task.max_steps, auto_approve=task.auto_approve, run_id=run_id
-            )
-        return resume_run(deps, run_id)
-
-    def _mark_run_failed(self, run_id: str | None, reason: str) -> None:
-        if run_id is None:
-            return
-        try:
-            record = runs.load(self.ws, run_id)
-        except UsageError:
-            return
-        if record.status in ("running", "interrupted"):
-            runs.save(self.ws, record.model_copy(update={"status": "failed", "reason": reason}))
-
-    def _file(self, path: Path, outcome: TaskOutcome) -> None:
-        """Write the outcome, then move the task file beside it (the result first: a kill between repeats)."""
-        target = _free_name(self.inbox / outcome.status, path.name)
-        atomic_write_json(target.with_suffix(".result.json"), outcome.model_dump())
-        path.rename(target)
-
     # --- driving
 
     def run_once(self) -> WatchReport:
         """Resume in-flight tasks, run every inbox task, refresh the maps; then return what happened."""
-        self.resume_in_flight()
-        for path in self.inbox_tasks():
-            self.take(path)
+        self.inbox.resume_in_flight()
+        for path in self.inbox.waiting():
+            self.inbox.take(path)
         self._sync_repos()
         for repo in list(self._maps):  # tasks may have promoted changes: re-list from git, parse only what changed
             fresh = _live(repo_map_for(self.ws, repo))
@@ -491,7 +351,7 @@ class Watcher:
         """Maps, refreshed paths and task outcomes so far."""
         with self._lock:
             sizes = {repo: len(m.files) for repo, m in self._maps.items()}
-        return WatchReport(observer=self.observer_kind, maps=sizes, refreshed=self.refreshed, tasks=self.tasks)
+        return WatchReport(observer=self.observer_kind, maps=sizes, refreshed=self.refreshed, tasks=self.inbox.tasks)
 
     def run_forever(self, tick: float = 0.1) -> WatchReport:
         """Watch and run tasks until :meth:`stop`; the task in progress finishes first."""
@@ -499,7 +359,7 @@ class Watcher:
         self.start_observer()
         worker = threading.Thread(target=self._work_inbox, name="converge-watch-tasks", daemon=True)
         worker.start()
-        self.log(f"watch: watching {len(self._maps)} repos ({self.observer_kind}) and {self.inbox}")
+        self.log(f"watch: watching {len(self._maps)} repos ({self.observer_kind}) and {self.inbox.folder}")
         next_sync = time.monotonic() + REPO_SYNC
         while not self._stop.wait(tick):
             self.flush()
@@ -514,16 +374,16 @@ class Watcher:
 
     def _work_inbox(self) -> None:
         try:
-            self.resume_in_flight()
+            self.inbox.resume_in_flight()
         except Exception as exc:  # e.g. a full disk: say so, keep watching
             self.log(f"watch: resuming tasks failed: {exc}")
         while not self._stop.is_set():
-            ready = self.inbox_tasks(settled=self.debounce)
+            ready = self.inbox.waiting(settled=self.debounce)
             if not ready:
                 self._stop.wait(self.debounce)
                 continue
             try:
-                self.take(ready[0])
+                self.inbox.take(ready[0])
             except Exception as exc:  # moving a task file failed; retried after a pause
                 self.log(f"watch: task {ready[0].name}: {exc}")
                 self._stop.wait(1.0)
@@ -533,40 +393,6 @@ def _live(rmap: RepoMap) -> RepoMap:
     """A map for in-memory updates (its cache was just written by the build; see Watcher.persist)."""
     rmap.cache_dir = None
     return rmap
-
-
-def _outcome(name: str, result: RunResult, resumed: bool) -> TaskOutcome:
-    record = result.record
-    reason = record.reason
-    if record.status == "waiting_review" and record.waiting_on:
-        reason = f"waiting for review: converge changeset approve {record.waiting_on}"
-    return TaskOutcome(
-        task=name,
-        status="done" if result.exit_code == 0 else "failed",
-        run_id=record.id,
-        run_status=record.status,
-        reason=reason,
-        changesets=record.changesets,
-        resumed=resumed,
-    )
-
-
-def _run_status(ws: Workspace, run_id: str) -> runs.RunStatus | None:
-    try:
-        return runs.load(ws, run_id).status
-    except ConvergeError:
-        return None
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``stem-2.toml``, ``stem-3.toml`` ... when taken (nothing is overwritten)."""
-    target = folder / name
-    stem, suffix = target.stem, target.suffix
-    n = 1
-    while target.exists():
-        n += 1
-        target = folder / f"{stem}-{n}{suffix}"
-    return target
 
 
 def _read_int(path: Path) -> int | None:
