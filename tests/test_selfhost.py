@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import changesets, gate, generations, selfhost
+from orchestrator import changesets, gate, generations, self_install, selfhost
 from orchestrator.errors import PolicyViolation, SandboxError, UsageError, VerificationFailed
 from orchestrator.reports import CommandResult
 from orchestrator.sandbox import ScriptedBackend
@@ -107,7 +107,7 @@ def test_canary_outcomes_are_compared_strictly() -> None:
 def test_rollback_without_a_previous_install_says_no(tiny_self: tuple[Workspace, Path]) -> None:
     ws, _src = tiny_self
     with pytest.raises(UsageError, match="no previous installation"):
-        selfhost.rollback(ws)
+        self_install.rollback(ws)
     proc = converge("-w", str(ws.root), "self", "rollback", "--json")
     assert proc.returncode == 2  # like `converge rollback` below generation 0
     assert "no previous installation" in proc.stderr
@@ -149,7 +149,7 @@ def _launcher_help(launcher: Path) -> str:
 def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace, tmp_path: Path) -> None:
     src = _converge_copy(tmp_path / "converge-src")
     add_repo(ws, "", is_self=True, self_source=src)
-    first = selfhost.upgrade(ws)
+    first = self_install.upgrade(ws)
     launcher = Path(first["launcher"])
     assert first["current"]["generation"] == 0
     assert HELP_OLD in _launcher_help(launcher)

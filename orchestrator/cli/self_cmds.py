@@ -50,9 +50,9 @@ def register(app: typer.Typer) -> None:
     @handled
     def upgrade(json_out: JsonFlag = False) -> None:
         """Switch the installation to the newest approved generation of `self` (the previous one is kept)."""
-        from orchestrator import selfhost
+        from orchestrator import self_install
 
-        doc = selfhost.upgrade(workspace())
+        doc = self_install.upgrade(workspace())
         if json_out:
             emit_json(doc)
         else:
@@ -63,9 +63,9 @@ def register(app: typer.Typer) -> None:
     @handled
     def rollback(json_out: JsonFlag = False) -> None:
         """Switch back to the previous installation (a link swap: nothing is rebuilt)."""
-        from orchestrator import selfhost
+        from orchestrator import self_install
 
-        doc = selfhost.rollback(workspace())
+        doc = self_install.rollback(workspace())
         if json_out:
             emit_json(doc)
         else:
@@ -76,9 +76,9 @@ def register(app: typer.Typer) -> None:
     @handled
     def status(json_out: JsonFlag = False) -> None:
         """The current and previous installations and the launcher path."""
-        from orchestrator import selfhost
+        from orchestrator import self_install
 
-        doc = selfhost.status(workspace())
+        doc = self_install.status(workspace())
         if json_out:
             emit_json(doc)
         else:
