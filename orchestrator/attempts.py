@@ -157,7 +157,7 @@ def with_files(feedback: str, repo_path: Path, targets: list[str]) -> list[str]:
 
 
 def candidate(ws: Workspace, s: RunState, base: str, purpose: str = "") -> candidates.Candidate:
-    """The worktree of this attempt at ``base``; ``purpose`` ("v": verify, "t": tool) keys a separate one."""
+    """The worktree of this attempt at ``base``; ``purpose`` ("v": self-verify) keys a separate one."""
     return candidates.Candidate(
         ws.repo_path(s["repo"]),
         ws.cache / "worktrees" / s["repo"],

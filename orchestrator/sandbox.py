@@ -236,7 +236,6 @@ def open_sandbox(
     config: SandboxConfig | None = None,
 ) -> Iterator[Sandbox]:
     """A sandbox over ``worktree`` (a candidate of ``repo``), removed when the block ends."""
-
     cfg = config or ws.config().sandbox
     chosen = backend or backend_for(cfg)
     worktree = worktree.absolute()
@@ -248,8 +247,8 @@ def open_sandbox(
         if backend is None:
             chosen.close()
         raise
-    spec = sandbox_spec(ws, repo, worktree, label, cfg, chosen)
     try:
+        spec = sandbox_spec(ws, repo, worktree, label, cfg, chosen)
         session = chosen.start(spec)
         try:
             yield Sandbox(session, spec)
