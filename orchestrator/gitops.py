@@ -88,10 +88,15 @@ def open_repo(path: Path) -> git.Repo:
     return repo
 
 
-def run(cwd: Path, *args: str, stdin: str | None = None, check: bool = True) -> str:
-    """Run ``git ARGS`` in ``cwd`` and return stdout; a failure is a GitError naming the command."""
+def run(cwd: Path, *args: str, stdin: str | None = None, check: bool = True, umask: int = -1) -> str:
+    """Run ``git ARGS`` in ``cwd`` and return stdout; a failure is a GitError naming the command.
+
+    ``umask``: the mode mask of the files git writes (-1: this process's).
+    """
     argv, hook = git_argv(args)
-    proc = subprocess.run(argv, cwd=cwd, input=stdin, capture_output=True, text=True, check=False, preexec_fn=hook)
+    proc = subprocess.run(
+        argv, cwd=cwd, input=stdin, capture_output=True, text=True, check=False, preexec_fn=hook, umask=umask
+    )
     if check and proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()
         raise GitError(f"git {args[0]} in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")

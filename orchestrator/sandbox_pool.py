@@ -24,7 +24,6 @@ whose stream closed (see ``sandbox_docker``); an orphan never attached is reaped
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -168,13 +167,7 @@ class SandboxPool:
         """
         if standby.commit == commit:
             return
-        argv, hook = gitops.git_argv(["checkout", "--quiet", "--force", "--detach", commit])
-        proc = subprocess.run(
-            argv, cwd=standby.path, capture_output=True, text=True, check=False, preexec_fn=hook, umask=0o002
-        )
-        if proc.returncode != 0:
-            detail = proc.stderr.strip().splitlines()
-            raise GitError(f"git checkout in {standby.path}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+        gitops.run(standby.path, "checkout", "--quiet", "--force", "--detach", commit, umask=0o002)
         standby.commit = commit
 
     def _retire(self, standby: _Standby) -> None:
@@ -188,8 +181,7 @@ class SandboxPool:
     def _dispose(self, pending: Future[_Standby]) -> None:
         standby = _result(pending)
         if standby is not None:
-            standby.session.close()
-            remove_worktree(self.source, standby.path)
+            self._retire(standby)  # the pool is closed: the worktree goes now, in this (the worker's) thread
 
 
 def _result(pending: Future[_Standby]) -> _Standby | None:
