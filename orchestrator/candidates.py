@@ -7,25 +7,25 @@
 
 The worktree lives at ``<worktrees_dir>/<run>/<step>-<attempt>`` (normally
 ``<ws>/cache/worktrees/``), detached at ``base``. Entering is idempotent: a worktree left by
-a killed process under the same key is reset to ``base`` and reused. Commits use a fixed
-identity, never run the repository's hooks, and take extra ``-c`` config (signing) from the
-caller. The commit is kept under ``refs/converge/candidates/<run>/<step>-<attempt>`` or
+a killed process under the same key is reset to ``base`` and reused. Commits are written as
+objects (no hook of the repository runs), with a fixed identity, signed by the caller's
+signature function if it gives one. The commit is kept under ``refs/converge/candidates/<run>/<step>-<attempt>`` or
 ``refs/converge/failed/...`` by a compare-and-swap ref transaction; leaving the block removes
 the worktree (a commit not yet kept is kept under ``failed/`` first: nothing is lost).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from orchestrator import gitops
+from orchestrator import gitops, sshsig
 from orchestrator.errors import ConflictError, EditError, GitError, UsageError
 from orchestrator.gitops import ZERO, RefUpdate
 
@@ -36,6 +36,7 @@ FAILED = "refs/converge/failed/"
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 Outcome = Literal["candidates", "failed"]
+Signature = Callable[[bytes], str]  # a commit's text -> its armored SSH signature
 
 
 def candidate_ref(outcome: Outcome, run: str, step: int | str, attempt: int) -> str:
@@ -59,29 +60,13 @@ def diff(repo: Path, base: str, result: str) -> str:
 
     Line endings are kept as git wrote them (no newline translation), so CRLF files diff exactly.
     """
-    argv = ["git", "diff", "--no-color", "--no-ext-diff", "--no-renames", "--binary", base, result]
-    proc = subprocess.run(argv, cwd=repo, capture_output=True, check=False)
-    if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise GitError(f"git diff in {repo}: {detail[-1] if detail else f'exit {proc.returncode}'}")
-    return proc.stdout.decode("utf-8", errors="replace")
+    args = ("diff", "--no-color", "--no-ext-diff", "--no-renames", "--binary", base, result)
+    return gitops.read_objects(repo, *args, ids=[base, result]).decode("utf-8", errors="replace")
 
 
 def changed_paths(repo: Path, base: str, result: str) -> list[str]:
     """Paths added, changed or deleted between ``base`` and ``result``, sorted."""
-    out = gitops.run(repo, "diff", "--name-only", "--no-renames", "-z", base, result)
-    return sorted(p for p in out.split("\0") if p)
-
-
-def _git_config_args(config: Sequence[str]) -> list[str]:
-    args = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false"]
-    for item in config:
-        if item == "-c":
-            continue
-        if "=" not in item:
-            raise UsageError(f"git config {item!r}: expected key=value")
-        args += ["-c", item]
-    return args
+    return sorted(path for _, path in gitops.name_status(repo, base, result))
 
 
 class Candidate:
@@ -166,41 +151,29 @@ class Candidate:
 
     # --- the attempt's commit ---------------------------------------------------------------
 
-    def commit(self, message: str, *, config: Sequence[str] = (), date: str | None = None) -> str:
+    def commit(self, message: str, *, sign: Signature | None = None, date: str | None = None) -> str:
         """Commit everything in the worktree on top of ``base``; returns the commit id.
 
-        ``config`` items are ``key=value`` git settings passed as ``-c`` (e.g. signing);
-        ``date`` (any git date) fixes author and committer dates, so a resumed attempt that
-        makes the same edits makes the same commit.
+        The commit object is written directly (``add``, ``write-tree``, ``hash-object``): no
+        hook of the repository runs, the identity is Converge's, and the worktree's HEAD stays
+        at ``base`` (the kept ref holds the commit). ``sign`` turns the commit's text into an
+        armored SSH signature, stored in its ``gpgsig`` header as ``git commit -S`` does; ``date``
+        (ISO 8601) fixes author and committer dates, so a resumed attempt that makes the same
+        edits makes the same commit. The message is cleaned up as ``git commit`` cleans it.
         """
-        config_args = _git_config_args(config)
         if not self.path.exists():
             raise GitError(f"{self.path}: the candidate worktree does not exist; enter the Candidate first")
         gitops.run(self.path, "add", "--all")
-        env = {
-            "GIT_AUTHOR_NAME": IDENTITY_NAME,
-            "GIT_AUTHOR_EMAIL": IDENTITY_EMAIL,
-            "GIT_COMMITTER_NAME": IDENTITY_NAME,
-            "GIT_COMMITTER_EMAIL": IDENTITY_EMAIL,
-        }
-        if date is not None:
-            env |= {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
-        args = [
-            *config_args,
-            "-c",
-            f"user.name={IDENTITY_NAME}",
-            "-c",
-            f"user.email={IDENTITY_EMAIL}",
-            "commit",
-            "--quiet",
-            "--no-verify",
-            "--allow-empty-message",
-            "-F",
-            "-",
-        ]
-        _run_env(self.path, args, message, env)
-        sha = gitops.resolve(self.path, "HEAD")
-        assert sha is not None
+        tree = gitops.run(self.path, "write-tree").strip()
+        base = _tree_of(self.repo, self.base)
+        if tree == base:
+            raise EditError("The edits leave every file as it was; there is nothing to commit.")
+        ident = f"{IDENTITY_NAME} <{IDENTITY_EMAIL}> {_git_date(date)}"
+        text = f"tree {tree}\nparent {self.base}\nauthor {ident}\ncommitter {ident}\n\n{_cleanup(message)}"
+        raw = text.encode("utf-8")
+        if sign is not None:
+            raw = sshsig.signed_commit(raw, sign(raw))
+        sha = _write_commit(self.path, raw)
         self.commit_sha = sha
         return sha
 
@@ -242,12 +215,43 @@ class Candidate:
         return self.commit_sha
 
 
-def _run_env(cwd: Path, args: list[str], stdin: str, env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, env={**os.environ, **env}, check=False
-    )
+def _tree_of(repo: Path, commit: str) -> str:
+    """The tree of ``commit``."""
+    text = gitops.commit_text(repo, commit)
+    if text is None or not text.startswith("tree "):
+        raise GitError(f"{repo}: {commit!r} is not a commit")
+    return text[5 : text.index("\n")]
+
+
+def _git_date(date: str | None) -> str:
+    """``<epoch> <+hhmm>`` as git writes it: ``date`` (ISO 8601; local time when it names no zone), else now."""
+    try:
+        when = datetime.fromisoformat(date) if date is not None else datetime.now()
+    except ValueError as exc:
+        raise UsageError(f"commit date {date!r}: expected ISO 8601, e.g. 2024-01-02T03:04:05Z") from exc
+    when = when.astimezone() if when.tzinfo is None else when
+    offset = int(when.utcoffset().total_seconds()) // 60  # type: ignore[union-attr]
+    sign = "-" if offset < 0 else "+"
+    return f"{int(when.timestamp())} {sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
+
+
+def _cleanup(message: str) -> str:
+    """The message as ``git commit`` keeps it: trailing spaces, blank lines at either end and runs of
+    blank lines removed; every line ends with a newline (an empty message stays empty)."""
+    lines: list[str] = []
+    for line in (raw.rstrip() for raw in message.splitlines()):
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _write_commit(cwd: Path, raw: bytes) -> str:
+    """Write the commit object ``raw``; returns its id."""
+    argv, hook = gitops.git_argv(["hash-object", "-t", "commit", "-w", "--stdin"])
+    proc = subprocess.run(argv, cwd=cwd, input=raw, capture_output=True, check=False, preexec_fn=hook)
     if proc.returncode != 0:
-        if "nothing to commit" in proc.stdout:  # the index equals HEAD, the candidate's base
-            raise EditError("The edits leave every file as it was; there is nothing to commit.")
-        detail = proc.stderr.strip().splitlines()
-        raise GitError(f"git commit in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise GitError(f"git hash-object in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+    return proc.stdout.decode().strip()

@@ -223,7 +223,9 @@ def _signature_problems(ws: Workspace, cs: Changeset, env: dict[str, Any], repo_
 
 def commit_header(repo_path: Path, commit: str) -> tuple[str, str] | None:
     """The tree and first parent of ``commit`` (one git call), or None when it is not a commit."""
-    text = gitops.run(repo_path, "cat-file", "commit", commit, check=False)
+    text = gitops.commit_text(repo_path, commit)
+    if text is None:
+        return None
     fields = dict(ln.split(" ", 1) for ln in text.split("\n\n", 1)[0].splitlines() if " " in ln and ln[0] != " ")
     if "tree" not in fields:
         return None

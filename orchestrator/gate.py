@@ -101,11 +101,10 @@ def commit_signed(ws: Workspace, cand: candidates.Candidate, message: str, cs_id
     config_file = cand.repo / ".git" / "config"
     if not config_file.is_file() or str(allowed) not in config_file.read_text(encoding="utf-8", errors="replace"):
         gitops.run(cand.repo, "config", "gpg.ssh.allowedSignersFile", str(allowed))
-    config = ["commit.gpgsign=true", "gpg.format=ssh", f"user.signingkey={signer.key}"]
     body = message.strip() or "converge: change"
     if cs_id:
         body += f"\n\nConverge-Changeset: {cs_id}\n"
-    return cand.commit(body, config=config)
+    return cand.commit(body, sign=lambda text: signing.commit_signature(signer, text))
 
 
 def verify(
@@ -267,11 +266,7 @@ def promote(ws: Workspace, cs_id: str, decided_by: str) -> Changeset:
     _self_gate(ws, cs, decided_by)
     approved = cs.model_copy(update={"status": "approved", "decided_by": decided_by})
     changesets.verify(ws, approved)
-    cur = generations.current(ws, cs.repo)
-    if cur.commit == cs.commit and cs.id in cur.changesets:
-        gen = cur  # a killed earlier approve got this far
-    else:
-        gen = generations.promote(ws, cs.repo, cs.commit, cs.base, changesets=[cs.id])
+    gen = generations.promote(ws, cs.repo, cs.commit, cs.base, changesets=[cs.id])
     sbom.write_generation(ws, cs.repo, gen.number, changesets.artifact_path(ws, cs.id, changesets.SBOM).read_bytes())
     done = approved.model_copy(update={"generation": gen.number, "decided": changesets.now()})
     changesets.save(ws, done)

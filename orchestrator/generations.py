@@ -218,9 +218,7 @@ class _Move:
 
     @classmethod
     def between(cls, path: Path, old: str, new: str) -> _Move:
-        out = gitops.run(path, "diff", "--name-status", "--no-renames", "-z", old, new).split("\0")
-        pairs = tuple((out[i][:1], out[i + 1]) for i in range(0, len(out) - 1, 2) if out[i])
-        return cls(old, new, pairs)
+        return cls(old, new, tuple(gitops.name_status(path, old, new)))
 
     @property
     def paths(self) -> list[str]:
@@ -343,10 +341,16 @@ def promote(
     changesets: list[str] | None = None,
     force: bool = False,
 ) -> Generation:
-    """Make ``commit`` (built on generation commit ``base``) the next generation."""
+    """Make ``commit`` (built on generation commit ``base``) the next generation.
+
+    Idempotent: when ``commit`` is already current with these changesets (a killed earlier
+    promotion got that far), the current generation is returned as it is.
+    """
     with repo_transaction(ws, repo) as path:
         gens, refs = _lineage(ws, repo)
         cur = next(g for g in gens if g.status == "current")
+        if cur.commit == commit and set(changesets or []) <= set(cur.changesets):
+            return cur
         if cur.commit != base:
             raise ConflictError(
                 f"repo {repo!r} moved to generation {cur.number} ({cur.commit[:12]}) "

@@ -9,9 +9,12 @@ carries the expected old value: all of them apply, or none (compare-and-swap).
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import signal
 import subprocess
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +106,81 @@ def run(cwd: Path, *args: str, stdin: str | None = None, check: bool = True, uma
     return proc.stdout
 
 
+FULL_ID = re.compile(r"^[0-9a-f]{40}$")
+
+
+class _ObjectReads:
+    """Answers of git reads that depend only on objects named by full ids, newest kept, up to a byte budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self.answers: OrderedDict[tuple[str, tuple[str, ...], bytes | None], bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[str, tuple[str, ...], bytes | None]) -> bytes | None:
+        with self.lock:
+            found = self.answers.get(key)
+            if found is not None:
+                self.answers.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, tuple[str, ...], bytes | None], answer: bytes) -> None:
+        if len(answer) > self.budget // 4:
+            return
+        with self.lock:
+            if key in self.answers:
+                return
+            self.answers[key] = answer
+            self.size += len(answer)
+            while self.size > self.budget:
+                _, dropped = self.answers.popitem(last=False)
+                self.size -= len(dropped)
+
+
+_OBJECT_READS = _ObjectReads(budget=32 << 20)
+
+
+def read_objects(cwd: Path, *args: str, ids: Sequence[str], stdin: bytes | None = None) -> bytes:
+    """``git ARGS`` (a read) as bytes; a failure is a GitError naming the command.
+
+    When every one of ``ids`` (the objects the command reads, e.g. the two commits of a diff)
+    is a full object id, the answer depends on nothing else: objects never change. It is then
+    remembered, per directory and arguments, so the diff or commit text a step reads when it
+    judges, signs, verifies and promotes costs one git call, not four.
+    """
+    remembered = all(FULL_ID.match(i) for i in ids)
+    key = (str(cwd), args, stdin)
+    if remembered and (found := _OBJECT_READS.get(key)) is not None:
+        return found
+    proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise GitError(f"git {args[0]} in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+    if remembered:
+        _OBJECT_READS.put(key, proc.stdout)
+    return proc.stdout
+
+
+def name_status(cwd: Path, old: str, new: str) -> list[tuple[str, str]]:
+    """What changes from commit ``old`` to ``new``: (A, D, M or T, path) pairs, renames as delete and add."""
+    out = read_objects(cwd, "diff", "--name-status", "--no-renames", "-z", old, new, ids=[old, new])
+    fields = out.decode("utf-8", "surrogateescape").split("\0")
+    return [(fields[i][:1], fields[i + 1]) for i in range(0, len(fields) - 1, 2) if fields[i]]
+
+
+def commit_text(cwd: Path, commit: str) -> str | None:
+    """The raw text of ``commit`` (a full id or any revision), or None when it is not a commit."""
+    try:
+        return read_objects(cwd, "cat-file", "commit", commit, ids=[commit]).decode("utf-8", "surrogateescape")
+    except GitError:
+        return None
+
+
 def resolve(cwd: Path, ref: str) -> str | None:
-    """The object id ``ref`` points to, or None when it does not exist."""
+    """The commit ``ref`` points to, or None when it does not exist (a full commit id: no git call, once read)."""
+    if FULL_ID.match(ref) and commit_text(cwd, ref) is not None:
+        return ref
     out = run(cwd, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False).strip()
     return out or None
 

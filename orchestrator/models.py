@@ -14,6 +14,7 @@ budget, prefix-state reuse, the in-process backend).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -151,13 +152,7 @@ def complete_json(
     log: CallLog | None = None,
 ) -> tuple[Any, Completion]:
     """Like :func:`complete_structured` for a plain JSON schema (validated with ``jsonschema``)."""
-    import jsonschema
-
-    try:
-        validator = jsonschema.Draft202012Validator(dict(json_schema))
-        validator.check_schema(dict(json_schema))
-    except jsonschema.SchemaError as exc:
-        raise ModelError(f"not a valid JSON schema: {exc.message}") from exc
+    validator = _validator(json.dumps(json_schema, sort_keys=True))
 
     def parse(text: str) -> Any:
         value = json.loads(text)
@@ -169,6 +164,20 @@ def complete_json(
 
     constrained = replace(request, json_schema=dict(json_schema))
     return _complete_validated(backend, constrained, parse, "the schema", retries, log)
+
+
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Any:
+    """A checked validator of the schema (in canonical JSON); checking a schema costs ~20 ms, a run asks
+    for the same few again and again."""
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ModelError(f"not a valid JSON schema: {exc.message}") from exc
+    return jsonschema.Draft202012Validator(schema)
 
 
 def _complete_validated(

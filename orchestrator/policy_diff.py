@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from orchestrator import gitops
 from orchestrator.errors import GitError, RepoError
 from orchestrator.reports import TestReport
 
@@ -199,10 +200,10 @@ def _blob(git: _Git, sha: str) -> str | None:
 
 
 def _commit(git: _Git, ref: str) -> str:
-    try:
-        return git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
-    except GitError as exc:
-        raise GitError(f"{ref}: no such commit in {git.repo}") from exc
+    found = gitops.resolve(git.repo, ref)
+    if found is None:
+        raise GitError(f"{ref}: no such commit in {git.repo}")
+    return found
 
 
 def _git_dir(repo_path: Path) -> str:

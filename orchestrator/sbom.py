@@ -10,7 +10,6 @@ recompute it.
 
 from __future__ import annotations
 
-import subprocess
 import tomllib
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from packageurl import PackageURL
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from orchestrator.errors import ConfigError, GitError
+from orchestrator import gitops
+from orchestrator.errors import ConfigError
 from orchestrator.storage import atomic_write
 from orchestrator.workspace import Workspace
 
@@ -54,17 +54,10 @@ def _tree_names(tree: bytes, hash_len: int) -> list[str]:
     return names
 
 
-def _read(repo_path: Path, specs: list[str]) -> dict[str, bytes | None]:
-    """Several objects in one ``git cat-file --batch`` (``<commit>:<path>`` or a commit id)."""
-    proc = subprocess.run(
-        ["git", "cat-file", "--batch"],
-        cwd=repo_path,
-        input="".join(f"{s}\n" for s in specs).encode(),
-        capture_output=True,
-    )
-    if proc.returncode != 0:
-        raise GitError(f"git cat-file in {repo_path}: {proc.stderr.decode(errors='replace').strip()}")
-    out, pos = proc.stdout, 0
+def _read(repo_path: Path, commit: str, specs: list[str]) -> dict[str, bytes | None]:
+    """Several objects of ``commit`` in one ``git cat-file --batch`` (``<commit>:<path>``, ``<commit>^{tree}``...)."""
+    request = "".join(f"{s}\n" for s in specs).encode()
+    out, pos = gitops.read_objects(repo_path, "cat-file", "--batch", ids=[commit], stdin=request), 0
     found: dict[str, bytes | None] = {}
     for spec in specs:
         header_end = out.index(b"\n", pos)
@@ -97,12 +90,12 @@ def _dependency_files(repo_path: Path, commit: str) -> tuple[dict[str, bytes | N
     """
     tree_spec = f"{commit}^{{tree}}"
     usual = ["pyproject.toml", *USUAL_REQUIREMENTS]
-    blobs = _read(repo_path, [commit, tree_spec, *(f"{commit}:{n}" for n in usual)])
+    blobs = _read(repo_path, commit, [commit, tree_spec, *(f"{commit}:{n}" for n in usual)])
     names = _tree_names(blobs[tree_spec] or b"", len(commit) // 2)
     reqs = sorted(n for n in names if n.startswith("requirements") and n.endswith(".txt"))
     others = [f"{commit}:{n}" for n in reqs if f"{commit}:{n}" not in blobs]
     if others:
-        blobs.update(_read(repo_path, others))
+        blobs.update(_read(repo_path, commit, others))
     return blobs, names, reqs
 
 

@@ -10,8 +10,10 @@ Two signers take part:
 
 Both public keys are listed in ``.converge/allowed_signers`` (the format of ``ssh-keygen -Y``
 and of git's ``gpg.ssh.allowedSignersFile``), so ``git verify-commit`` in a registered repo and
-``ssh-keygen -Y verify`` need nothing else. A key path ending in ``.pub`` means "the private
-half is in ssh-agent": ``ssh-keygen`` and git both sign through the agent then.
+``ssh-keygen -Y verify`` need nothing else. Signatures are OpenSSH's SSHSIG, made and checked
+in-process for Ed25519 key files (:mod:`orchestrator.sshsig`) and by ``ssh-keygen`` otherwise:
+a key path ending in ``.pub`` means "the private half is in ssh-agent", which ``ssh-keygen``
+signs through. Commit signatures are exactly git's (``gpgsig`` header, namespace ``git``).
 
 An attestation is a DSSE envelope: the signatures cover the pre-authentication encoding
 ``DSSEv1 <len> <type> <len> <payload>`` of an in-toto Statement v1, never the JSON around it.
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import gitops, sshsig
 from orchestrator.errors import ConfigError, SignatureError
 from orchestrator.storage import atomic_write
 from orchestrator.workspace import Workspace
@@ -44,9 +47,6 @@ PREDICATE_TYPE = "https://converge.dev/changeset/v1"
 ALLOWED_SIGNERS = "allowed_signers"
 WORKSPACE_KEY = "workspace_ed25519"
 USER_KEY = "user_ed25519"
-
-_ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
-_ARMOR_END = "-----END SSH SIGNATURE-----"
 
 
 @dataclass(frozen=True)
@@ -203,8 +203,41 @@ def git_sign_config(signer: Signer, allowed_signers: Path) -> list[str]:
     ]
 
 
+def commit_signature(signer: Signer, text: bytes) -> str:
+    """The armored SSH signature of a commit's text, as git's SSH signing makes it (namespace ``git``)."""
+    return sshsig.armor(sign_bytes(signer, text, GIT_NAMESPACE))
+
+
 def verify_commit(repo: Path, commit: str, allowed_signers: Path, principal: str = WORKSPACE_PRINCIPAL) -> None:
-    """Check ``commit`` carries a good SSH signature by ``principal``; SignatureError otherwise."""
+    """Check ``commit`` carries a good SSH signature by ``principal``; SignatureError otherwise.
+
+    Checked in-process when the signature and ``principal``'s allowed keys are plain Ed25519
+    ones (what Converge makes); anything else goes to ``git verify-commit``, which agrees.
+    """
+    text = gitops.commit_text(repo, commit)
+    if text is None:
+        raise SignatureError(f"commit {commit[:12]}: not a commit in {repo}")
+    signed = sshsig.split_commit_signature(text.encode("utf-8", "surrogateescape"))
+    if signed is None:
+        raise SignatureError(f"commit {commit[:12]}: signature does not verify: commit is not signed")
+    keys = sshsig.allowed_keys(allowed_signers, principal, GIT_NAMESPACE)
+    payload, armored = signed
+    if keys is not None:
+        try:
+            blob = sshsig.dearmor(armored)
+        except SignatureError as exc:
+            raise SignatureError(f"commit {commit[:12]}: signature does not verify: {exc}") from None
+        good = sshsig.verify(blob, payload, GIT_NAMESPACE, keys)
+        if good:
+            return
+        if good is False:
+            if not sshsig.verify(blob, payload, GIT_NAMESPACE, [sshsig.signature_key(blob) or ""]):
+                raise SignatureError(f"commit {commit[:12]}: signature does not verify: bad signature")
+            raise SignatureError(f"commit {commit[:12]}: signed, but not by {principal}")
+    _git_verify_commit(repo, commit, allowed_signers, principal)
+
+
+def _git_verify_commit(repo: Path, commit: str, allowed_signers: Path, principal: str) -> None:
     proc = subprocess.run(
         ["git", "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}", "verify-commit", "--raw", commit],
         cwd=repo,
@@ -231,29 +264,31 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
 
 
-def _dearmor(armored: str) -> bytes:
-    body = [ln for ln in armored.strip().splitlines() if ln and not ln.startswith("-----")]
-    return base64.b64decode("".join(body))
-
-
-def _armor(blob: bytes) -> str:
-    text = base64.b64encode(blob).decode()
-    lines = [text[i : i + 70] for i in range(0, len(text), 70)]
-    return "\n".join([_ARMOR_BEGIN, *lines, _ARMOR_END]) + "\n"
-
-
 def sign_bytes(signer: Signer, data: bytes, namespace: str = DSSE_NAMESPACE) -> bytes:
-    """The binary SSHSIG blob of ``data``, made by ``ssh-keygen -Y sign``."""
+    """The binary SSHSIG blob of ``data``: made in-process for a plain Ed25519 key file, else by
+    ``ssh-keygen -Y sign`` (keys in ssh-agent, passphrases, other key types)."""
+    key = sshsig.load_key(signer.key)
+    if key is not None:
+        return sshsig.sign(key, data, namespace)
     armored = _ssh_keygen(["-Y", "sign", "-n", namespace, "-f", str(signer.key)], stdin=data, what="signing")
-    return _dearmor(armored.decode())
+    return sshsig.dearmor(armored.decode())
 
 
 def verify_bytes(
     allowed_signers: Path, principal: str, data: bytes, sig: bytes, namespace: str = DSSE_NAMESPACE
 ) -> bool:
-    """True when ``sig`` is ``principal``'s signature of ``data`` per ``allowed_signers``."""
+    """True when ``sig`` is ``principal``'s signature of ``data`` per ``allowed_signers``.
+
+    Checked in-process for Ed25519 signatures and plain allowed-signers lines; anything else
+    (certificates, validity windows, other key types) by ``ssh-keygen -Y verify``.
+    """
+    keys = sshsig.allowed_keys(allowed_signers, principal, namespace)
+    if keys is not None:
+        good = sshsig.verify(sig, data, namespace, keys)
+        if good is not None:
+            return good
     with tempfile.NamedTemporaryFile("w", suffix=".sig", delete=False) as handle:
-        handle.write(_armor(sig))
+        handle.write(sshsig.armor(sig))
     try:
         proc = subprocess.run(
             [

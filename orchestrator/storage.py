@@ -1,7 +1,11 @@
 """Durable files: atomic writes and inter-process locks.
 
 Every write Converge makes to its state goes through :func:`atomic_write` (temp file,
-fsync, rename), so a SIGKILL leaves either the old file or the new one. Locks are
+fsync, rename), so a SIGKILL leaves either the old file or the new one, and so does a power
+cut: the content is on disk before the rename. The directory is not synced after the rename
+(a sync costs a millisecond or two, and a step writes a dozen files), so a power cut may undo
+the last renames, each file then holding its previous content, as it may undo the last
+SQLite checkpoints (``synchronous=NORMAL``); resuming redoes those idempotent steps. Locks are
 ``flock`` locks on files under ``.converge/locks/``: the kernel drops them when their
 holder dies, so a lock left by a killed process is never stale; the holder's pid is
 written in the file so a refused caller can be told who holds it.
@@ -40,7 +44,6 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
@@ -74,14 +77,6 @@ def read_model(path: Path, model: type[M]) -> M:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise WorkspaceError(f"{path}: corrupt: {key}: {err['msg']}") from exc
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

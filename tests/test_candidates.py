@@ -124,19 +124,35 @@ def test_nothing_to_commit_is_an_edit_error(repo: Path, tmp_path: Path) -> None:
         cand.commit("empty")
 
 
-def test_repo_hooks_never_run_and_signing_config_passes_through(repo: Path, tmp_path: Path) -> None:
+def test_repo_hooks_never_run_and_the_signature_lands_where_git_puts_it(repo: Path, tmp_path: Path) -> None:
     hook = repo / ".git" / "hooks" / "pre-commit"
     marker = tmp_path / "hook-ran"
     hook.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
     hook.chmod(0o755)
+    signed: list[bytes] = []
+
+    def sign(text: bytes) -> str:
+        signed.append(text)
+        return "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n"
+
     with Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=1, base="HEAD") as cand:
         edit(cand.path)
-        sha = cand.commit("hooked", config=["-c", "i18n.commitEncoding=ISO-8859-1"])
+        sha = cand.commit("  hooked  \n\n\n\nbody line   \n\n", sign=sign, date="2024-01-02T04:04:05+01:00")
         cand.keep("candidates")
     assert not marker.exists()
-    assert git(repo, "cat-file", "-p", sha).splitlines()[4] == "encoding ISO-8859-1"
-    with pytest.raises(UsageError, match="key=value"):
-        Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=2, base="HEAD").commit("x", config=["nonsense"])
+    raw = git(repo, "cat-file", "commit", sha)
+    header, _, message = raw.partition("\n\n")
+    assert message == "  hooked\n\nbody line"  # git's own cleanup (the helper strips the last newline)
+    lines = header.splitlines()
+    assert lines[2] == "author Converge <converge@localhost> 1704164645 +0100"
+    assert lines[4:] == ["gpgsig -----BEGIN SSH SIGNATURE-----", " AAAA", " -----END SSH SIGNATURE-----"]
+    assert signed and signed[0].decode() == raw.replace("\n".join(lines[4:]) + "\n", "") + "\n"
+    with (
+        pytest.raises(UsageError, match="ISO 8601"),
+        Candidate(repo, tmp_path / "wt", run="run", step=1, attempt=2, base="HEAD") as cand,
+    ):
+        edit(cand.path)
+        cand.commit("x", date="yesterday")
 
 
 def test_bad_keys_are_refused(repo: Path, tmp_path: Path) -> None:

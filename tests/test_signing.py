@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import signing
+from orchestrator import signing, sshsig
 from orchestrator.errors import ConfigError, SignatureError
 from orchestrator.workspace import Workspace, init_workspace
 from tests.conftest import MakeRepo, git
@@ -60,7 +60,7 @@ def test_envelope_verifies_and_ssh_keygen_agrees(ws: Workspace, tmp_path: Path) 
     signing.verify_envelope(env, allowed, signing.WORKSPACE_PRINCIPAL)
     # the signature is an ordinary SSHSIG over the PAE: ssh-keygen verifies it on its own
     sig = tmp_path / "sig"
-    sig.write_text(signing._armor(base64.b64decode(env["signatures"][0]["sig"])))
+    sig.write_text(sshsig.armor(base64.b64decode(env["signatures"][0]["sig"])))
     proc = subprocess.run(
         [
             "ssh-keygen",
