@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,10 +203,31 @@ def run_tests(deps: Deps, s: RunState, full: bool, *, warm_next: bool = False) -
             deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
             if not first.ok or not full:
                 return first, image
-        report = box.run_tests()
+        with _reading_ahead(ws, s):
+            report = box.run_tests()
         if ws.config().run.reproducibility_check:
             check_reproducible(deps, s, report, box.run_tests())
         return report, image
+
+
+@contextmanager
+def _reading_ahead(ws: Workspace, s: RunState) -> Iterator[None]:
+    """While the block runs (the full suite, seconds): in a thread, the git reads that judging,
+    signing and promoting this candidate make. They read objects only, so their answers are
+    remembered (:func:`gitops.read_objects`) and those nodes find them ready. A read that fails
+    here is simply not remembered: the node that needs it meets the failure and reports it."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as ahead:
+        ahead.submit(_read_ahead, ws.repo_path(s["repo"]), s["repo"], s["base"], s["commit"])
+        yield
+
+
+def _read_ahead(repo_path: Path, repo: str, base: str, commit: str) -> None:
+    from orchestrator import sbom
+    from orchestrator.policy_diff import change_from_commits
+
+    change_from_commits(repo_path, base, commit, repo)
+    candidates.diff(repo_path, base, commit)
+    sbom.declared_dependencies(repo_path, commit)
 
 
 @contextmanager

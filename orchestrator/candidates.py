@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -151,7 +151,14 @@ class Candidate:
 
     # --- the attempt's commit ---------------------------------------------------------------
 
-    def commit(self, message: str, *, sign: Signature | None = None, date: str | None = None) -> str:
+    def commit(
+        self,
+        message: str,
+        *,
+        sign: Signature | None = None,
+        date: str | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> str:
         """Commit everything in the worktree on top of ``base``; returns the commit id.
 
         The commit object is written directly (``add``, ``write-tree``, ``hash-object``): no
@@ -160,10 +167,14 @@ class Candidate:
         armored SSH signature, stored in its ``gpgsig`` header as ``git commit -S`` does; ``date``
         (ISO 8601) fixes author and committer dates, so a resumed attempt that makes the same
         edits makes the same commit. The message is cleaned up as ``git commit`` cleans it.
+        ``paths``: the only paths written since ``base`` (the rest of a large tree is not scanned).
         """
         if not self.path.exists():
             raise GitError(f"{self.path}: the candidate worktree does not exist; enter the Candidate first")
-        gitops.run(self.path, "add", "--all")
+        if paths is None:
+            gitops.run(self.path, "add", "--all")
+        else:
+            gitops.run(self.path, "--literal-pathspecs", "add", "--all", "--", *paths)
         tree = gitops.run(self.path, "write-tree").strip()
         base = _tree_of(self.repo, self.base)
         if tree == base:

@@ -247,7 +247,7 @@ def _write_all(pending: dict[str, _Pending]) -> None:
                 continue
             current = rel
             mode = state.target.stat().st_mode & 0o7777 if state.original is not None else 0o644
-            atomic_write(state.target, state.text, mode)
+            atomic_write(state.target, state.text, mode, durable=False)  # a candidate's: its commit keeps it
             written.append(state)
     except OSError as exc:
         _restore(written)

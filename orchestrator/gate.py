@@ -12,6 +12,7 @@ digest recomputed) and refuses anything that does not verify; no sandbox means n
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -93,8 +94,15 @@ def _git_apply(cwd: Path, patch: bytes, source: str, *flags: str) -> str:
     return proc.stdout.decode(errors="replace")
 
 
-def commit_signed(ws: Workspace, cand: candidates.Candidate, message: str, cs_id: str | None = None) -> str:
-    """Commit the worktree, SSH-signed by the workspace key; the repo learns the allowed signers."""
+def commit_signed(
+    ws: Workspace,
+    cand: candidates.Candidate,
+    message: str,
+    cs_id: str | None = None,
+    paths: Sequence[str] | None = None,
+) -> str:
+    """Commit the worktree (only ``paths``, when given), SSH-signed by the workspace key; the repo
+    learns the allowed signers."""
     signer = signing.workspace_signer(ws)
     allowed = signing.allowed_signers_path(ws)
     # so that a plain `git verify-commit` in the registered repo needs nothing else
@@ -104,7 +112,7 @@ def commit_signed(ws: Workspace, cand: candidates.Candidate, message: str, cs_id
     body = message.strip() or "converge: change"
     if cs_id:
         body += f"\n\nConverge-Changeset: {cs_id}\n"
-    return cand.commit(body, sign=lambda text: signing.commit_signature(signer, text))
+    return cand.commit(body, sign=lambda text: signing.commit_signature(signer, text), paths=paths)
 
 
 def verify(

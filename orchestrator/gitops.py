@@ -141,8 +141,10 @@ class _ObjectReads:
 _OBJECT_READS = _ObjectReads(budget=32 << 20)
 
 
-def read_objects(cwd: Path, *args: str, ids: Sequence[str], stdin: bytes | None = None) -> bytes:
-    """``git ARGS`` (a read) as bytes; a failure is a GitError naming the command.
+def read_objects(
+    cwd: Path, *args: str, ids: Sequence[str], stdin: bytes | None = None, where: Path | None = None
+) -> bytes:
+    """``git ARGS`` (a read) as bytes; a failure is a GitError naming the command and ``where`` (else ``cwd``).
 
     When every one of ``ids`` (the objects the command reads, e.g. the two commits of a diff)
     is a full object id, the answer depends on nothing else: objects never change. It is then
@@ -156,7 +158,8 @@ def read_objects(cwd: Path, *args: str, ids: Sequence[str], stdin: bytes | None 
     proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=False)
     if proc.returncode != 0:
         detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise GitError(f"git {args[0]} in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+        reason = detail[-1] if detail else f"exit {proc.returncode}"
+        raise GitError(f"git {_subcommand(args)} in {where or cwd}: {reason}")
     if remembered:
         _OBJECT_READS.put(key, proc.stdout)
     return proc.stdout

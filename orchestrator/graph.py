@@ -147,7 +147,7 @@ class _Nodes:
             cand.create()
             applied = apply_edits(cand.path, proposal)
             message = f"{attempts.current_step(s).title}\n\n{proposal.summary}"
-            commit = gate.commit_signed(self.ws, cand, message, cs_id)
+            commit = gate.commit_signed(self.ws, cand, message, cs_id, paths=applied.paths)
         except EditError as exc:
             cand.remove()
             return {"outcome": "retry", "feedback": attempts.clip(str(exc))}

@@ -7,9 +7,13 @@ records that the policy rules read.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import re
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -101,21 +105,32 @@ class _Git:
     """Git pointed at a repo's object store from an empty directory.
 
     Running outside any work tree means no ``.gitattributes`` of the repo applies, so a change
-    cannot hide its text from the policy by marking files ``-diff`` or binary.
+    cannot hide its text from the policy by marking files ``-diff`` or binary. Every call reads
+    objects named by ``ids``, so its answer is remembered (:func:`gitops.read_objects`).
     """
 
     repo: Path
     git_dir: str
-    cwd: str
 
-    def __call__(self, *args: str) -> bytes:
-        proc = subprocess.run(
-            ["git", f"--git-dir={self.git_dir}", *_GIT_FLAGS, *args], cwd=self.cwd, capture_output=True, check=False
-        )
-        if proc.returncode != 0:
-            detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise GitError(f"git {args[0]} in {self.repo}: {detail[-1] if detail else f'exit {proc.returncode}'}")
-        return proc.stdout
+    def __call__(self, *args: str, ids: Sequence[str]) -> bytes:
+        git_args = (f"--git-dir={self.git_dir}", *_GIT_FLAGS, *args)
+        return gitops.read_objects(_empty_dir(), *git_args, ids=ids, where=self.repo)
+
+
+def _empty_dir() -> Path:
+    """This process's empty directory to run git from (made again if something removed it)."""
+    path = _made_empty_dir()
+    if not path.is_dir():
+        _made_empty_dir.cache_clear()
+        path = _made_empty_dir()
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _made_empty_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="converge-policy-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @dataclass
@@ -196,7 +211,7 @@ def parse_patch(text: str) -> list[_Section]:
 def _blob(git: _Git, sha: str) -> str | None:
     if sha == "0" * len(sha):
         return None
-    return git("cat-file", "blob", sha).decode("utf-8", "replace")
+    return git("cat-file", "blob", sha, ids=[sha]).decode("utf-8", "replace")
 
 
 def _commit(git: _Git, ref: str) -> str:
@@ -228,9 +243,8 @@ def change_from_commits(
     author: Author | None = None,
 ) -> ChangeInput:
     """Build the :class:`ChangeInput` of ``base..result`` in ``repo_path`` from git alone."""
-    with tempfile.TemporaryDirectory(prefix="converge-policy-") as empty:
-        git = _Git(repo_path, _git_dir(repo_path), empty)
-        return _change(git, base, result, repo_name, is_self, tests, author or Author())
+    git = _Git(repo_path, _git_dir(repo_path))
+    return _change(git, base, result, repo_name, is_self, tests, author or Author())
 
 
 def _change(
@@ -238,8 +252,8 @@ def _change(
 ) -> ChangeInput:
     base, result = _commit(git, base), _commit(git, result)
     common = ("--no-color", "--no-ext-diff", "--no-textconv", "-M", "--full-index", "--no-abbrev")
-    raw = _parse_raw(git("diff", "--raw", "-z", *common, base, result, "--"))
-    patch = git("diff", "-p", *common, base, result, "--").decode("utf-8", "replace")
+    raw = _parse_raw(git("diff", "--raw", "-z", *common, base, result, "--", ids=[base, result]))
+    patch = git("diff", "-p", *common, base, result, "--", ids=[base, result]).decode("utf-8", "replace")
     sections = parse_patch(patch)
     if len(sections) != len(raw):
         raise GitError(f"git diff {base[:12]}..{result[:12]}: {len(raw)} files but {len(sections)} patch sections")

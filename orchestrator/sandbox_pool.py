@@ -134,12 +134,25 @@ class SandboxPool:
         return self._prepare(commit)
 
     def _prepare(self, commit: str) -> _Standby:
-        """A scratch worktree of ``commit`` with a sandbox started over it (the worker's job)."""
+        """A scratch worktree of ``commit`` with a sandbox started over it (the worker's job).
+
+        The first one also has what dead processes left removed, after it: listing the
+        engine's containers costs ~0.1 s that the first step's tests may be waiting for.
+        """
+        standby = self._start(commit)
         if not self._swept:
             self._swept = True
+            with contextlib.suppress(RuntimeError):  # the pool is closing: the next one sweeps
+                self._worker.submit(self._sweep)
+        return standby
+
+    def _sweep(self) -> None:
+        with contextlib.suppress(SandboxError):  # the engine said why when the standby started, if it is down
             self.backend.reap(self.ws.root)
-            for path, source in stale_worktrees(self.ws, self.repo):
-                remove_worktree(source, path)
+        for path, source in stale_worktrees(self.ws, self.repo):
+            remove_worktree(source, path)
+
+    def _start(self, commit: str) -> _Standby:
         path = scratch_worktree(self.ws, self.repo, commit)
         try:
             spec = self._spec(path)

@@ -29,8 +29,12 @@ from orchestrator.errors import ConflictError
 M = TypeVar("M", bound=BaseModel)
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new content, never a mix."""
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new content, never a mix.
+
+    ``durable=False`` skips the sync for files whose loss in a power cut costs nothing (a
+    scratch worktree's, whose content lives on in a commit): a SIGKILL still leaves old or new.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,7 +42,8 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         Path(tmp).chmod(mode)
         Path(tmp).replace(path)
     except BaseException:
