@@ -138,13 +138,7 @@ class Candidate:
 
     def remove(self) -> None:
         """Remove the worktree and its git bookkeeping (the kept ref keeps the commit)."""
-        removed_by_git = False
-        if self.path.exists():
-            gitops.run(self.repo, "worktree", "remove", "--force", "--force", str(self.path), check=False)
-            removed_by_git = not self.path.exists()
-        if not removed_by_git:  # git refused, or the directory was gone already: drop its bookkeeping
-            shutil.rmtree(self.path, ignore_errors=True)
-            gitops.run(self.repo, "worktree", "prune")
+        gitops.remove_worktree(self.repo, self.path)
         parent = self.path.parent
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()

@@ -8,6 +8,8 @@ Agent cards and policies have their own models in ``agents`` and ``policy``; the
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -107,7 +109,22 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning syntax errors into a ConfigError naming the file."""
+    """Parse a TOML file, turning syntax errors into a ConfigError naming the file.
+
+    The parse is remembered until the file changes (its inode, size or modification time): a
+    run reads converge.toml and the policies dozens of times. Each caller gets its own copy.
+    """
+    try:
+        stat = path.stat()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return copy.deepcopy(_parse_toml(path, (stat.st_ino, stat.st_size, stat.st_mtime_ns)))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_toml(path: Path, _stamp: tuple[int, int, int]) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

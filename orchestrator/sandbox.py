@@ -355,14 +355,9 @@ def scratch_worktree(ws: Workspace, repo: str, commit: str) -> Path:
 
 def remove_worktree(source: Path, path: Path) -> None:
     """Remove a scratch worktree of the repo at ``source`` (git's bookkeeping too); idempotent."""
-    import shutil
-
     from orchestrator import gitops
 
-    gitops.run(source, "worktree", "remove", "--force", "--force", str(path), check=False)
-    if path.exists():  # git refused: drop the files, then git's record of them
-        shutil.rmtree(path, ignore_errors=True)
-        gitops.run(source, "worktree", "prune", check=False)
+    gitops.remove_worktree(source, path)
 
 
 def stale_worktrees(ws: Workspace, repo: str | None = None) -> list[tuple[Path, Path]]:

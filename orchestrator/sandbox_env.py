@@ -106,6 +106,12 @@ def host_closure(names: list[str]) -> tuple[dict[str, md.Distribution], list[str
     return dict(found), list(missing)
 
 
+@functools.lru_cache(maxsize=512)
+def _version(dist: md.Distribution) -> str:
+    """A distribution's version (read from its metadata file, so remembered with the closure that found it)."""
+    return str(dist.version)
+
+
 def _path_stamp() -> tuple[int, ...]:
     stamps = []
     for entry in sys.path:
@@ -205,7 +211,7 @@ def ensure_env(ws: Workspace, repo: str, spec: SandboxSpec, backend: SandboxBack
         raise SandboxError(f"cannot seed test environments: {', '.join(seed_missing)} missing here; reinstall Converge")
     wanted, missing = host_closure(requirements)
     dists = {**seed, **wanted}
-    seeded = {key: dist.version for key, dist in sorted(dists.items())}
+    seeded = {key: _version(dist) for key, dist in sorted(dists.items())}
     if missing and not allow_network:
         raise SandboxError(
             f"repo {repo}: dependencies {', '.join(missing)} are not available offline; allow network for "

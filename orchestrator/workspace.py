@@ -7,6 +7,7 @@ state directory. It is found like git finds a repository: an explicit path, else
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -105,9 +106,12 @@ class Workspace:
 
     def repos(self) -> list[RepoRecord]:
         """Registered repositories, in registration order."""
-        if not self._registry.exists():
+        try:
+            stat = self._registry.stat()
+        except FileNotFoundError:
             return []
-        return read_model(self._registry, _Registry).repos
+        records = _read_registry(self._registry, (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        return [r.model_copy() for r in records]
 
     def repo(self, name: str) -> RepoRecord:
         """One registered repository by name, or a RepoError listing the known ones."""
@@ -259,3 +263,9 @@ def iter_repo_dirs(ws: Workspace) -> Iterator[tuple[RepoRecord, Path]]:
     """Each registered repo with its working tree."""
     for record in ws.repos():
         yield record, ws.src / record.name
+
+
+@functools.lru_cache(maxsize=16)
+def _read_registry(path: Path, _stamp: tuple[int, int, int]) -> tuple[RepoRecord, ...]:
+    """The registry's records, remembered until the file changes (it is replaced whole when it does)."""
+    return tuple(read_model(path, _Registry).repos)
