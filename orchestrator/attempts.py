@@ -227,7 +227,7 @@ def _read_ahead(repo_path: Path, repo: str, base: str, commit: str) -> None:
 
     change_from_commits(repo_path, base, commit, repo)
     candidates.diff(repo_path, base, commit)
-    sbom.declared_dependencies(repo_path, commit)
+    sbom.build(repo_path, repo, commit)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ the worktree (a commit not yet kept is kept under ``failed/`` first: nothing is 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -182,14 +183,22 @@ class Candidate:
         self.commit_sha = sha
         return sha
 
-    def keep(self, outcome: Outcome) -> str:
+    def keep(self, outcome: Outcome, *, unkept: bool = False) -> str:
         """Keep the commit under ``refs/converge/<outcome>/<run>/<step>-<attempt>``; idempotent.
 
         Keeping a commit already kept under the other outcome moves it there atomically.
+        ``unkept``: the caller saw neither ref (:func:`kept_commit` said None), so the ref is
+        created without reading them again; one made meanwhile fails that transaction and is
+        then looked at as usual.
         """
         if self.commit_sha is None:
             raise GitError("no candidate commit to keep; call commit() first")
         ref = candidate_ref(outcome, self.run, self.step, self.attempt)
+        if unkept:
+            with contextlib.suppress(ConflictError):
+                gitops.update_refs(self.repo, [RefUpdate(ref, self.commit_sha, ZERO)], f"converge: keep {outcome}")
+                self.kept = (outcome, ref)
+                return ref
         other: Outcome = "failed" if outcome == "candidates" else "candidates"
         other_ref = candidate_ref(other, self.run, self.step, self.attempt)
         refs = gitops.list_refs(self.repo, ref, other_ref)

@@ -117,39 +117,46 @@ def _numbers(refs: dict[str, str], prefix: str) -> dict[int, str]:
 
 def lineage(ws: Workspace, repo: str) -> list[Generation]:
     """Every generation of ``repo``, oldest first, with its status."""
-    return _lineage(ws, repo)[0]
-
-
-def _lineage(ws: Workspace, repo: str) -> tuple[list[Generation], dict[str, str]]:
-    """The lineage and the refs/converge/ refs it was read from (after repairing an abandoned move)."""
-    path = ws.repo_path(repo)
-    if _journal_path(ws, repo).exists():
-        _repair_if_abandoned(ws, repo)
-    refs = gitops.list_refs(path, "refs/converge/")
-    gens = _numbers(refs, GEN)
-    failed = _numbers(refs, FAILED)
-    live = [n for n in gens if n not in failed]
-    current = max(live) if live else None
-    result = []
-    for n in sorted(gens):
-        rec = _record(ws, repo, n, gens[n])
-        status: Status
-        if n in failed:
-            status = "failed" if rec.reason == "failed" else "rolled-back"
-        elif n == current:
-            status = "current"
-        else:
-            status = "superseded"
-        result.append(Generation(n, gens[n], rec.parent, status, tuple(rec.changesets), rec.created))
-    return result, refs
+    return [_generation(ws, repo, n, commit, status) for n, commit, status in _statuses(_refs(ws, repo))]
 
 
 def current(ws: Workspace, repo: str) -> Generation:
-    """The current generation of ``repo``."""
-    for gen in reversed(lineage(ws, repo)):
-        if gen.status == "current":
-            return gen
+    """The current generation of ``repo`` (one ref listing and one record read, however long the lineage)."""
+    return _current(ws, repo, _statuses(_refs(ws, repo)))
+
+
+def _current(ws: Workspace, repo: str, statuses: list[tuple[int, str, Status]]) -> Generation:
+    for n, commit, status in statuses:
+        if status == "current":
+            return _generation(ws, repo, n, commit, status)
     raise GitError(f"repo {repo!r} has no live generation; its refs/converge/ refs are damaged")
+
+
+def _refs(ws: Workspace, repo: str) -> dict[str, str]:
+    """The refs under refs/converge/ (after repairing an abandoned move)."""
+    if _journal_path(ws, repo).exists():
+        _repair_if_abandoned(ws, repo)
+    return gitops.list_refs(ws.repo_path(repo), "refs/converge/")
+
+
+def _statuses(refs: dict[str, str]) -> list[tuple[int, str, Status]]:
+    """(number, commit, status) of every generation, oldest first: the refs alone say it."""
+    gens = _numbers(refs, GEN)
+    failed = _numbers(refs, FAILED)
+    live = [n for n in gens if n not in failed]
+    newest = max(live) if live else None
+    found: list[tuple[int, str, Status]] = []
+    for n in sorted(gens):
+        status: Status = "failed" if n in failed else "current" if n == newest else "superseded"
+        found.append((n, gens[n], status))
+    return found
+
+
+def _generation(ws: Workspace, repo: str, number: int, commit: str, status: Status) -> Generation:
+    rec = _record(ws, repo, number, commit)
+    if status == "failed" and rec.reason != "failed":
+        status = "rolled-back"
+    return Generation(number, commit, rec.parent, status, tuple(rec.changesets), rec.created)
 
 
 def record_initial(ws: Workspace, repo: str, path: Path, commit: str) -> None:
@@ -347,8 +354,9 @@ def promote(
     promotion got that far), the current generation is returned as it is.
     """
     with repo_transaction(ws, repo) as path:
-        gens, refs = _lineage(ws, repo)
-        cur = next(g for g in gens if g.status == "current")
+        refs = _refs(ws, repo)
+        statuses = _statuses(refs)
+        cur = _current(ws, repo, statuses)
         if cur.commit == commit and set(changesets or []) <= set(cur.changesets):
             return cur
         if cur.commit != base:
@@ -360,7 +368,7 @@ def promote(
             raise GitError(f"{commit}: no such commit in {path}")
         move = _Move.between(path, cur.commit, commit)
         stash = _guard_tree(path, move, force)
-        number = max(g.number for g in gens) + 1
+        number = max(n for n, _, _ in statuses) + 1
         failed_numbers = _numbers(refs, FAILED)
         number = max([number, *(n + 1 for n in failed_numbers)])
         rec = GenerationRecord(

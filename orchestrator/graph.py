@@ -152,7 +152,7 @@ class _Nodes:
             cand.remove()
             return {"outcome": "retry", "feedback": attempts.clip(str(exc))}
         self.deps.on_event(f"  applied {len(applied.paths)} file(s): {', '.join(applied.paths)}")
-        cand.keep("candidates")
+        cand.keep("candidates", unkept=True)  # kept_commit above saw neither ref
         cand.remove()  # verify checks the kept commit out afresh; nothing lives in a worktree between nodes
         return {"commit": commit, "changeset": cs_id, "outcome": ""}
 
@@ -217,7 +217,9 @@ class _Nodes:
             report = TestReport.model_validate_json(Path(s["report"]).read_text())
             found = read_json(attempts.attempt_file(self.ws, s, "verdict.json"))
             judgement = gate.Judgement(found["decision"], found["risk"], found["reasons"], found["detail"])
-            base_gen = next(g for g in generations.lineage(self.ws, s["repo"]) if g.commit == s["base"])
+            base_gen = generations.current(self.ws, s["repo"])
+            if base_gen.commit != s["base"]:  # promoted past meanwhile (another run): find it in the lineage
+                base_gen = next(g for g in generations.lineage(self.ws, s["repo"]) if g.commit == s["base"])
             message = attempts.current_step(s).title
             gate.sign(
                 self.ws,

@@ -356,10 +356,12 @@ def build_repo_map(repo: Path, cache_dir: Path | None = None) -> RepoMap:
     """The map of ``repo``'s working tree (tracked and untracked, not ignored), using and refreshing the cache."""
     listed = _listing(repo)
     cache = _load_cache(cache_dir)
+    known = len(cache)
     files: dict[str, FileEntry] = {}
     for path, digest in sorted(listed.items()):
         files[path] = _entry(path, digest, repo / path, cache)
-    _save_cache(cache_dir, files, cache)
+    if len(cache) != known:  # something was parsed: the cache file learns it
+        _save_cache(cache_dir, files, cache)
     return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
 
 
@@ -413,25 +415,48 @@ def _entry(path: str, digest: str, source: Path | bytes, cache: dict[str, Parsed
 
 
 def _load_cache(cache_dir: Path | None) -> dict[str, Parsed]:
-    if cache_dir is None or not (cache_dir / CACHE_NAME).is_file():
+    """The cache's entries (a copy to add to): read from the file once per version of it in this process."""
+    if cache_dir is None:
         return {}
+    path = cache_dir / CACHE_NAME
+    stamp = _stamp(path)
+    if stamp is None:
+        return {}
+    held = _HELD.get(path)
+    if held is not None and held[0] == stamp:
+        return dict(held[1])
     try:
-        raw = json.loads((cache_dir / CACHE_NAME).read_text(encoding="utf-8"))
-        return {digest: Parsed.model_validate(value) for digest, value in raw["entries"].items()}
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        entries = {digest: Parsed.model_validate(value) for digest, value in raw["entries"].items()}
     except (OSError, ValueError, KeyError, TypeError, ValidationError):
         return {}  # a damaged cache is rebuilt, never trusted
+    _HELD[path] = (stamp, entries)
+    return dict(entries)
 
 
 def _save_cache(cache_dir: Path | None, files: dict[str, FileEntry], cache: dict[str, Parsed]) -> None:
+    """Write the entries of ``files`` (others are dropped: the cache follows the tree, not its history)."""
     if cache_dir is None:
         return
     live = {e.digest: cache[e.digest] for e in files.values() if e.digest in cache}
     payload = {"version": 1, "entries": {d: p.model_dump(exclude_defaults=True) for d, p in sorted(live.items())}}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     path = cache_dir / CACHE_NAME
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    atomic_write(path, text)
+    atomic_write(path, json.dumps(payload, sort_keys=True, separators=(",", ":")), durable=False)  # a cache
+    stamp = _stamp(path)
+    if stamp is not None:
+        _HELD[path] = (stamp, live)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+# the cache files this process read or wrote, by path: (their inode, size and mtime then, the entries)
+_HELD: dict[Path, tuple[tuple[int, int, int], dict[str, Parsed]]] = {}
 
 
 def _resolve(path: str, imp: ImportRef, modules: dict[str, str]) -> list[str]:

@@ -10,6 +10,7 @@ recompute it.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 import uuid
 from dataclasses import dataclass
@@ -138,7 +139,22 @@ def declared_dependencies(repo_path: Path, commit: str) -> tuple[dict[str, str],
 
 
 def build(repo_path: Path, repo: str, commit: str) -> bytes:
-    """The CycloneDX 1.6 JSON SBOM of ``repo`` at ``commit`` (deterministic bytes)."""
+    """The CycloneDX 1.6 JSON SBOM of ``repo`` at ``commit`` (deterministic bytes).
+
+    For a full commit id the answer is remembered: it depends on that commit's objects alone,
+    and a step builds it to sign, then again to verify before promoting.
+    """
+    if gitops.FULL_ID.match(commit):
+        return _remembered(repo_path, repo, commit)
+    return _build(repo_path, repo, commit)
+
+
+@functools.lru_cache(maxsize=32)
+def _remembered(repo_path: Path, repo: str, commit: str) -> bytes:
+    return _build(repo_path, repo, commit)
+
+
+def _build(repo_path: Path, repo: str, commit: str) -> bytes:
     project, deps = declared_dependencies(repo_path, commit)
     stamp = int(project.pop("_timestamp"))
     bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"converge:{repo}:{commit}"))
