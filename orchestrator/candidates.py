@@ -124,7 +124,7 @@ class Candidate:
             gitops.run(self.path, "clean", "-ffdxq")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            gitops.run(self.repo, "worktree", "add", "--quiet", "--force", "--detach", str(self.path), base)
+            gitops.add_worktree(self.repo, self.path, base)
         self.commit_sha = None
         return self.path
 

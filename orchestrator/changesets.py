@@ -196,20 +196,16 @@ def _digest_of(path: Path) -> str | None:
 
 
 def _signature_problems(ws: Workspace, cs: Changeset, env: dict[str, Any], repo_path: Path) -> list[Problem]:
-    from concurrent.futures import ThreadPoolExecutor
-
     allowed = signing.allowed_signers_path(ws)
     problems = []
-    with ThreadPoolExecutor(max_workers=1) as other:  # two ssh-keygen runs at once: each is mostly start-up
-        commit_check = other.submit(signing.verify_commit, repo_path, cs.commit, allowed)
-        try:
-            signing.verify_envelope(env, allowed, signing.WORKSPACE_PRINCIPAL)
-        except SignatureError as exc:
-            problems.append(Problem("attestation signature", str(exc)))
-        try:
-            commit_check.result()
-        except SignatureError as exc:
-            problems.insert(0, Problem("commit signature", str(exc)))
+    try:
+        signing.verify_commit(repo_path, cs.commit, allowed)
+    except SignatureError as exc:
+        problems.append(Problem("commit signature", str(exc)))
+    try:
+        signing.verify_envelope(env, allowed, signing.WORKSPACE_PRINCIPAL)
+    except SignatureError as exc:
+        problems.append(Problem("attestation signature", str(exc)))
     if cs.status == "approved" and cs.decided_by not in (None, AUTO):
         if cs.decided_by == signing.WORKSPACE_PRINCIPAL:
             problems.append(Problem("approval signature", "approved by the workspace key, not a person"))

@@ -226,6 +226,49 @@ def changed_files(cwd: Path, untracked: bool = True) -> list[str]:
     return paths
 
 
+def add_worktree(source: Path, path: Path, commit: str, *, umask: int = -1) -> None:
+    """A linked worktree of the repo at ``source`` at ``path``, detached at ``commit`` and checked out.
+
+    What ``git worktree add --detach`` does, with one git process instead of its three: the
+    worktree's administrative directory ``<source>/.git/worktrees/<id>`` (``gitdir``,
+    ``commondir``, ``HEAD``; locked while it is made, as git does, so that a concurrent
+    ``worktree prune`` leaves it alone), the worktree's ``.git`` file, then ``read-tree`` to
+    fill its index and files. No hook of the repository runs. A source whose ``.git`` is not a
+    directory is left to git itself.
+    """
+    records = source / ".git" / "worktrees"
+    if not (source / ".git").is_dir():
+        run(source, "worktree", "add", "--quiet", "--detach", str(path), commit, umask=umask)
+        return
+    sha = commit if FULL_ID.match(commit) else resolve(source, commit)
+    if sha is None:
+        raise GitError(f"{source}: {commit!r} is not a commit")
+    path.mkdir(parents=True, exist_ok=True)
+    if any(path.iterdir()):
+        raise GitError(f"{path}: already exists and is not empty; cannot add a worktree there")
+    records.mkdir(exist_ok=True)
+    admin, n = records / path.name, 1
+    while True:
+        try:
+            admin.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            admin = records / f"{path.name}{n}"
+    try:
+        (admin / "locked").write_text("initializing\n", encoding="utf-8")
+        (admin / "commondir").write_text("../..\n", encoding="utf-8")
+        (admin / "gitdir").write_text(f"{path.resolve() / '.git'}\n", encoding="utf-8")
+        (admin / "HEAD").write_text(f"{sha}\n", encoding="utf-8")
+        (path / ".git").write_text(f"gitdir: {admin.resolve()}\n", encoding="utf-8")
+        run(path, "read-tree", "-u", "--reset", sha, umask=umask)
+        (admin / "locked").unlink()
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(admin, ignore_errors=True)
+        raise
+
+
 def remove_worktree(source: Path, path: Path) -> None:
     """Remove the linked worktree ``path`` of the repo at ``source``, files and git's record of it; idempotent.
 

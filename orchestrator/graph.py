@@ -439,7 +439,7 @@ def _drive(deps: Deps, run_id: str, state: RunState | None) -> RunResult:
 
     ws = deps.ws
     config: Any = {"configurable": {"thread_id": run_id}, "recursion_limit": 500}
-    with checkpointer(ws) as saver, _sandboxes(deps, run_id, state) as run_deps:
+    with _sandboxes(deps, run_id, state) as run_deps, checkpointer(ws) as saver:  # the first sandbox starts first
         graph = build_graph(run_deps).compile(checkpointer=saver)
         payload: Any = state
         if state is None:

@@ -69,13 +69,11 @@ def judge(ws: Workspace, repo: str, base: str, result: str, tests: TestReport | 
 def scratch_worktree(ws: Workspace, repo_path: Path, commit: str) -> Iterator[Path]:
     """A detached worktree of ``commit`` under ``<ws>/cache/worktrees/``, removed afterwards."""
     path = ws.cache / "worktrees" / f"policy-check-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gitops.run(repo_path, "worktree", "add", "--quiet", "--detach", str(path), commit)
+    gitops.add_worktree(repo_path, path, commit)
     try:
         yield path
     finally:
-        gitops.run(repo_path, "worktree", "remove", "--force", "--force", str(path), check=False)
-        gitops.run(repo_path, "worktree", "prune", check=False)
+        gitops.remove_worktree(repo_path, path)
 
 
 def check_patch(ws: Workspace, repo: str, patch: Path, tests: TestReport | None = None) -> CheckResult:

@@ -349,7 +349,7 @@ def scratch_worktree(ws: Workspace, repo: str, commit: str) -> Path:
 
     path = ws.cache / "worktrees" / f"sandbox-{repo}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    gitops.run(ws.repo_path(repo), "worktree", "add", "--quiet", "--detach", str(path), commit)
+    gitops.add_worktree(ws.repo_path(repo), path, commit)
     return path
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.candidates import Candidate, candidate_ref, changed_paths, diff, kept_commit
 from orchestrator.edits import EditBlock, EditProposal, apply_edits
-from orchestrator.errors import ConflictError, EditError, UsageError
+from orchestrator.errors import ConflictError, EditError, GitError, UsageError
 from tests.conftest import MakeRepo, git
 
 
@@ -158,3 +158,27 @@ def test_repo_hooks_never_run_and_the_signature_lands_where_git_puts_it(repo: Pa
 def test_bad_keys_are_refused(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="run"):
         Candidate(repo, tmp_path / "wt", run="../escape", step=1, attempt=1, base="HEAD")
+
+
+def test_a_worktree_made_without_git_worktree_add_is_one_git_knows(repo: Path, tmp_path: Path) -> None:
+    from orchestrator import gitops
+
+    base = git(repo, "rev-parse", "HEAD")
+    first, second = tmp_path / "a" / "same", tmp_path / "b" / "same"  # same name: git's records need two ids
+    gitops.add_worktree(repo, first, "HEAD")
+    gitops.add_worktree(repo, second, base)
+    git(repo, "worktree", "prune")  # a concurrent prune keeps both
+    listed = git(repo, "worktree", "list", "--porcelain")
+    for path in (first, second):
+        assert f"worktree {path}\nHEAD {base}\ndetached" in listed
+        assert git(path, "status", "--porcelain") == ""
+        assert (path / "app.py").read_text() == "def answer():\n    return 41\n"
+    with pytest.raises(GitError, match="not empty"):
+        gitops.add_worktree(repo, first, base)
+    with pytest.raises(GitError, match="not a commit"):
+        gitops.add_worktree(repo, tmp_path / "c", "no-such-ref")
+    gitops.remove_worktree(repo, first)
+    git(repo, "worktree", "remove", "--force", str(second))  # git itself removes ours
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not first.exists() and not second.exists()
+    assert not (repo / ".git" / "worktrees").exists() or not any((repo / ".git" / "worktrees").iterdir())
