@@ -295,7 +295,7 @@ def main() -> None:
     parser.add_argument("--tests-per-module", type=int, default=12)
     parser.add_argument("--work", type=int, default=40_000, help="loop iterations per test")
     parser.add_argument("--steps", type=int, default=5, help="steps per run (converge.toml's default max_steps)")
-    parser.add_argument("--runs", type=int, default=2, help="runs after the cold one-step run")
+    parser.add_argument("--runs", type=int, default=3, help="runs after the cold one-step run")
     parser.add_argument("--rounds", type=int, default=5, help="selected/full rounds in one sandbox")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     args = parser.parse_args()

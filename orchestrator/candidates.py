@@ -9,9 +9,10 @@ The worktree lives at ``<worktrees_dir>/<run>/<step>-<attempt>`` (normally
 ``<ws>/cache/worktrees/``), detached at ``base``. Entering is idempotent: a worktree left by
 a killed process under the same key is reset to ``base`` and reused. Commits are written as
 objects (no hook of the repository runs), with a fixed identity, signed by the caller's
-signature function if it gives one. The commit is kept under ``refs/converge/candidates/<run>/<step>-<attempt>`` or
-``refs/converge/failed/...`` by a compare-and-swap ref transaction; leaving the block removes
-the worktree (a commit not yet kept is kept under ``failed/`` first: nothing is lost).
+signature function if it gives one. The commit is kept under
+``refs/converge/candidates/<run>/<step>-<attempt>`` or ``refs/converge/failed/...`` by a
+compare-and-swap ref transaction; leaving the block removes the worktree (a commit not yet
+kept is kept under ``failed/`` first: nothing is lost).
 """
 
 from __future__ import annotations
