@@ -165,6 +165,13 @@ def read_objects(
     return proc.stdout
 
 
+def forget_reads() -> None:
+    """Drop every remembered read (for measuring or checking a read as a new process makes it)."""
+    with _OBJECT_READS.lock:
+        _OBJECT_READS.answers.clear()
+        _OBJECT_READS.size = 0
+
+
 def name_status(cwd: Path, old: str, new: str) -> list[tuple[str, str]]:
     """What changes from commit ``old`` to ``new``: (A, D, M or T, path) pairs, renames as delete and add."""
     out = read_objects(cwd, "diff", "--name-status", "--no-renames", "-z", old, new, ids=[old, new])

@@ -149,6 +149,12 @@ def build(repo_path: Path, repo: str, commit: str) -> bytes:
     return _build(repo_path, repo, commit)
 
 
+def forget() -> None:
+    """Drop the remembered SBOMs and git reads (for measuring a build as a new process makes it)."""
+    _remembered.cache_clear()
+    gitops.forget_reads()
+
+
 @functools.lru_cache(maxsize=32)
 def _remembered(repo_path: Path, repo: str, commit: str) -> bytes:
     return _build(repo_path, repo, commit)
