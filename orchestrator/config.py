@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import ConfigError
+from orchestrator.storage import file_stamp
 
 CONFIG_FILE = "converge.toml"
 ENV_PREFIX = "CONVERGE_"
@@ -114,13 +115,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     The parse is remembered until the file changes (its inode, size or modification time): a
     run reads converge.toml and the policies dozens of times. Each caller gets its own copy.
     """
-    try:
-        stat = path.stat()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    return copy.deepcopy(_parse_toml(path, (stat.st_ino, stat.st_size, stat.st_mtime_ns)))
+    stamp = file_stamp(path)
+    if stamp is None:
+        raise ConfigError(f"{path}: file not found")
+    return copy.deepcopy(_parse_toml(path, stamp))
 
 
 @functools.lru_cache(maxsize=64)

@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import gitops
-from orchestrator.storage import atomic_write
+from orchestrator.storage import atomic_write, file_stamp
 from orchestrator.workspace import Workspace
 
 CACHE_NAME = "repomap-v1.json"
@@ -419,7 +419,7 @@ def _load_cache(cache_dir: Path | None) -> dict[str, Parsed]:
     if cache_dir is None:
         return {}
     path = cache_dir / CACHE_NAME
-    stamp = _stamp(path)
+    stamp = file_stamp(path)
     if stamp is None:
         return {}
     held = _HELD.get(path)
@@ -442,17 +442,9 @@ def _save_cache(cache_dir: Path | None, files: dict[str, FileEntry], cache: dict
     payload = {"version": 1, "entries": {d: p.model_dump(exclude_defaults=True) for d, p in sorted(live.items())}}
     path = cache_dir / CACHE_NAME
     atomic_write(path, json.dumps(payload, sort_keys=True, separators=(",", ":")), durable=False)  # a cache
-    stamp = _stamp(path)
+    stamp = file_stamp(path)
     if stamp is not None:
         _HELD[path] = (stamp, live)
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 # the cache files this process read or wrote, by path: (their inode, size and mtime then, the entries)

@@ -231,7 +231,8 @@ def verify_commit(repo: Path, commit: str, allowed_signers: Path, principal: str
         if good:
             return
         if good is False:
-            if not sshsig.verify(blob, payload, GIT_NAMESPACE, [sshsig.signature_key(blob) or ""]):
+            signed_by = sshsig.signature_key(blob)
+            if signed_by is None or signed_by in keys:
                 raise SignatureError(f"commit {commit[:12]}: signature does not verify: bad signature")
             raise SignatureError(f"commit {commit[:12]}: signed, but not by {principal}")
     _git_verify_commit(repo, commit, allowed_signers, principal)

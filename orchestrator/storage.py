@@ -51,6 +51,16 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, durable: bool
         raise
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, modification time) of ``path``, None when it cannot be read: what tells a parse
+    remembered from the file still holds (a state file is replaced whole, so a new version is a new inode)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
     """Write ``value`` as indented JSON, atomically."""
     atomic_write(path, json.dumps(value, indent=2, sort_keys=True) + "\n", mode)

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from orchestrator import gitops
 from orchestrator.config import CONFIG_FILE, ConvergeConfig, dump_toml, load_config
 from orchestrator.errors import RepoError, UsageError, WorkspaceError
-from orchestrator.storage import atomic_write, atomic_write_json, file_lock, read_model
+from orchestrator.storage import atomic_write, atomic_write_json, file_lock, file_stamp, read_model
 
 STATE_DIR = ".converge"
 LAYOUT = ("spec", "src", "test", "tools", "cache", "proofs", "sbom")
@@ -106,12 +106,10 @@ class Workspace:
 
     def repos(self) -> list[RepoRecord]:
         """Registered repositories, in registration order."""
-        try:
-            stat = self._registry.stat()
-        except FileNotFoundError:
+        stamp = file_stamp(self._registry)
+        if stamp is None:
             return []
-        records = _read_registry(self._registry, (stat.st_ino, stat.st_size, stat.st_mtime_ns))
-        return [r.model_copy() for r in records]
+        return [r.model_copy() for r in _read_registry(self._registry, stamp)]
 
     def repo(self, name: str) -> RepoRecord:
         """One registered repository by name, or a RepoError listing the known ones."""
