@@ -172,8 +172,10 @@ class Candidate:
         else:
             gitops.run(self.path, "--literal-pathspecs", "add", "--all", "--", *paths)
         tree = gitops.run(self.path, "write-tree").strip()
-        base = _tree_of(self.repo, self.base)
-        if tree == base:
+        header = gitops.commit_header(self.repo, self.base)
+        if header is None:
+            raise GitError(f"{self.repo}: {self.base!r} is not a commit")
+        if tree == header[0]:
             raise EditError("The edits leave every file as it was; there is nothing to commit.")
         ident = f"{IDENTITY_NAME} <{IDENTITY_EMAIL}> {_git_date(date)}"
         text = f"tree {tree}\nparent {self.base}\nauthor {ident}\ncommitter {ident}\n\n{_cleanup(message)}"
@@ -228,14 +230,6 @@ class Candidate:
         if self.commit_sha is None:
             raise GitError("the candidate has no commit yet; call commit() first")
         return self.commit_sha
-
-
-def _tree_of(repo: Path, commit: str) -> str:
-    """The tree of ``commit``."""
-    text = gitops.commit_text(repo, commit)
-    if text is None or not text.startswith("tree "):
-        raise GitError(f"{repo}: {commit!r} is not a commit")
-    return text[5 : text.index("\n")]
 
 
 def _git_date(date: str | None) -> str:

@@ -217,17 +217,6 @@ def _signature_problems(ws: Workspace, cs: Changeset, env: dict[str, Any], repo_
     return problems
 
 
-def commit_header(repo_path: Path, commit: str) -> tuple[str, str] | None:
-    """The tree and first parent of ``commit`` (one git call), or None when it is not a commit."""
-    text = gitops.commit_text(repo_path, commit)
-    if text is None:
-        return None
-    fields = dict(ln.split(" ", 1) for ln in text.split("\n\n", 1)[0].splitlines() if " " in ln and ln[0] != " ")
-    if "tree" not in fields:
-        return None
-    return fields["tree"], fields.get("parent", "")
-
-
 def _expect(problems: list[Problem], field: str, found: object, expected: object) -> None:
     if found != expected:
         problems.append(Problem(field, f"attestation says {found!r}, but it is {expected!r}"))
@@ -244,7 +233,7 @@ def _payload_problems(ws: Workspace, cs: Changeset, statement: dict[str, Any], r
     _expect(problems, "repo", pred.get("repo"), cs.repo)
     subjects = {k: v for s in statement.get("subject", []) for k, v in (s.get("digest") or {}).items()}
     _expect(problems, "commit", subjects.get("gitCommit"), cs.commit)
-    header = commit_header(repo_path, cs.commit)
+    header = gitops.commit_header(repo_path, cs.commit)
     if header is None:
         problems.append(Problem("commit", f"{cs.commit} is not a commit in {repo_path}"))
         return problems

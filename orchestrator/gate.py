@@ -190,7 +190,7 @@ def sign(
     verdict_bytes = json.dumps({**verdict, "detail": judgement.detail}, indent=2, sort_keys=True).encode()
     verdict_sha = changesets.write_artifact(ws, cs_id, changesets.VERDICT, verdict_bytes)
     sbom_sha = changesets.write_artifact(ws, cs_id, changesets.SBOM, sbom.build(path, repo, commit))
-    header = changesets.commit_header(path, commit)
+    header = gitops.commit_header(path, commit)
     if header is None or header[1] != base.commit:
         raise ConflictError(f"{commit[:12]} is not a commit on the base {base.commit[:12]} in {path}")
     tree = header[0]

@@ -187,6 +187,17 @@ def commit_text(cwd: Path, commit: str) -> str | None:
         return None
 
 
+def commit_header(cwd: Path, commit: str) -> tuple[str, str] | None:
+    """The tree and first parent of ``commit`` (one git call, once), or None when it is not a commit."""
+    text = commit_text(cwd, commit)
+    if text is None:
+        return None
+    fields = dict(ln.split(" ", 1) for ln in text.split("\n\n", 1)[0].splitlines() if " " in ln and ln[0] != " ")
+    if "tree" not in fields:
+        return None
+    return fields["tree"], fields.get("parent", "")
+
+
 def resolve(cwd: Path, ref: str) -> str | None:
     """The commit ``ref`` points to, or None when it does not exist (a full commit id: no git call, once read)."""
     if FULL_ID.match(ref) and commit_text(cwd, ref) is not None:

@@ -335,7 +335,7 @@ def generation_worktree(ws: Workspace, repo: str, ref: str = "refs/converge/head
     try:
         yield path
     finally:
-        remove_worktree(source, path)
+        gitops.remove_worktree(source, path)
 
 
 def scratch_worktree(ws: Workspace, repo: str, commit: str) -> Path:
@@ -351,13 +351,6 @@ def scratch_worktree(ws: Workspace, repo: str, commit: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     gitops.add_worktree(ws.repo_path(repo), path, commit)
     return path
-
-
-def remove_worktree(source: Path, path: Path) -> None:
-    """Remove a scratch worktree of the repo at ``source`` (git's bookkeeping too); idempotent."""
-    from orchestrator import gitops
-
-    gitops.remove_worktree(source, path)
 
 
 def stale_worktrees(ws: Workspace, repo: str | None = None) -> list[tuple[Path, Path]]:

@@ -6,10 +6,11 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from orchestrator import gitops
 from orchestrator.config import SandboxConfig
 from orchestrator.doctor import Check, DoctorContext, register_check
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox import remove_worktree, stale_worktrees
+from orchestrator.sandbox import stale_worktrees
 from orchestrator.sandbox_image import image_present, resolve
 
 
@@ -85,7 +86,7 @@ def _orphans(ctx: DoctorContext, client: Any) -> Check:
     if ctx.clean:
         removed = backend.reap(None)
         for path, repo_dir in stale:
-            remove_worktree(repo_dir, path)
+            gitops.remove_worktree(repo_dir, path)
         ctx.cleaned += [f"container {cid}" for cid in removed] + [f"worktree {p}" for p, _ in stale]
         return Check("sandbox.orphans", "ready", f"removed {len(removed)} container(s), {len(stale)} worktree(s)")
     count = sum(

@@ -40,7 +40,6 @@ from orchestrator.sandbox import (
     SandboxSession,
     SandboxSpec,
     backend_for,
-    remove_worktree,
     sandbox_spec,
     scratch_worktree,
     stale_worktrees,
@@ -150,7 +149,7 @@ class SandboxPool:
         with contextlib.suppress(SandboxError):  # the engine said why when the standby started, if it is down
             self.backend.reap(self.ws.root)
         for path, source in stale_worktrees(self.ws, self.repo):
-            remove_worktree(source, path)
+            gitops.remove_worktree(source, path)
 
     def _start(self, commit: str) -> _Standby:
         path = scratch_worktree(self.ws, self.repo, commit)
@@ -161,7 +160,7 @@ class SandboxPool:
             # view now, in the background, so that a move later rewrites only what differs
             gitops.run(path, "update-index", "-q", "--refresh", check=False)
         except BaseException:
-            remove_worktree(self.source, path)
+            gitops.remove_worktree(self.source, path)
             raise
         return _Standby(path, commit, spec, session)
 
@@ -187,9 +186,9 @@ class SandboxPool:
         """Close the sandbox now (the engine removes the container); remove the worktree in the background."""
         standby.session.close()
         if self.closed:
-            remove_worktree(self.source, standby.path)
+            gitops.remove_worktree(self.source, standby.path)
         else:
-            self._worker.submit(remove_worktree, self.source, standby.path)
+            self._worker.submit(gitops.remove_worktree, self.source, standby.path)
 
     def _dispose(self, pending: Future[_Standby]) -> None:
         standby = _result(pending)
