@@ -178,8 +178,8 @@ def move_candidate(ws: Workspace, s: RunState, outcome: candidates.Outcome) -> N
 def run_tests(deps: Deps, s: RunState, full: bool, *, warm_next: bool = False) -> tuple[TestReport, str]:
     """Tests of the candidate in the sandbox: the ones that import the change first, then all.
 
-    ``warm_next``: another attempt or step may follow, so the run's pool starts its next
-    sandbox while these tests run.
+    ``warm_next``: another step follows, so the run's pool starts its next sandbox while
+    these tests run.
     """
     from orchestrator.repomap import repo_map_for
 

@@ -165,6 +165,36 @@ def read_objects(
     return proc.stdout
 
 
+def read_batch(cwd: Path, commit: str, specs: Sequence[str]) -> dict[str, bytes | None]:
+    """Objects of ``commit`` (``<commit>:<path>``, ``<commit>^{tree}``...) in one ``cat-file --batch``:
+    each one's content, None where it is missing. Remembered, as :func:`read_objects` says."""
+    request = "".join(f"{s}\n" for s in specs).encode()
+    out, pos = read_objects(cwd, "cat-file", "--batch", ids=[commit], stdin=request), 0
+    found: dict[str, bytes | None] = {}
+    for spec in specs:
+        header_end = out.index(b"\n", pos)
+        header = out[pos:header_end].split()
+        if header[-1] == b"missing":
+            found[spec] = None
+            pos = header_end + 1
+            continue
+        size = int(header[2])
+        found[spec] = out[header_end + 1 : header_end + 1 + size]
+        pos = header_end + 1 + size + 1
+    return found
+
+
+def tree_entries(tree: bytes, hash_len: int) -> list[tuple[str, str]]:
+    """(mode, name) of each entry of a raw tree object (``hash_len``: 20 for SHA-1, 32 for SHA-256)."""
+    entries, pos = [], 0
+    while pos < len(tree):
+        nul = tree.index(b"\0", pos)
+        mode, _, name = tree[pos:nul].partition(b" ")
+        entries.append((mode.decode(), name.decode(errors="replace")))
+        pos = nul + 1 + hash_len
+    return entries
+
+
 def forget_reads() -> None:
     """Drop every remembered read (for measuring or checking a read as a new process makes it)."""
     with _OBJECT_READS.lock:
@@ -244,7 +274,7 @@ def changed_files(cwd: Path, untracked: bool = True) -> list[str]:
     return paths
 
 
-def add_worktree(source: Path, path: Path, commit: str, *, umask: int = -1) -> None:
+def add_worktree(source: Path, path: Path, commit: str, *, umask: int = -1, fill: bool = True) -> None:
     """A linked worktree of the repo at ``source`` at ``path``, detached at ``commit`` and checked out.
 
     What ``git worktree add --detach`` does, with one git process instead of its three: the
@@ -252,11 +282,14 @@ def add_worktree(source: Path, path: Path, commit: str, *, umask: int = -1) -> N
     ``commondir``, ``HEAD``; locked while it is made, as git does, so that a concurrent
     ``worktree prune`` leaves it alone), the worktree's ``.git`` file, then ``read-tree`` to
     fill its index and files. No hook of the repository runs. A source whose ``.git`` is not a
-    directory is left to git itself.
+    directory is left to git itself. ``fill=False`` stops before the files: the worktree holds
+    only its ``.git`` file (and stays locked) until :func:`fill_worktree`.
     """
     records = source / ".git" / "worktrees"
     if not (source / ".git").is_dir():
-        run(source, "worktree", "add", "--quiet", "--detach", str(path), commit, umask=umask)
+        run(source, "worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit, umask=umask)
+        if fill:
+            fill_worktree(path, commit, umask=umask)
         return
     sha = commit if FULL_ID.match(commit) else resolve(source, commit)
     if sha is None:
@@ -279,12 +312,20 @@ def add_worktree(source: Path, path: Path, commit: str, *, umask: int = -1) -> N
         (admin / "gitdir").write_text(f"{path.resolve() / '.git'}\n", encoding="utf-8")
         (admin / "HEAD").write_text(f"{sha}\n", encoding="utf-8")
         (path / ".git").write_text(f"gitdir: {admin.resolve()}\n", encoding="utf-8")
-        run(path, "read-tree", "-u", "--reset", sha, umask=umask)
-        (admin / "locked").unlink()
+        if fill:
+            fill_worktree(path, sha, umask=umask)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(admin, ignore_errors=True)
         raise
+
+
+def fill_worktree(path: Path, commit: str, *, umask: int = -1) -> None:
+    """Check ``commit`` out into the worktree ``add_worktree(..., fill=False)`` made: index and files."""
+    run(path, "read-tree", "-u", "--reset", commit, umask=umask)
+    admin = _admin_dir(path)
+    if admin is not None and (admin / "locked").read_text(encoding="utf-8", errors="replace") == "initializing\n":
+        (admin / "locked").unlink()
 
 
 def remove_worktree(source: Path, path: Path) -> None:

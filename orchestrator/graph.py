@@ -162,7 +162,7 @@ class _Nodes:
         if report_file.exists() and image_file.exists():
             report = TestReport.model_validate_json(report_file.read_text())
         else:
-            more = s["step"] + 1 < len(s["steps"]) or s["attempt"] < attempts.attempts(self.cards, s)
+            more = s["step"] + 1 < len(s["steps"])  # a retry warms its own (see retry): most last steps pass
             report, image = attempts.run_tests(self.deps, s, self.cfg.run.full_suite_before_promote, warm_next=more)
             atomic_write(image_file, image)
             atomic_write(report_file, report.model_dump_json(indent=2))
@@ -283,6 +283,8 @@ class _Nodes:
 
     def retry(self, s: RunState) -> RunState:
         self.deps.on_event(f"  attempt {s['attempt']} failed: {s.get('feedback', '').splitlines()[0][:200]}")
+        if self.deps.sandboxes is not None:
+            self.deps.sandboxes.warm(s["base"])  # ready by the time the next proposal is, unless one is on its way
         return {"attempt": s["attempt"] + 1}
 
 

@@ -88,8 +88,13 @@ class SandboxBackend(Protocol):
 
     name: str
 
-    def start(self, spec: SandboxSpec) -> SandboxSession:
-        """Start one long-lived sandbox, or raise SandboxError saying how to fix the engine."""
+    def start(self, spec: SandboxSpec, fill: Callable[[], None] | None = None) -> SandboxSession:
+        """Start one long-lived sandbox, or raise SandboxError saying how to fix the engine.
+
+        ``fill``, if given, writes the worktree's files (it holds only its ``.git`` until then):
+        a backend may run it while the sandbox starts; both are done when ``start`` returns,
+        and an error of either is raised with nothing left running.
+        """
         ...
 
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
@@ -260,9 +265,18 @@ def open_sandbox(
 
 
 def sandbox_spec(
-    ws: Workspace, repo: str, worktree: Path, label: str, cfg: SandboxConfig, backend: SandboxBackend
+    ws: Workspace,
+    repo: str,
+    worktree: Path,
+    label: str,
+    cfg: SandboxConfig,
+    backend: SandboxBackend,
+    requirements: list[str] | None = None,
 ) -> SandboxSpec:
-    """The sandbox a candidate of ``repo`` gets over ``worktree`` now: image, test environment, limits."""
+    """The sandbox a candidate of ``repo`` gets over ``worktree`` now: image, test environment, limits.
+
+    ``requirements``: the ones the worktree declares, when they are known without reading it.
+    """
     from orchestrator.sandbox_env import ensure_env
 
     image = resolve(ws)
@@ -274,7 +288,8 @@ def sandbox_spec(
         labels=labels(ws, repo, label),
         environment=environment(image, cfg),
     )
-    env_dir = ensure_env(ws, repo, base, backend, allow_network="network-deps" in cfg.allow.get(repo, []))
+    allow_network = "network-deps" in cfg.allow.get(repo, [])
+    env_dir = ensure_env(ws, repo, base, backend, allow_network=allow_network, requirements=requirements)
     return replace(base, env_dir=env_dir)
 
 
@@ -288,7 +303,9 @@ class ScriptedBackend:
     started: list[SandboxSpec] = field(default_factory=list)
     open_sessions: int = 0
 
-    def start(self, spec: SandboxSpec) -> SandboxSession:
+    def start(self, spec: SandboxSpec, fill: Callable[[], None] | None = None) -> SandboxSession:
+        if fill is not None:
+            fill()
         self.started.append(spec)
         self.open_sessions += 1
         return _ScriptedSession(self)
@@ -338,10 +355,11 @@ def generation_worktree(ws: Workspace, repo: str, ref: str = "refs/converge/head
         gitops.remove_worktree(source, path)
 
 
-def scratch_worktree(ws: Workspace, repo: str, commit: str) -> Path:
+def scratch_worktree(ws: Workspace, repo: str, commit: str, *, fill: bool = True) -> Path:
     """A new detached worktree of ``commit`` named after this process (``sandbox-<repo>-<pid>-<hex>``).
 
-    The name lets :func:`stale_worktrees` find what a killed process left behind.
+    The name lets :func:`stale_worktrees` find what a killed process left behind. ``fill=False``:
+    only registered, its files come with :func:`gitops.fill_worktree`.
     """
     import uuid
 
@@ -349,7 +367,7 @@ def scratch_worktree(ws: Workspace, repo: str, commit: str) -> Path:
 
     path = ws.cache / "worktrees" / f"sandbox-{repo}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    gitops.add_worktree(ws.repo_path(repo), path, commit)
+    gitops.add_worktree(ws.repo_path(repo), path, commit, fill=fill)
     return path
 
 

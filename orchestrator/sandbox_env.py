@@ -29,12 +29,14 @@ import shutil
 import sys
 import tomllib
 import venv
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from orchestrator import gitops
 from orchestrator.errors import SandboxError
 from orchestrator.storage import atomic_write_json, file_lock
 from orchestrator.workspace import Workspace
@@ -55,20 +57,51 @@ def _norm(name: str) -> str:
 
 def declared_requirements(worktree: Path) -> list[str]:
     """The requirement lines a repo declares, sorted and deduplicated."""
+
+    def read(name: str) -> str | None:
+        path = worktree / name
+        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+
+    return _requirements(read, str(worktree / "pyproject.toml"))
+
+
+def requirements_at(repo_path: Path, commit: str) -> list[str]:
+    """:func:`declared_requirements` of ``commit``'s files, read from git (one ``cat-file``), not a checkout.
+
+    Only regular files count; a symlinked requirements file (which a checkout would follow)
+    counts as absent here, so a sandbox spec made from this may differ from one made from the
+    checkout: callers compare the two (see ``sandbox_pool``).
+    """
+    names = (*REQUIREMENT_FILES, "pyproject.toml")
+    tree_spec = f"{commit}^{{tree}}"
+    blobs = gitops.read_batch(repo_path, commit, [tree_spec, *(f"{commit}:{n}" for n in names)])
+    regular = {n for mode, n in gitops.tree_entries(blobs[tree_spec] or b"", len(commit) // 2) if mode in REGULAR}
+
+    def read(name: str) -> str | None:
+        blob = blobs.get(f"{commit}:{name}") if name in regular else None
+        return blob.decode("utf-8", errors="replace") if blob is not None else None
+
+    return _requirements(read, f"{repo_path}: pyproject.toml of {commit[:12]}")
+
+
+REGULAR = ("100644", "100755")
+
+
+def _requirements(read: Callable[[str], str | None], pyproject_name: str) -> list[str]:
     found: set[str] = set()
     for name in REQUIREMENT_FILES:
-        path = worktree / name
-        if path.is_file():
-            for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        text = read(name)
+        if text is not None:
+            for raw in text.splitlines():
                 line = raw.split(" #", 1)[0].strip()
                 if line and not line.startswith(("#", "-", ".", "/")):
                     found.add(line)
-    pyproject = worktree / "pyproject.toml"
-    if pyproject.is_file():
+    pyproject = read("pyproject.toml")
+    if pyproject is not None:
         try:
-            project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+            project = tomllib.loads(pyproject).get("project", {})
         except tomllib.TOMLDecodeError as exc:
-            raise SandboxError(f"{pyproject}: not valid TOML: {exc}") from exc
+            raise SandboxError(f"{pyproject_name}: not valid TOML: {exc}") from exc
         found.update(project.get("dependencies", []))
         extras = project.get("optional-dependencies", {})
         for extra in EXTRAS:
@@ -203,9 +236,18 @@ def _is_compiled(path: Path) -> bool:
         return False
 
 
-def ensure_env(ws: Workspace, repo: str, spec: SandboxSpec, backend: SandboxBackend, *, allow_network: bool) -> Path:
-    """The test environment of the worktree in ``spec``: built now if its digest is new."""
-    requirements = declared_requirements(spec.worktree)
+def ensure_env(
+    ws: Workspace,
+    repo: str,
+    spec: SandboxSpec,
+    backend: SandboxBackend,
+    *,
+    allow_network: bool,
+    requirements: list[str] | None = None,
+) -> Path:
+    """The test environment of the worktree in ``spec`` (or of ``requirements``): built now if its digest is new."""
+    if requirements is None:
+        requirements = declared_requirements(spec.worktree)
     seed, seed_missing = host_closure(list(SEED))
     if seed_missing:
         raise SandboxError(f"cannot seed test environments: {', '.join(seed_missing)} missing here; reinstall Converge")

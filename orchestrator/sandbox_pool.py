@@ -13,7 +13,10 @@ which no command has run yet. :meth:`SandboxPool.at` moves that worktree to the 
 asked for (host git in a tree nothing untrusted has touched), checks that the sandbox is
 exactly what :func:`~orchestrator.sandbox.open_sandbox` would start now (same image, test
 environment, limits, environment), and hands it over; a standby that differs is discarded
-and a sandbox started there and then. One background thread prepares standbys and removes
+and a sandbox started there and then. A standby's container starts while git writes its
+files (the engine's ~0.3 s and git's tens of ms overlap): its spec is made from the
+commit's requirement files as git has them, and that check catches the rare guess the
+checkout contradicts (a symlinked requirements file). One background thread prepares standbys and removes
 used worktrees; :meth:`SandboxPool.close` waits for it, so a closed pool leaves nothing.
 
 A process killed meanwhile leaves its worktrees, named after its pid: the next pool of the
@@ -44,6 +47,7 @@ from orchestrator.sandbox import (
     scratch_worktree,
     stale_worktrees,
 )
+from orchestrator.sandbox_env import requirements_at
 from orchestrator.workspace import Workspace
 
 
@@ -122,15 +126,20 @@ class SandboxPool:
     def _take(self, commit: str) -> _Standby:
         pending, self._next = self._next, None
         standby = _result(pending) if pending is not None else None
-        if standby is not None:
-            try:
-                self._move(standby, commit)
-                if self._same(standby.spec, self._spec(standby.path)):
-                    return standby
-            except (SandboxError, GitError, OSError):
-                pass  # a standby that cannot serve is discarded; the start below says why, if it fails too
-            self._retire(standby)
-        return self._prepare(commit)
+        if standby is None:
+            standby = self._prepare(commit)
+        if self._serves(standby, commit):
+            return standby
+        self._retire(standby)  # other requirements at ``commit`` than it was started for, or guessed wrong
+        return self._start(commit, exact=True)
+
+    def _serves(self, standby: _Standby, commit: str) -> bool:
+        """Move ``standby`` to ``commit``; whether its sandbox is the one open_sandbox would start there now."""
+        try:
+            self._move(standby, commit)
+            return self._same(standby.spec, self._spec(standby.path))
+        except (SandboxError, GitError, OSError):
+            return False  # discarded; a start in the foreground says why, if it fails too
 
     def _prepare(self, commit: str) -> _Standby:
         """A scratch worktree of ``commit`` with a sandbox started over it (the worker's job).
@@ -151,21 +160,34 @@ class SandboxPool:
         for path, source in stale_worktrees(self.ws, self.repo):
             gitops.remove_worktree(source, path)
 
-    def _start(self, commit: str) -> _Standby:
-        path = scratch_worktree(self.ws, self.repo, commit)
+    def _start(self, commit: str, exact: bool = False) -> _Standby:
+        """A scratch worktree of ``commit`` and a sandbox started over it.
+
+        The container starts (~0.3 s of engine work) while git writes the files: its spec,
+        which names the test environment of the repo's declared requirements, is made from
+        the commit's requirement files (read from git), and :meth:`_take` checks it against
+        the checkout's before use. ``exact``: the files first, the spec from them (the
+        fallback when the two differ, e.g. a symlinked requirements file).
+        """
+        path = scratch_worktree(self.ws, self.repo, commit, fill=exact)
         try:
-            spec = self._spec(path)
-            session = self.backend.start(spec)
-            # starting may have changed the files' group and mode (their ctime): refresh git's
-            # view now, in the background, so that a move later rewrites only what differs
-            gitops.run(path, "update-index", "-q", "--refresh", check=False)
+            if exact:
+                spec = self._spec(path)
+                session = self.backend.start(spec)
+                # starting changed the files' group and mode (their ctime): refresh git's view,
+                # so that a move later rewrites only what differs
+                gitops.run(path, "update-index", "-q", "--refresh", check=False)
+            else:
+                spec = self._spec(path, requirements_at(self.source, commit))
+                # group-writable files (umask 002) in directories the backend shares first
+                session = self.backend.start(spec, fill=lambda: gitops.fill_worktree(path, commit, umask=0o002))
         except BaseException:
             gitops.remove_worktree(self.source, path)
             raise
         return _Standby(path, commit, spec, session)
 
-    def _spec(self, tree: Path) -> SandboxSpec:
-        return sandbox_spec(self.ws, self.repo, tree, "standby", self.cfg, self.backend)
+    def _spec(self, tree: Path, requirements: list[str] | None = None) -> SandboxSpec:
+        return sandbox_spec(self.ws, self.repo, tree, "standby", self.cfg, self.backend, requirements)
 
     @staticmethod
     def _same(started: SandboxSpec, wanted: SandboxSpec) -> bool:

@@ -45,34 +45,6 @@ class Dependency:
 USUAL_REQUIREMENTS = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "requirements_dev.txt")
 
 
-def _tree_names(tree: bytes, hash_len: int) -> list[str]:
-    """Entry names of a raw tree object (``<mode> <name>\\0<hash>`` repeated)."""
-    names, pos = [], 0
-    while pos < len(tree):
-        nul = tree.index(b"\0", pos)
-        names.append(tree[pos:nul].split(b" ", 1)[1].decode(errors="replace"))
-        pos = nul + 1 + hash_len
-    return names
-
-
-def _read(repo_path: Path, commit: str, specs: list[str]) -> dict[str, bytes | None]:
-    """Several objects of ``commit`` in one ``git cat-file --batch`` (``<commit>:<path>``, ``<commit>^{tree}``...)."""
-    request = "".join(f"{s}\n" for s in specs).encode()
-    out, pos = gitops.read_objects(repo_path, "cat-file", "--batch", ids=[commit], stdin=request), 0
-    found: dict[str, bytes | None] = {}
-    for spec in specs:
-        header_end = out.index(b"\n", pos)
-        header = out[pos:header_end].split()
-        if header[-1] == b"missing":
-            found[spec] = None
-            pos = header_end + 1
-            continue
-        size = int(header[2])
-        found[spec] = out[header_end + 1 : header_end + 1 + size]
-        pos = header_end + 1 + size + 1
-    return found
-
-
 def _parse(line: str, source: str, scope: str) -> Dependency | None:
     try:
         req = Requirement(line)
@@ -91,12 +63,12 @@ def _dependency_files(repo_path: Path, commit: str) -> tuple[dict[str, bytes | N
     """
     tree_spec = f"{commit}^{{tree}}"
     usual = ["pyproject.toml", *USUAL_REQUIREMENTS]
-    blobs = _read(repo_path, commit, [commit, tree_spec, *(f"{commit}:{n}" for n in usual)])
-    names = _tree_names(blobs[tree_spec] or b"", len(commit) // 2)
+    blobs = gitops.read_batch(repo_path, commit, [commit, tree_spec, *(f"{commit}:{n}" for n in usual)])
+    names = [name for _, name in gitops.tree_entries(blobs[tree_spec] or b"", len(commit) // 2)]
     reqs = sorted(n for n in names if n.startswith("requirements") and n.endswith(".txt"))
     others = [f"{commit}:{n}" for n in reqs if f"{commit}:{n}" not in blobs]
     if others:
-        blobs.update(_read(repo_path, commit, others))
+        blobs.update(gitops.read_batch(repo_path, commit, others))
     return blobs, names, reqs
 
 

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,14 @@ class NestedBackend:
     name: str = "nested"
     started: list[Any] = field(default_factory=list)
 
-    def start(self, spec: Any) -> NestedSession:
+    def start(self, spec: Any, fill: Callable[[], None] | None = None) -> NestedSession:
         if not in_sandbox():
             raise SandboxError(
                 f"the nested sandbox backend runs commands directly and is refused outside a sandbox "
                 f"(${SANDBOX_MARKER} is not 1); use the docker backend"
             )
+        if fill is not None:
+            fill()
         self.started.append(spec)
         return NestedSession(spec)
 

@@ -14,6 +14,8 @@ import docker
 import pytest
 
 from orchestrator import gitops
+from orchestrator.sandbox import generation_worktree
+from orchestrator.sandbox_env import declared_requirements, requirements_at
 from orchestrator.sandbox_pool import SandboxPool
 from orchestrator.workspace import Workspace
 from tests.conftest import git
@@ -113,6 +115,43 @@ def test_a_standby_for_other_requirements_is_not_used(sample_ws: Workspace) -> N
     assert _worktrees(sample_ws) == [] and _containers(sample_ws) == []
 
 
+def test_requirements_read_from_a_commit_match_its_checkout(sample_ws: Workspace) -> None:
+    pyproject = (
+        '[project]\nname = "sample"\nversion = "1"\ndependencies = ["packaging>=20", "sample[dev]"]\n'
+        '[project.optional-dependencies]\ntest = ["pydantic"]\ndocs = ["sphinx"]\n'
+    )
+    files = {"pyproject.toml": pyproject, "requirements-dev.txt": "# x\nruff  # lint\n"}
+    commit = _commit(sample_ws, "declares", files)
+    with generation_worktree(sample_ws, "sample", commit) as tree:
+        assert declared_requirements(tree) == ["packaging>=20", "pydantic", "ruff"]
+        assert requirements_at(sample_ws.repo_path("sample"), commit) == declared_requirements(tree)
+
+
+def test_a_sandbox_started_on_a_guess_the_checkout_contradicts_is_started_again(sample_ws: Workspace) -> None:
+    """A symlinked requirements file: git's blob is the link, the checkout's file is what it points to."""
+    repo = sample_ws.repo_path("sample")
+    base = gitops.resolve(repo, "HEAD")
+    assert base is not None
+    later = _commit(sample_ws, "linked requirements", {"deps/base.txt": "packaging\n"})
+    tree_edit = sample_ws.cache / "worktrees" / "link"
+    git(repo, "worktree", "add", "-q", "--detach", str(tree_edit), later)
+    (tree_edit / "requirements.txt").symlink_to("deps/base.txt")
+    git(tree_edit, "add", "-A")
+    git(tree_edit, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "link")
+    linked = git(tree_edit, "rev-parse", "HEAD").strip()
+    git(repo, "worktree", "remove", "--force", str(tree_edit))
+    assert requirements_at(repo, linked) == []
+    with SandboxPool(sample_ws, "sample") as pool:
+        with pool.at(base) as (_tree, box):
+            plain_env = box.spec.env_dir
+        pool.warm(linked)
+        with pool.at(linked) as (tree, box):
+            assert declared_requirements(tree) == ["packaging"]
+            assert box.spec.env_dir != plain_env
+            assert box.run(["python", "-c", "import packaging"]).ok
+    assert _worktrees(sample_ws) == [] and _containers(sample_ws) == []
+
+
 def test_without_a_standby_a_sandbox_starts_there_and_then(sample_ws: Workspace) -> None:
     head = gitops.resolve(sample_ws.repo_path("sample"), "HEAD")
     assert head is not None
@@ -125,6 +164,8 @@ def test_a_killed_owner_leaves_no_container_and_its_worktrees_are_swept(sample_w
     head = gitops.resolve(sample_ws.repo_path("sample"), "HEAD")
     script = f"""
 from pathlib import Path
+from orchestrator.sandbox import generation_worktree
+from orchestrator.sandbox_env import declared_requirements, requirements_at
 from orchestrator.sandbox_pool import SandboxPool
 from orchestrator.workspace import Workspace
 pool = SandboxPool(Workspace(Path({str(sample_ws.root)!r})), "sample")
