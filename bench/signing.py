@@ -61,7 +61,15 @@ def main() -> int:
                 cand.keep("candidates")
             t2 = time.perf_counter()
             cs = gate.sign(
-                ws, "sample", cs_id, base=base, commit=commit, report=report, judgement=judgement, who=gate.Provenance()
+                ws,
+                "sample",
+                cs_id,
+                base=base.commit,
+                base_generation=base.number,
+                commit=commit,
+                report=report,
+                judgement=judgement,
+                who=gate.Provenance(),
             )
             sbom.forget()  # verifying happens later, in another process: nothing read while signing is known
             t3 = time.perf_counter()

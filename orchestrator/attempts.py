@@ -50,6 +50,7 @@ class RunState(TypedDict, total=False):
     proposal: str
     commit: str
     base: str
+    base_generation: int  # the number of the generation ``base`` is
     report: str
     image: str
     changeset: str

@@ -166,7 +166,8 @@ def sign(
     repo: str,
     cs_id: str,
     *,
-    base: generations.Generation,
+    base: str,
+    base_generation: int,
     commit: str,
     report: TestReport,
     judgement: Judgement,
@@ -182,22 +183,20 @@ def sign(
     path = ws.repo_path(repo)
     signer = signing.workspace_signer(ws)
     created = changesets.now()
-    diff_sha = changesets.write_artifact(
-        ws, cs_id, changesets.DIFF, candidates.diff(path, base.commit, commit).encode()
-    )
+    diff_sha = changesets.write_artifact(ws, cs_id, changesets.DIFF, candidates.diff(path, base, commit).encode())
     report_sha = changesets.write_artifact(ws, cs_id, changesets.REPORT, report.model_dump_json(indent=2).encode())
     verdict = {"decision": judgement.decision, "risk": judgement.risk, "reasons": judgement.reasons}
     verdict_bytes = json.dumps({**verdict, "detail": judgement.detail}, indent=2, sort_keys=True).encode()
     verdict_sha = changesets.write_artifact(ws, cs_id, changesets.VERDICT, verdict_bytes)
     sbom_sha = changesets.write_artifact(ws, cs_id, changesets.SBOM, sbom.build(path, repo, commit))
     header = gitops.commit_header(path, commit)
-    if header is None or header[1] != base.commit:
-        raise ConflictError(f"{commit[:12]} is not a commit on the base {base.commit[:12]} in {path}")
+    if header is None or header[1] != base:
+        raise ConflictError(f"{commit[:12]} is not a commit on the base {base[:12]} in {path}")
     tree = header[0]
     predicate = {
         "changeset": cs_id,
         "repo": repo,
-        "base": {"generation": base.number, "commit": base.commit},
+        "base": {"generation": base_generation, "commit": base},
         "diff": {"sha256": diff_sha},
         "tests": {"sha256": report_sha, "summary": report.summary, "ok": report.ok},
         "policy": {**verdict, "sha256": verdict_sha},
@@ -226,8 +225,8 @@ def sign(
         status="pending",
         commit=commit,
         tree=tree,
-        base=base.commit,
-        base_generation=base.number,
+        base=base,
+        base_generation=base_generation,
         risk=judgement.risk,
         verdict=judgement.decision,
         reasons=judgement.reasons,
@@ -373,7 +372,8 @@ def submit(
         ws,
         repo,
         cs_id,
-        base=base,
+        base=base.commit,
+        base_generation=base.number,
         commit=commit,
         report=report,
         judgement=judgement,

@@ -98,8 +98,14 @@ class _Nodes:
         self.budget_check(s)
         step = attempts.current_step(s)
         path = attempts.attempt_file(self.ws, s, "proposal.json")
-        base = generations.current(self.ws, s["repo"]).commit
-        update: RunState = {"base": base, "proposal": str(path), "feedback": s.get("feedback", "")}
+        current = generations.current(self.ws, s["repo"])
+        base = current.commit
+        update: RunState = {
+            "base": base,
+            "base_generation": current.number,
+            "proposal": str(path),
+            "feedback": s.get("feedback", ""),
+        }
         if path.exists():
             return update
         card = agents.get_card(self.cards, step.agent)
@@ -217,15 +223,16 @@ class _Nodes:
             report = TestReport.model_validate_json(Path(s["report"]).read_text())
             found = read_json(attempts.attempt_file(self.ws, s, "verdict.json"))
             judgement = gate.Judgement(found["decision"], found["risk"], found["reasons"], found["detail"])
-            base_gen = generations.current(self.ws, s["repo"])
-            if base_gen.commit != s["base"]:  # promoted past meanwhile (another run): find it in the lineage
-                base_gen = next(g for g in generations.lineage(self.ws, s["repo"]) if g.commit == s["base"])
+            number = s.get("base_generation")
+            if number is None:  # a checkpoint written before propose noted it: find the base in the lineage
+                number = next(g.number for g in generations.lineage(self.ws, s["repo"]) if g.commit == s["base"])
             message = attempts.current_step(s).title
             gate.sign(
                 self.ws,
                 s["repo"],
                 cs_id,
-                base=base_gen,
+                base=s["base"],
+                base_generation=number,
                 commit=s["commit"],
                 report=report,
                 judgement=judgement,

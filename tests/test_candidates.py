@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import gitops
 from orchestrator.candidates import Candidate, candidate_ref, changed_paths, diff, kept_commit
 from orchestrator.edits import EditBlock, EditProposal, apply_edits
 from orchestrator.errors import ConflictError, EditError, GitError, UsageError
@@ -182,3 +183,39 @@ def test_a_worktree_made_without_git_worktree_add_is_one_git_knows(repo: Path, t
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert not first.exists() and not second.exists()
     assert not (repo / ".git" / "worktrees").exists() or not any((repo / ".git" / "worktrees").iterdir())
+
+
+def test_refs_read_from_files_are_what_git_lists(repo: Path) -> None:
+    """Loose, packed, packed then updated loose, deleted after packing, a lock file, a symbolic ref."""
+    head = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    second = git(repo, "rev-parse", "HEAD").strip()
+
+    def same(*patterns: str) -> dict[str, str]:
+        out = git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "--", *patterns)
+        listed = dict(reversed(line.split(" ", 1)) for line in out.splitlines())
+        assert gitops.list_refs(repo, *patterns) == listed
+        return listed
+
+    for name in ("gen/0", "gen/1", "candidates/r1/1-1", "candidates/r1/1-2", "failed/r1/2-1"):
+        git(repo, "update-ref", f"refs/converge/{name}", head)
+    assert len(same("refs/converge/")) == 5
+    git(repo, "pack-refs", "--all")
+    assert not (repo / ".git" / "refs" / "converge" / "gen" / "0").exists()
+    assert same("refs/converge/")["refs/converge/gen/0"] == head
+    git(repo, "update-ref", "refs/converge/gen/0", second)  # a loose file now overrides the packed line
+    git(repo, "update-ref", "-d", "refs/converge/gen/1")
+    git(repo, "update-ref", "refs/converge/gen/2", second)
+    listed = same("refs/converge")
+    assert listed["refs/converge/gen/0"] == second and "refs/converge/gen/1" not in listed
+    assert same("refs/converge/candidates/r1/1-2", "refs/converge/failed/r1/2-1", "refs/converge/nothing") == {
+        "refs/converge/candidates/r1/1-2": head,
+        "refs/converge/failed/r1/2-1": head,
+    }
+    assert same("refs/converge/gen/") == same("refs/converge/gen")
+    assert same("refs/converge/ge") == {}  # a pattern matches whole path components only
+    (repo / ".git" / "refs" / "converge" / "gen" / "3.lock").write_text(f"{head}\n")  # a write in progress
+    same("refs/converge/")
+    git(repo, "symbolic-ref", "refs/converge/link", "refs/converge/gen/0")  # git resolves it: asked of git
+    assert same("refs/converge/")["refs/converge/link"] == second
+    assert len(same("refs/converge/gen/*")) == 2  # a glob: asked of git
