@@ -374,7 +374,7 @@ def checkpointer(ws: Workspace) -> Iterator[Any]:
 
     conn = sqlite3.connect(ws.state / CHECKPOINTS, check_same_thread=False, timeout=30)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _write_ahead_log(conn)
         # a commit reaches the OS without waiting for the disk: a killed Converge loses no
         # checkpoint; a power cut may lose the last few, and resume redoes those (idempotent) nodes
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -383,6 +383,25 @@ def checkpointer(ws: Workspace) -> Iterator[Any]:
         yield saver
     finally:
         conn.close()
+
+
+def _write_ahead_log(conn: sqlite3.Connection, patience: float = 30.0) -> None:
+    """Put the checkpoint database in WAL mode (it stays so, in the file), waiting out other processes.
+
+    Switching needs the database to itself, and SQLite answers "database is locked" at once,
+    without its busy timeout, when two runs starting together both try: the one refused
+    tries again until the other has switched it (or ``patience`` runs out).
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class RunResult(BaseModel):
