@@ -406,8 +406,9 @@ def fill_worktree(path: Path, commit: str, *, umask: int = -1) -> None:
     """Check ``commit`` out into the worktree ``add_worktree(..., fill=False)`` made: index and files."""
     run(path, "read-tree", "-u", "--reset", commit, umask=umask)
     admin = _admin_dir(path)
-    if admin is not None and (admin / "locked").read_text(encoding="utf-8", errors="replace") == "initializing\n":
-        (admin / "locked").unlink()
+    lock = admin / "locked" if admin is not None else None
+    if lock is not None and lock.is_file() and lock.read_text(encoding="utf-8", errors="replace") == "initializing\n":
+        lock.unlink()  # add_worktree's own lock; one a person put there stays
 
 
 def remove_worktree(source: Path, path: Path) -> None:

@@ -168,7 +168,7 @@ class _Nodes:
         if report_file.exists() and image_file.exists():
             report = TestReport.model_validate_json(report_file.read_text())
         else:
-            more = s["step"] + 1 < len(s["steps"])  # a retry warms its own (see retry): most last steps pass
+            more = s["step"] + 1 < len(s["steps"])  # not for a retry: the retry node warms its own, behind the proposal
             report, image = attempts.run_tests(self.deps, s, self.cfg.run.full_suite_before_promote, warm_next=more)
             atomic_write(image_file, image)
             atomic_write(report_file, report.model_dump_json(indent=2))
