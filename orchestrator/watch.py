@@ -21,6 +21,7 @@ import os
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -208,6 +209,10 @@ class Watcher:
             return PollingObserver(timeout=max(self.debounce, 0.1))
         from watchdog.observers import Observer
 
+        # inotify: directories made in quick succession (a checkout, a worktree's git records) can
+        # be watched twice, once from each event; watchdog keeps one and warns. Harmless, not news.
+        twice = "Callback with id .* already exists for watch"
+        warnings.filterwarnings("ignore", message=twice, category=RuntimeWarning)
         return Observer(timeout=0.1)
 
     def _fall_back(self, exc: OSError) -> None:
