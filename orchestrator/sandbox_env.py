@@ -72,10 +72,9 @@ def requirements_at(repo_path: Path, commit: str) -> list[str]:
     counts as absent here, so a sandbox spec made from this may differ from one made from the
     checkout: callers compare the two (see ``sandbox_pool``).
     """
-    names = (*REQUIREMENT_FILES, "pyproject.toml")
-    tree_spec = f"{commit}^{{tree}}"
-    blobs = gitops.read_batch(repo_path, commit, [tree_spec, *(f"{commit}:{n}" for n in names)])
-    regular = {n for mode, n in gitops.tree_entries(blobs[tree_spec] or b"", len(commit) // 2) if mode in REGULAR}
+    blobs = dependency_blobs(repo_path, commit)
+    tree = blobs[f"{commit}^{{tree}}"] or b""
+    regular = {n for mode, n in gitops.tree_entries(tree, len(commit) // 2) if mode in REGULAR}
 
     def read(name: str) -> str | None:
         blob = blobs.get(f"{commit}:{name}") if name in regular else None
@@ -85,6 +84,13 @@ def requirements_at(repo_path: Path, commit: str) -> list[str]:
 
 
 REGULAR = ("100644", "100755")
+
+
+def dependency_blobs(repo_path: Path, commit: str) -> dict[str, bytes | None]:
+    """``commit``, its root tree and its usual dependency files (``<commit>:pyproject.toml``...), in one
+    ``cat-file``: the one request both a sandbox's requirements and a commit's SBOM make, so it is read once."""
+    names = ("pyproject.toml", *REQUIREMENT_FILES)
+    return gitops.read_batch(repo_path, commit, [commit, f"{commit}^{{tree}}", *(f"{commit}:{n}" for n in names)])
 
 
 def _requirements(read: Callable[[str], str | None], pyproject_name: str) -> list[str]:

@@ -27,6 +27,7 @@ from packaging.utils import canonicalize_name
 
 from orchestrator import gitops
 from orchestrator.errors import ConfigError
+from orchestrator.sandbox_env import dependency_blobs
 from orchestrator.storage import atomic_write
 from orchestrator.workspace import Workspace
 
@@ -40,9 +41,6 @@ class Dependency:
     source: str
     pinned: str | None = None
     scope: str = "required"
-
-
-USUAL_REQUIREMENTS = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt", "requirements_dev.txt")
 
 
 def _parse(line: str, source: str, scope: str) -> Dependency | None:
@@ -61,10 +59,8 @@ def _dependency_files(repo_path: Path, commit: str) -> tuple[dict[str, bytes | N
     One cat-file call reads the commit, its root tree and the usual dependency files; a second
     one only when the tree holds other requirements*.txt files.
     """
-    tree_spec = f"{commit}^{{tree}}"
-    usual = ["pyproject.toml", *USUAL_REQUIREMENTS]
-    blobs = gitops.read_batch(repo_path, commit, [commit, tree_spec, *(f"{commit}:{n}" for n in usual)])
-    names = [name for _, name in gitops.tree_entries(blobs[tree_spec] or b"", len(commit) // 2)]
+    blobs = dependency_blobs(repo_path, commit)
+    names = [name for _, name in gitops.tree_entries(blobs[f"{commit}^{{tree}}"] or b"", len(commit) // 2)]
     reqs = sorted(n for n in names if n.startswith("requirements") and n.endswith(".txt"))
     others = [f"{commit}:{n}" for n in reqs if f"{commit}:{n}" not in blobs]
     if others:
