@@ -27,7 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from orchestrator import gitops, sshsig
+from orchestrator import gitops, objects, sshsig
+from orchestrator.edits import AppliedEdits, EditProposal, plan_edits
 from orchestrator.errors import ConflictError, EditError, GitError, UsageError
 from orchestrator.gitops import ZERO, RefUpdate
 
@@ -171,7 +172,36 @@ class Candidate:
             gitops.run(self.path, "add", "--all")
         else:
             gitops.run(self.path, "--literal-pathspecs", "add", "--all", "--", *paths)
-        tree = gitops.run(self.path, "write-tree").strip()
+        return self._commit_tree(gitops.run(self.path, "write-tree").strip(), message, sign, date)
+
+    def commit_edits(
+        self, proposal: EditProposal, message: str, *, sign: Signature | None = None, date: str | None = None
+    ) -> tuple[str, AppliedEdits] | None:
+        """Apply ``proposal`` to ``base`` and commit it (as :meth:`commit` does) without a worktree:
+        the commit and what was applied.
+
+        The files the edits name are read from ``base`` and the commit is written straight into
+        the repository's objects (see :mod:`orchestrator.objects`). None, with nothing written,
+        when the repository or a path needs a checkout (attributes, symbolic links, SHA-256):
+        then :meth:`create`, :func:`~orchestrator.edits.apply_edits` and :meth:`commit`.
+        """
+        base = gitops.resolve(self.repo, self.base)
+        if base is None:
+            raise GitError(f"{self.repo}: base {self.base!r} is not a commit")
+        self.base = base
+        if not objects.supported(self.repo):
+            return None
+        try:
+            files = objects.CommitFiles(self.repo, base, (block.path for block in proposal.edits))
+            changes, applied = plan_edits(files, proposal)
+        except objects.NeedsWorktree:
+            return None
+        tree = objects.commit_tree(self.repo, files, changes)
+        return self._commit_tree(tree, message, sign, date, direct=True), applied
+
+    def _commit_tree(
+        self, tree: str, message: str, sign: Signature | None, date: str | None, *, direct: bool = False
+    ) -> str:
         header = gitops.commit_header(self.repo, self.base)
         if header is None:
             raise GitError(f"{self.repo}: {self.base!r} is not a commit")
@@ -182,7 +212,7 @@ class Candidate:
         raw = text.encode("utf-8")
         if sign is not None:
             raw = sshsig.signed_commit(raw, sign(raw))
-        sha = _write_commit(self.path, raw)
+        sha = objects.write_object(self.repo, "commit", raw) if direct else _write_commit(self.path, raw)
         self.commit_sha = sha
         return sha
 

@@ -14,6 +14,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,26 +59,49 @@ class AppliedEdits:
 
 
 @dataclass
-class _Pending:
+class Pending:
     """A file as the blocks so far leave it (in memory, nothing written yet)."""
 
-    target: Path
+    rel: str
     original: str | None  # None: the file does not exist yet
     text: str
-    exists: bool = True  # on disk, or created by an earlier block
+    exists: bool = True  # in the base, or created by an earlier block
+
+
+class Files(Protocol):
+    """Where edits find their files: a worktree on disk, or a commit's objects (see ``commit_edits``)."""
+
+    def check(self, path: str) -> str:
+        """The normalised relative path of an edit target, or EditError saying why it cannot be one."""
+        ...
+
+    def read(self, rel: str) -> bytes | None:
+        """The content of the file ``rel`` (None: it does not exist), or EditError for a directory."""
+        ...
 
 
 def apply_edits(worktree: Path, proposal: EditProposal) -> AppliedEdits:
     """Apply every block of ``proposal`` inside ``worktree``, or none of them (EditError for the model)."""
+    root = worktree.resolve()
+    pending, applied = plan_edits(_Worktree(root), proposal)
+    _write_all(root, pending)
+    return applied
+
+
+def plan_edits(files: Files, proposal: EditProposal) -> tuple[list[Pending], AppliedEdits]:
+    """Every file ``proposal`` changes, as its blocks leave it, without writing anything.
+
+    Every block is checked first (paths, files, each search text found exactly once); a failure
+    raises EditError with a message for the model. Files left as they were are not listed.
+    """
     if not proposal.edits:
         raise EditError("Your answer has no edits. Give at least one search/replace block that changes a file.")
-    root = worktree.resolve()
-    pending: dict[str, _Pending] = {}
+    pending: dict[str, Pending] = {}
     notes: list[str] = []
     for number, block in enumerate(proposal.edits, start=1):
         try:
-            rel = check_path(root, block.path)
-            state = pending.get(rel) or _load(root, rel)
+            rel = files.check(block.path)
+            state = pending.get(rel) or _load(files, rel)
             state.text, note = replace_once(state.text, block.search, block.replace, exists=state.exists)
             state.exists = True
         except EditError as exc:
@@ -85,20 +109,19 @@ def apply_edits(worktree: Path, proposal: EditProposal) -> AppliedEdits:
         pending[rel] = state
         if note:
             notes.append(f"block {number} ({rel}): {note}")
-    unchanged = [rel for rel, state in pending.items() if state.text == state.original]
-    if len(unchanged) == len(pending):
+    changes = [state for state in pending.values() if state.text != state.original]
+    if not changes:
         raise EditError(
             "Your edits change nothing: every replace text leaves its file as it was. "
             "Change the replace text so the file actually differs."
         )
-    _write_all(pending)
-    changed = tuple(sorted(r for r, s in pending.items() if s.original is not None and s.text != s.original))
-    created = tuple(sorted(r for r, s in pending.items() if s.original is None))
-    return AppliedEdits(changed=changed, created=created, notes=tuple(notes))
+    changed = tuple(sorted(p.rel for p in changes if p.original is not None))
+    created = tuple(sorted(p.rel for p in changes if p.original is None))
+    return changes, AppliedEdits(changed=changed, created=created, notes=tuple(notes))
 
 
-def check_path(root: Path, path: str) -> str:
-    """The normalised relative path of an edit target inside ``root``, or EditError saying why not."""
+def normal_path(path: str) -> str:
+    """``path`` as a clean relative path (``a/b``), or EditError: empty, absolute, '..', inside .git/."""
     if not path or not path.strip():
         raise EditError("the path is empty; give a path relative to the repository root")
     if "\0" in path or "\\" in path:
@@ -113,7 +136,12 @@ def check_path(root: Path, path: str) -> str:
         raise EditError(f"{path!r} names the repository root, not a file")
     if any(p.lower() == ".git" for p in parts):
         raise EditError(f"{path!r} is inside .git/; edit the repository's files, not git's own")
-    rel = "/".join(parts)
+    return "/".join(parts)
+
+
+def check_path(root: Path, path: str) -> str:
+    """The normalised relative path of an edit target inside ``root``, or EditError saying why not."""
+    rel = normal_path(path)
     target = root / rel
     resolved = target.resolve()
     if not resolved.is_relative_to(root):
@@ -127,13 +155,28 @@ def check_path(root: Path, path: str) -> str:
     return real.as_posix()
 
 
-def _load(root: Path, rel: str) -> _Pending:
-    target = root / rel
-    if not target.exists():
-        return _Pending(target, None, "", exists=False)
-    if not target.is_file():
-        raise EditError(f"{rel!r} is a directory, not a file")
-    raw = target.read_bytes()
+@dataclass(frozen=True)
+class _Worktree:
+    """The files of a worktree on disk (symbolic links resolved, and refused when they lead out)."""
+
+    root: Path
+
+    def check(self, path: str) -> str:
+        return check_path(self.root, path)
+
+    def read(self, rel: str) -> bytes | None:
+        target = self.root / rel
+        if not target.exists():
+            return None
+        if not target.is_file():
+            raise EditError(f"{rel!r} is a directory, not a file")
+        return target.read_bytes()
+
+
+def _load(files: Files, rel: str) -> Pending:
+    raw = files.read(rel)
+    if raw is None:
+        return Pending(rel, None, "", exists=False)
     if len(raw) > MAX_FILE_BYTES:
         raise EditError(f"{rel!r} is too large to edit ({len(raw)} bytes)")
     if b"\0" in raw:
@@ -142,7 +185,7 @@ def _load(root: Path, rel: str) -> _Pending:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EditError(f"{rel!r} is not UTF-8 text; only UTF-8 files can be edited") from exc
-    return _Pending(target, text, text)
+    return Pending(rel, text, text)
 
 
 def replace_once(text: str, search: str, replace: str, *, exists: bool = True) -> tuple[str, str | None]:
@@ -237,32 +280,31 @@ def _failure(number: int, path: str, reason: str, total: int, matched: int) -> s
     return f"Edit block {number} of {total} ({path}) failed: {reason}\n{done}: {resend}."
 
 
-def _write_all(pending: dict[str, _Pending]) -> None:
+def _write_all(root: Path, pending: list[Pending]) -> None:
     """Write every pending file; if one write fails, put back what was already written."""
-    written: list[_Pending] = []
+    written: list[Pending] = []
     current = ""
     try:
-        for rel, state in pending.items():
-            if state.text == state.original:
-                continue
-            current = rel
-            mode = state.target.stat().st_mode & 0o7777 if state.original is not None else 0o644
-            atomic_write(state.target, state.text, mode, durable=False)  # a candidate's: its commit keeps it
+        for state in pending:
+            current = state.rel
+            target = root / state.rel
+            mode = target.stat().st_mode & 0o7777 if state.original is not None else 0o644
+            atomic_write(target, state.text, mode, durable=False)  # a candidate's: its commit keeps it
             written.append(state)
     except OSError as exc:
-        _restore(written)
+        _restore(root, written)
         raise EditError(f"cannot write {current!r}: {exc.strerror or exc}; nothing was changed") from exc
     except BaseException:
-        _restore(written)
+        _restore(root, written)
         raise
 
 
-def _restore(written: Iterable[_Pending]) -> None:
+def _restore(root: Path, written: Iterable[Pending]) -> None:
     for state in written:
         if state.original is None:
-            state.target.unlink()
+            (root / state.rel).unlink()
         else:
-            atomic_write(state.target, state.original)
+            atomic_write(root / state.rel, state.original)
 
 
 def proposal_from_files(summary: str, before: dict[str, str | None], after: dict[str, str]) -> EditProposal:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import candidates, changesets, generations, gitops, sbom, signing
 from orchestrator.changesets import Changeset
+from orchestrator.edits import AppliedEdits, EditProposal, apply_edits
 from orchestrator.errors import ConflictError, EditError, PolicyViolation, UsageError, VerificationFailed
 from orchestrator.gitops import ZERO, RefUpdate
 from orchestrator.reports import TestReport
@@ -103,16 +104,45 @@ def commit_signed(
 ) -> str:
     """Commit the worktree (only ``paths``, when given), SSH-signed by the workspace key; the repo
     learns the allowed signers."""
+    sign, body = _signed_message(ws, cand.repo, message, cs_id)
+    return cand.commit(body, sign=sign, paths=paths)
+
+
+def commit_proposal(
+    ws: Workspace, cand: candidates.Candidate, proposal: EditProposal, message: str, cs_id: str | None = None
+) -> tuple[str, AppliedEdits]:
+    """Apply ``proposal`` on the candidate's base and commit it, signed as :func:`commit_signed` signs:
+    the commit and what was applied.
+
+    In the repository's objects when it allows (no file of the repo is written), else in the
+    candidate worktree, removed afterwards (the caller keeps the commit under a ref).
+    EditError, for the model, when the edits do not apply.
+    """
+    sign, body = _signed_message(ws, cand.repo, message, cs_id)
+    done = cand.commit_edits(proposal, body, sign=sign)
+    if done is not None:
+        return done
+    try:
+        cand.create()
+        applied = apply_edits(cand.path, proposal)
+        commit = cand.commit(body, sign=sign, paths=applied.paths)
+    finally:
+        cand.remove()
+    return commit, applied
+
+
+def _signed_message(ws: Workspace, repo: Path, message: str, cs_id: str | None) -> tuple[candidates.Signature, str]:
+    """The workspace key's commit signature and the commit message naming the changeset; ``repo``
+    learns the allowed signers, so that a plain ``git verify-commit`` there needs nothing else."""
     signer = signing.workspace_signer(ws)
     allowed = signing.allowed_signers_path(ws)
-    # so that a plain `git verify-commit` in the registered repo needs nothing else
-    config_file = cand.repo / ".git" / "config"
+    config_file = repo / ".git" / "config"
     if not config_file.is_file() or str(allowed) not in config_file.read_text(encoding="utf-8", errors="replace"):
-        gitops.run(cand.repo, "config", "gpg.ssh.allowedSignersFile", str(allowed))
+        gitops.run(repo, "config", "gpg.ssh.allowedSignersFile", str(allowed))
     body = message.strip() or "converge: change"
     if cs_id:
         body += f"\n\nConverge-Changeset: {cs_id}\n"
-    return cand.commit(body, sign=lambda text: signing.commit_signature(signer, text), paths=paths)
+    return (lambda text: signing.commit_signature(signer, text)), body
 
 
 def verify(

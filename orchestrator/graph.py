@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator import agents, attempts, candidates, changesets, gate, generations, runs
 from orchestrator.agents import LoadedCard, Plan
 from orchestrator.attempts import Deps, ModelFactory, RunState
-from orchestrator.edits import EditProposal, apply_edits
+from orchestrator.edits import EditProposal
 from orchestrator.errors import ConvergeError, EditError, ModelError, UsageError
 from orchestrator.reports import TestReport
 from orchestrator.storage import atomic_write, atomic_write_json, read_json
@@ -149,17 +149,13 @@ class _Nodes:
             return {"commit": kept[1], "changeset": cs_id, "outcome": ""}
         proposal = EditProposal.model_validate_json(Path(s["proposal"]).read_text())
         cand = attempts.candidate(self.ws, s, s["base"])
-        try:
-            cand.create()
-            applied = apply_edits(cand.path, proposal)
-            message = f"{attempts.current_step(s).title}\n\n{proposal.summary}"
-            commit = gate.commit_signed(self.ws, cand, message, cs_id, paths=applied.paths)
+        message = f"{attempts.current_step(s).title}\n\n{proposal.summary}"
+        try:  # nothing lives in a worktree between nodes: verify checks the kept commit out afresh
+            commit, applied = gate.commit_proposal(self.ws, cand, proposal, message, cs_id)
         except EditError as exc:
-            cand.remove()
             return {"outcome": "retry", "feedback": attempts.clip(str(exc))}
         self.deps.on_event(f"  applied {len(applied.paths)} file(s): {', '.join(applied.paths)}")
         cand.keep("candidates", unkept=True)  # kept_commit above saw neither ref
-        cand.remove()  # verify checks the kept commit out afresh; nothing lives in a worktree between nodes
         return {"commit": commit, "changeset": cs_id, "outcome": ""}
 
     def verify(self, s: RunState) -> RunState:
