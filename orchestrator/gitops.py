@@ -22,6 +22,7 @@ from pathlib import Path
 
 import git
 
+from orchestrator import refsession
 from orchestrator.errors import ConflictError, GitError, RepoError
 from orchestrator.storage import file_stamp
 
@@ -328,18 +329,24 @@ def _read_loose(gitdir: Path, root: str, into: dict[str, str]) -> bool:
 
 
 def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
-    """Apply ``updates`` as one atomic compare-and-swap transaction, or raise ConflictError."""
-    lines = ["start"]
+    """Apply ``updates`` as one atomic compare-and-swap transaction, or raise ConflictError.
+
+    Converge's own refs (all under ``refs/converge/``) go through a long-lived session
+    (:mod:`orchestrator.refsession`); a transaction that moves a branch or HEAD gets its own
+    git, which dies with Converge.
+    """
+    lines = []
     for u in updates:
         if u.ref == "HEAD":
             lines.append("option no-deref")  # move a detached HEAD itself, never what it points to
         verb = f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}"
         lines.append(verb)
-    lines += ["prepare", "commit", ""]
+    if all(u.ref.startswith("refs/converge/") for u in updates):
+        refsession.transact(cwd, message, lines)
+        return
     argv, hook = git_argv(["update-ref", "--stdin", "-m", message])
-    proc = subprocess.run(
-        argv, cwd=cwd, input="\n".join(lines), capture_output=True, text=True, check=False, preexec_fn=hook
-    )
+    request = "\n".join(["start", *lines, "prepare", "commit", ""])
+    proc = subprocess.run(argv, cwd=cwd, input=request, capture_output=True, text=True, check=False, preexec_fn=hook)
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()
         reason = detail[-1] if detail else f"exit {proc.returncode}"
