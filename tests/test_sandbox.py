@@ -186,6 +186,11 @@ def test_network_is_unreachable(box: Sandbox) -> None:
     assert "refused" in public.stdout_tail and "CONNECTED" not in public.stdout_tail
     interfaces = box.run(["cat", "/proc/net/dev"]).stdout_tail
     assert [line.split(":")[0].strip() for line in interfaces.splitlines()[2:]] == ["lo"]
+    own = box.run(["readlink", "/proc/self/ns/net"]).stdout_tail.strip()
+    assert own.startswith("net:[") and own != os.readlink("/proc/self/ns/net")  # a namespace of its own
+    loopback = "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\n"
+    loopback += "socket.create_connection(s.getsockname(), timeout=3).close()\nprint('loopback works')"
+    assert box.run(["python", "-c", loopback]).stdout_tail == "loopback works\n"  # tests may serve locally
 
 
 def test_only_the_worktree_and_tmp_are_writable(box: Sandbox, tree: Path) -> None:
