@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
-from orchestrator import agents, candidates, changesets, gate, runs
+from orchestrator import agents, candidates, changesets, gate, gitops, runs
 from orchestrator.agents import LoadedCard, Plan, PlanStep
 from orchestrator.edits import EditProposal
 from orchestrator.errors import EditError, SandboxError, UsageError
@@ -137,21 +137,33 @@ def edits_schema() -> dict[str, Any]:
     return schema
 
 
-def repo_map(ws: Workspace, repo: str, goal: str) -> str:
-    """The registered repo's map, ranked for ``goal`` and cut to a quarter of the context window."""
-    from orchestrator.repomap import repo_map_for
+def repo_map(ws: Workspace, repo: str, goal: str, commit: str) -> str:
+    """The map of ``commit`` of the registered repo, ranked for ``goal`` and cut to a quarter of the context window."""
+    from orchestrator.repomap import repo_map_at
 
     budget = max(256, ws.config().models.context_length // 4)
-    return repo_map_for(ws, repo).render(goal, budget)
+    return repo_map_at(ws, repo, commit).render(goal, budget)
 
 
-def with_files(feedback: str, repo_path: Path, targets: list[str]) -> list[str]:
-    """The step's target files, numbered, so the coder can copy exact search text; then any feedback."""
+def with_files(feedback: str, repo_path: Path, targets: list[str], commit: str) -> list[str]:
+    """The step's target files as ``commit`` has them, so the coder can copy exact search text; then any feedback.
+
+    Read from the commit the edits will apply to, not from a checkout that may have moved on.
+    """
+    from orchestrator.edits import normal_path
+
+    rels = []
+    for target in targets[:4]:
+        try:
+            rels.append(normal_path(target))
+        except EditError:
+            continue  # a target outside the repo shows nothing; apply refuses edits there, saying why
+    found = gitops.read_batch(repo_path, commit, [f"{commit}:{rel}" for rel in rels]) if rels else {}
     notes = []
-    for rel in targets[:4]:
-        target = (repo_path / rel).resolve()
-        if target.is_file() and target.is_relative_to(repo_path.resolve()):
-            text = target.read_text(encoding="utf-8", errors="replace")[:FILE_LIMIT]
+    for rel in rels:
+        data = found.get(f"{commit}:{rel}")
+        if data is not None:
+            text = data.decode("utf-8", errors="replace")[:FILE_LIMIT]
             notes.append(f"Current content of {rel}:\n```\n{text}\n```")
     if feedback:
         notes.append(feedback)
@@ -182,8 +194,6 @@ def run_tests(deps: Deps, s: RunState, full: bool, *, warm_next: bool = False) -
     ``warm_next``: another step follows, so the run's pool starts its next sandbox while
     these tests run.
     """
-    from orchestrator.repomap import repo_map_for
-
     ws = deps.ws
     if ws.repo(s["repo"]).is_self:
         from orchestrator.selfhost import verify_self
@@ -192,23 +202,40 @@ def run_tests(deps: Deps, s: RunState, full: bool, *, warm_next: bool = False) -
             # Converge's own suite, minus what cannot run inside a sandbox (see selfhost)
             label = f"{s['run_id']}-{s['step'] + 1}-{s['attempt']}"
             return verify_self(ws, s["repo"], verify_cand.path, label, deps.sandbox_backend)
-    changed = candidates.changed_paths(ws.repo_path(s["repo"]), s["base"], s["commit"])
-    with sandbox_at(deps, s["repo"], s["commit"]) as (tree, box):
-        if deps.sandboxes is not None and warm_next:
-            deps.sandboxes.warm(s["commit"])  # the next step starts from it if this one is promoted
-        # the repo's map cache is keyed by content: only the files the candidate changed are parsed
-        selected = repo_map_for(ws, s["repo"], tree).tests_for(changed)
-        image = box.spec.image.digest
-        if selected:
-            first = box.run_tests(selected)
-            deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
-            if not first.ok or not full:
-                return first, image
-        with _reading_ahead(ws, s):
-            report = box.run_tests()
-        if ws.config().run.reproducibility_check:
-            check_reproducible(deps, s, report, box.run_tests())
-        return report, image
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="select") as selecting:
+        # git reads only, done while the sandbox is taken and its tree moved to the candidate
+        selection = selecting.submit(select_tests, ws, s["repo"], s["base"], s["commit"])
+        with sandbox_at(deps, s["repo"], s["commit"]) as (_tree, box):
+            if deps.sandboxes is not None and warm_next:
+                deps.sandboxes.warm(s["commit"])  # the next step starts from it if this one is promoted
+            return _tests_in(deps, s, box, selection.result(), full)
+
+
+def select_tests(ws: Workspace, repo: str, base: str, commit: str) -> list[str]:
+    """The test files that import what ``base..commit`` changes, by the candidate's own map.
+
+    The map's cache is keyed by content: only the files the candidate changed are parsed.
+    """
+    from orchestrator.repomap import repo_map_at
+
+    changed = candidates.changed_paths(ws.repo_path(repo), base, commit)
+    return repo_map_at(ws, repo, commit).tests_for(changed)
+
+
+def _tests_in(deps: Deps, s: RunState, box: Sandbox, selected: list[str], full: bool) -> tuple[TestReport, str]:
+    """The selected tests in ``box``, then (when they pass and ``full``) the whole suite."""
+    ws = deps.ws
+    image = box.spec.image.digest
+    if selected:
+        first = box.run_tests(selected)
+        deps.on_event(f"  selected tests ({len(selected)} file(s)): {first.summary}")
+        if not first.ok or not full:
+            return first, image
+    with _reading_ahead(ws, s):
+        report = box.run_tests()
+    if ws.config().run.reproducibility_check:
+        check_reproducible(deps, s, report, box.run_tests())
+    return report, image
 
 
 @contextmanager

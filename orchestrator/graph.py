@@ -67,7 +67,8 @@ class _Nodes:
             return {"steps": [st.model_dump() for st in found.steps], "step": 0, "attempt": 1}
         self.deps.on_event("plan: asking the planner")
         card = agents.get_card(self.cards, "planner")
-        repo_map = attempts.repo_map(self.ws, s["repo"], s["goal"])
+        current = generations.current(self.ws, s["repo"]).commit
+        repo_map = attempts.repo_map(self.ws, s["repo"], s["goal"], current)
         prompt = agents.build_prompt(card.card, goal=s["goal"], repo_map=repo_map)
         # deterministic tool agents first: cheaper and safer, so offered before model agents
         editors = sorted(
@@ -117,13 +118,13 @@ class _Nodes:
                 return {**update, "outcome": "no-change"}
             atomic_write(path, proposal.model_dump_json(indent=2))
             return update
-        repo_map = attempts.repo_map(self.ws, s["repo"], s["goal"])
+        repo_map = attempts.repo_map(self.ws, s["repo"], s["goal"], base)
         prompt = agents.build_prompt(
             card.card,
             goal=s["goal"],
             repo_map=repo_map,
             step=step,
-            feedback=attempts.with_files(s.get("feedback", ""), self.ws.repo_path(s["repo"]), step.targets),
+            feedback=attempts.with_files(s.get("feedback", ""), self.ws.repo_path(s["repo"]), step.targets, base),
         )
         from orchestrator.models import complete_json
 

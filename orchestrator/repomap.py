@@ -365,9 +365,46 @@ def build_repo_map(repo: Path, cache_dir: Path | None = None) -> RepoMap:
     return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
 
 
+def build_repo_map_at(repo: Path, commit: str, cache_dir: Path | None = None) -> RepoMap:
+    """The map of ``commit`` (a full id) as committed in ``repo``, read from git, using and refreshing the cache.
+
+    What a candidate is built on or is: the files the model sees and the edits apply to. A
+    commit never changes, so its listing is remembered (:func:`gitops.read_objects`) and the
+    next step, whose base is this step's candidate, lists nothing again.
+    """
+    listed = _listing_at(repo, commit)
+    cache = _load_cache(cache_dir)
+    known = len(cache)
+    unparsed = [path for path, digest in listed.items() if path.endswith(".py") and digest not in cache]
+    blobs = gitops.read_batch(repo, commit, [f"{commit}:{path}" for path in unparsed]) if unparsed else {}
+    files: dict[str, FileEntry] = {}
+    for path, digest in sorted(listed.items()):
+        files[path] = _entry(path, digest, blobs.get(f"{commit}:{path}") or b"", cache)
+    if len(cache) != known:
+        _save_cache(cache_dir, files, cache)
+    return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
+
+
 def repo_map_for(ws: Workspace, repo: str, tree: Path | None = None) -> RepoMap:
-    """The map of registered ``repo`` (or of ``tree``, e.g. a candidate of it), cached in ``cache/repomap/<repo>/``."""
+    """The map of registered ``repo``'s checkout (or of ``tree``), cached in ``cache/repomap/<repo>/``."""
     return build_repo_map(tree or ws.repo_path(repo), ws.cache / "repomap" / repo)
+
+
+def repo_map_at(ws: Workspace, repo: str, commit: str) -> RepoMap:
+    """The map of ``commit`` of registered ``repo`` (a generation or a candidate), cached as :func:`repo_map_for`."""
+    return build_repo_map_at(ws.repo_path(repo), commit, ws.cache / "repomap" / repo)
+
+
+def _listing_at(repo: Path, commit: str) -> dict[str, str]:
+    """Path -> blob id of the regular files of ``commit`` (as :func:`_listing`: no links, no submodules)."""
+    out = gitops.read_objects(repo, "ls-tree", "-r", "-z", "--full-tree", commit, ids=[commit])
+    listed: dict[str, str] = {}
+    for record in out.split(b"\0"):
+        meta, _, path = record.partition(b"\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[0] in (b"100644", b"100755") and fields[1] == b"blob":
+            listed[path.decode("utf-8", "surrogateescape")] = fields[2].decode()
+    return listed
 
 
 def _listing(repo: Path) -> dict[str, str]:

@@ -187,3 +187,30 @@ def test_workspace_map_is_cached_per_repo(sample_ws: Workspace) -> None:
     rmap = repo_map_for(sample_ws, "sample")
     assert (sample_ws.cache / "repomap" / "sample" / repomap.CACHE_NAME).is_file()
     assert "inventory/stock.py" in rmap.files
+
+
+def test_a_commit_is_mapped_as_committed_whatever_the_checkout_holds(repo: Path, tmp_path: Path) -> None:
+    from orchestrator.attempts import with_files
+    from orchestrator.repomap import build_repo_map_at
+
+    head = git(repo, "rev-parse", "HEAD")
+    (repo / "link.py").symlink_to("broken.py")
+    git(repo, "add", "link.py")
+    git(repo, "commit", "-q", "-m", "a link")
+    linked = git(repo, "rev-parse", "HEAD")
+    # the checkout moves on (uncommitted and untracked files): the commit's map does not
+    (repo / "src/shop/shipping.py").write_text("def moved():\n    pass\n")
+    (repo / "src/shop/returns.py").write_text("from shop.shipping import zone\n")
+    at = build_repo_map_at(repo, head, tmp_path / "c")
+    checkout = build_repo_map(repo)
+    assert set(at.files) == set(FILES)
+    assert set(checkout.files) == set(FILES) | {"src/shop/returns.py"}
+    assert at.files["src/shop/shipping.py"].digest == git(repo, "rev-parse", f"{head}:src/shop/shipping.py")
+    assert "def zone(country)" in at.render("zone", 10_000)
+    assert at.tests_for(["src/shop/shipping.py"]) == ["tests/test_shipping.py"]
+    assert at.import_graph() == build_repo_map_at(repo, head).import_graph()  # the cache changes nothing
+    assert "link.py" not in build_repo_map_at(repo, linked).files  # links are not files, as in a checkout
+
+    notes = with_files("it failed", repo, ["src/shop/shipping.py", "../outside.py", "missing.py"], head)
+    assert notes[0].startswith("Current content of src/shop/shipping.py:") and "def zone(country)" in notes[0]
+    assert notes[1:] == ["it failed"]
