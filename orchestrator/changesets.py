@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator import gitops, signing
 from orchestrator.errors import SignatureError, UsageError, WorkspaceError
-from orchestrator.storage import atomic_write, atomic_write_json, read_json, read_model
+from orchestrator.storage import atomic_write, atomic_write_all, atomic_write_json, read_json, read_model
 from orchestrator.workspace import Workspace
 
 Status = Literal["pending", "approved", "rejected"]
@@ -113,6 +113,12 @@ def write_artifact(ws: Workspace, cs_id: str, name: str, data: bytes) -> str:
     return sha256(data)
 
 
+def write_artifacts(ws: Workspace, cs_id: str, artifacts: dict[str, bytes], proof: tuple[Path, dict[str, Any]]) -> None:
+    """Store the artifacts of ``cs_id`` and its attestation ``proof`` (path, envelope) atomically, synced together."""
+    files = [(artifact_path(ws, cs_id, name), data) for name, data in artifacts.items()]
+    atomic_write_all([*files, (proof[0], _envelope_bytes(proof[1]))])
+
+
 def save(ws: Workspace, cs: Changeset) -> None:
     """Write the record atomically."""
     atomic_write_json(record_path(ws, cs.id), cs.to_json())
@@ -188,7 +194,11 @@ def read_envelope(path: Path) -> dict[str, Any]:
 
 
 def write_envelope(path: Path, env: dict[str, Any]) -> None:
-    atomic_write_json(path, env)
+    atomic_write(path, _envelope_bytes(env))
+
+
+def _envelope_bytes(env: dict[str, Any]) -> bytes:
+    return (json.dumps(env, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _digest_of(path: Path) -> str | None:

@@ -213,12 +213,14 @@ def sign(
     path = ws.repo_path(repo)
     signer = signing.workspace_signer(ws)
     created = changesets.now()
-    diff_sha = changesets.write_artifact(ws, cs_id, changesets.DIFF, candidates.diff(path, base, commit).encode())
-    report_sha = changesets.write_artifact(ws, cs_id, changesets.REPORT, report.model_dump_json(indent=2).encode())
     verdict = {"decision": judgement.decision, "risk": judgement.risk, "reasons": judgement.reasons}
-    verdict_bytes = json.dumps({**verdict, "detail": judgement.detail}, indent=2, sort_keys=True).encode()
-    verdict_sha = changesets.write_artifact(ws, cs_id, changesets.VERDICT, verdict_bytes)
-    sbom_sha = changesets.write_artifact(ws, cs_id, changesets.SBOM, sbom.build(path, repo, commit))
+    artifacts = {
+        changesets.DIFF: candidates.diff(path, base, commit).encode(),
+        changesets.REPORT: report.model_dump_json(indent=2).encode(),
+        changesets.VERDICT: json.dumps({**verdict, "detail": judgement.detail}, indent=2, sort_keys=True).encode(),
+        changesets.SBOM: sbom.build(path, repo, commit),
+    }
+    diff_sha, report_sha, verdict_sha, sbom_sha = (changesets.sha256(data) for data in artifacts.values())
     header = gitops.commit_header(path, commit)
     if header is None or header[1] != base:
         raise ConflictError(f"{commit[:12]} is not a commit on the base {base[:12]} in {path}")
@@ -244,7 +246,7 @@ def sign(
     ]
     env = signing.envelope(signing.canonical(signing.statement(subjects, predicate)), signer)
     proof = changesets.attestation_path(ws, repo, cs_id)
-    changesets.write_envelope(proof, env)
+    changesets.write_artifacts(ws, cs_id, artifacts, (proof, env))
     _keep_ref(path, f"{CHANGESET_PREFIX}{cs_id}", commit)
     cs = Changeset(
         id=cs_id,

@@ -158,3 +158,19 @@ def test_a_damaged_registry_is_named_not_a_traceback(tmp_path: Path, content: by
     assert proc.returncode == 2
     assert proc.stderr.startswith("converge: error: ") and "repos.json: corrupt" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_files_written_together_are_whole_or_absent(tmp_path: Path) -> None:
+    from orchestrator.storage import atomic_write_all
+
+    big = bytes(range(256)) * 1000
+    first, second = tmp_path / "a" / "one.json", tmp_path / "b" / "two.bin"
+    atomic_write_all([(first, b"{}\n"), (second, big)], mode=0o600)
+    assert first.read_bytes() == b"{}\n" and second.read_bytes() == big
+    assert oct(second.stat().st_mode & 0o777) == "0o600"
+
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    with pytest.raises(OSError):
+        atomic_write_all([(first, b"new\n"), (tmp_path / "blocked" / "x", b"y")])
+    assert first.read_bytes() == b"{}\n"  # nothing renamed: the second could not even be written
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["blocked", "one.json", "two.bin"]
