@@ -395,7 +395,7 @@ def submit(
         apply_patch(cand, patch, f"--patch {patch_path}")
         commit = commit_signed(ws, cand, message, cs_id)
         report, image = verify(ws, repo, cand, backend)
-        if not report.ok:
+        if report.broken:
             cand.keep("failed")
             raise VerificationFailed(f"changeset {cs_id}: tests do not pass in the sandbox ({report.summary})")
         judgement = judge(ws, repo, base.commit, commit, report, who=who)

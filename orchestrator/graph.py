@@ -34,7 +34,7 @@ from orchestrator.attempts import Deps, ModelFactory, RunState
 from orchestrator.edits import EditProposal
 from orchestrator.errors import ConvergeError, EditError, ModelError, UsageError
 from orchestrator.reports import TestReport
-from orchestrator.storage import atomic_write, atomic_write_json, read_json
+from orchestrator.storage import atomic_write, atomic_write_json, file_lock, read_json
 from orchestrator.workspace import Workspace
 
 __all__ = ["CHECKPOINTS", "Deps", "ModelFactory", "RunResult", "RunState", "build_graph", "resume_run", "start_run"]
@@ -86,6 +86,7 @@ class _Nodes:
         found = found.model_copy(update={"steps": found.steps[: s["max_steps"]]})
         atomic_write_json(plan_file, found.model_dump())
         _model_event(self.deps, s, "planner", completion)
+        _record(self.ws, s, steps_planned=len(found.steps))
         runs.write_adr(self.ws, runs.load(self.ws, s["run_id"]))
         self.deps.on_event(f"plan: {len(found.steps)} step(s)")
         return {
@@ -184,7 +185,7 @@ class _Nodes:
             )
         image = image_file.read_text()
         self.deps.on_event(f"  tests: {report.summary}")
-        if not report.ok:
+        if report.broken:
             attempts.move_candidate(self.ws, s, "failed")
             return {"report": str(report_file), "outcome": "retry", "feedback": attempts.test_feedback(report)}
         return {"report": str(report_file), "image": image, "outcome": ""}
@@ -275,6 +276,15 @@ class _Nodes:
             "reason": "" if outcome == "promoted" else s.get("feedback", "")[:500],
         }
         self.deps.on_event(f"step {s['step'] + 1}: {outcome}")
+        so_far = [runs.StepOutcome.model_validate(d) for d in [*s.get("done", []), done]]
+        _record(  # `converge runs` shows progress while the run goes on, or after it was killed
+            self.ws,
+            s,
+            steps=so_far,
+            steps_planned=len(s["steps"]),
+            changesets=[d.changeset for d in so_far if d.changeset],
+            tokens=s.get("tokens", 0),
+        )
         return {
             "done": [done],
             "step": s["step"] + 1,
@@ -428,8 +438,8 @@ def start_run(
     steps = max_steps if max_steps is not None else cfg.run.max_steps
     if steps <= 0:
         raise UsageError(f"--max-steps {steps}: must be at least 1")
+    agents.load_cards(ws)  # a broken card is reported before a run record exists that could never go on
     record = runs.RunRecord(id=rid, repo=repo, goal=goal, pid=_pid(), started=runs.now())
-    runs.save(ws, record)
     state: RunState = {
         "run_id": rid,
         "repo": repo,
@@ -441,22 +451,36 @@ def start_run(
         "tokens": 0,
         "done": [],
     }
-    deps.on_event(f"run {rid}: {repo}: {goal}")
-    return _drive(deps, rid, state)
+    with _driving(ws, rid):
+        runs.save(ws, record)
+        deps.on_event(f"run {rid}: {repo}: {goal}")
+        return _drive(deps, rid, state)
 
 
 def resume_run(deps: Deps, run_id: str) -> RunResult:
-    """Continue a run from its last checkpoint (after a kill, or after a review decision)."""
-    record = runs.load(deps.ws, run_id)
-    if record.status in ("completed", "failed"):
-        return RunResult(record=record, exit_code=0 if record.status == "completed" else 1)
-    if record.status == "waiting_review" and record.waiting_on:
-        cs = changesets.load(deps.ws, record.waiting_on)
-        if cs.status == "pending":
-            return RunResult(record=record, exit_code=0)
-    runs.save(deps.ws, record.model_copy(update={"status": "running", "pid": _pid()}))
-    deps.on_event(f"run {run_id}: resuming")
-    return _drive(deps, run_id, None)
+    """Continue a run from its last checkpoint (after a kill, or after a review decision).
+
+    A run another process is driving is refused (ConflictError, naming that process).
+    """
+    runs.load(deps.ws, run_id)  # an unknown id is named before any lock is taken
+    with _driving(deps.ws, run_id):
+        record = runs.load(deps.ws, run_id)
+        if record.status in ("completed", "failed"):
+            return RunResult(record=record, exit_code=0 if record.status == "completed" else 1)
+        if record.status == "waiting_review" and record.waiting_on:
+            cs = changesets.load(deps.ws, record.waiting_on)
+            if cs.status == "pending":
+                return RunResult(record=record, exit_code=0)
+        runs.save(deps.ws, record.model_copy(update={"status": "running", "pid": _pid()}))
+        deps.on_event(f"run {run_id}: resuming")
+        return _drive(deps, run_id, None)
+
+
+@contextmanager
+def _driving(ws: Workspace, run_id: str) -> Iterator[None]:
+    """Hold the run's lock while driving it: one process at a time, a second is told which one has it."""
+    with file_lock(ws.state / "locks" / f"run-{run_id}.lock", f"run {run_id}"):
+        yield
 
 
 def _drive(deps: Deps, run_id: str, state: RunState | None) -> RunResult:
@@ -506,7 +530,11 @@ def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, rea
     record = runs.load(ws, run_id)
     done = [runs.StepOutcome.model_validate(d) for d in values.get("done", [])]
     promoted = [d for d in done if d.outcome == "promoted"]
-    if status == "completed" and done and not promoted and not all(d.outcome == "no-change" for d in done):
+    failed = [d for d in done if d.outcome in ("failed", "rejected")]
+    if status == "completed" and failed:  # what was promoted stays promoted; the run did not do all it planned
+        first = failed[0]
+        status, reason = "failed", f"step {first.step} ({first.title}) {first.outcome}: {first.reason}"[:500]
+    elif status == "completed" and done and not promoted and not all(d.outcome == "no-change" for d in done):
         status, reason = "failed", "no step was promoted"
     updated = record.model_copy(
         update={

@@ -144,6 +144,9 @@ def _test_report(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
         return
     if not tests.ran:
         yield Reason(rule="tests", message="tests did not run", decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
+    elif tests.no_tests:
+        message = "the repo has no tests: nothing checked the change"
+        yield Reason(rule="tests", message=message, decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
     elif tests.failed or tests.errored or (tests.command is not None and not tests.command.ok):
         bad = [*tests.failed, *tests.errored][:5]
         detail = f": {', '.join(bad)}" if bad else f" (exit {tests.command.exit_code if tests.command else '?'})"
@@ -227,6 +230,16 @@ def unicode_tricks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
     code_suffixes = tuple(rule.code_extensions) or (".py",)
     for f in change.files:
         code = f.path.endswith(code_suffixes)
+        hidden_in_path = hidden_characters(f.path) if not f.path.isascii() else []
+        if hidden_in_path:  # a name that reads as another one (``txt.py`` shown for ``\u202eyp.txt``)
+            yield Reason(
+                rule="hidden-unicode",
+                message="hidden or bidirectional character(s) in the file name: "
+                + ", ".join(dict.fromkeys(hidden_in_path)),
+                file=f.path,
+                decision=_decision(rule.hidden),
+                risk=Risk.HIGH,
+            )
         for number, text in f.added:
             if text.isascii():
                 continue

@@ -51,7 +51,22 @@ class TestReport(BaseModel):
         return self.ran and cmd_ok and not self.failed and not self.errored and bool(self.passed)
 
     @property
+    def no_tests(self) -> bool:
+        """The suite collected no test at all (pytest's exit 5): nothing failed, and nothing showed the change works."""
+        cmd = self.command
+        quiet = cmd is not None and cmd.exit_code == 5 and not cmd.timed_out and not cmd.oom_killed
+        return self.ran and quiet and not (self.passed or self.failed or self.errored)
+
+    @property
+    def broken(self) -> bool:
+        """What sends a candidate back: tests failed, errored, timed out or did not run. A repo without
+        tests is not broken: the policy judges it (``checks.on_not_run``)."""
+        return not self.ok and not self.no_tests
+
+    @property
     def summary(self) -> str:
+        if self.no_tests:
+            return "no tests collected"
         if not self.ran:
             return "tests not run"
         counts = (len(self.passed), len(self.failed), len(self.errored), len(self.skipped))

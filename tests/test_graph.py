@@ -14,7 +14,7 @@ import pytest
 from orchestrator import changesets, gate, generations, runs
 from orchestrator.graph import Deps, resume_run, start_run
 from orchestrator.workspace import Workspace
-from tests.conftest import GIT_ENV, git
+from tests.conftest import GIT_ENV, MakeRepo, git
 from tests.scripted import ScriptedBackend, edit, plan
 
 pytestmark = pytest.mark.docker
@@ -218,3 +218,57 @@ def test_the_embedded_model_and_a_tool_agent_refine_the_sample_repo(sample_ws: W
     stock = (sample_ws.src / "sample" / "inventory" / "stock.py").read_text()
     assert "import os" not in stock and "import sys" not in stock
     assert changesets.check(sample_ws, changesets.load(sample_ws, str(step.changeset))) == []
+
+
+# --- what a run reports, and who may drive it ---------------------------------------------------
+
+
+def test_a_failed_step_fails_the_run_and_keeps_what_was_promoted(sample_ws: Workspace) -> None:
+    breaking = edit("inventory/stock.py", 'replace(" ", "-")', 'replace(" ", "_")')
+    steps = (STEP, ("Normalise skus", "coder", ["inventory/stock.py"]))
+    model = ScriptedBackend([plan(*steps)], [edit("inventory/stock.py", UNUSED, ""), breaking, breaking, breaking])
+    result = start_run(_deps(sample_ws, model), "sample", "tidy and normalise", auto_approve=True)
+    assert (result.exit_code, result.record.status) == (1, "failed")
+    assert [s.outcome for s in result.record.steps] == ["promoted", "failed"]
+    assert result.record.reason.startswith("step 2 (Normalise skus) failed: ")
+    assert generations.current(sample_ws, "sample").number == 1
+    assert runs.load(sample_ws, result.record.id).changesets == [result.record.steps[0].changeset]
+
+
+def test_a_run_in_progress_shows_its_steps_and_cannot_be_driven_twice(sample_ws: Workspace) -> None:
+    from orchestrator.errors import ConflictError
+    from orchestrator.graph import _driving
+
+    model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
+    paused = start_run(_deps(sample_ws, model), "sample", "remove unused imports", auto_approve=False)
+    listed = runs.load(sample_ws, paused.record.id)
+    assert (listed.status, listed.steps_planned) == ("waiting_review", 1)  # planned, not yet done
+    gate.approve(sample_ws, str(paused.record.waiting_on))
+    with _driving(sample_ws, paused.record.id), pytest.raises(ConflictError, match=f"run {paused.record.id} is busy"):
+        resume_run(_deps(sample_ws, model), paused.record.id)  # as another process driving it is refused
+    done = resume_run(_deps(sample_ws, model), paused.record.id)
+    assert done.record.status == "completed"
+    assert [s.outcome for s in runs.load(sample_ws, paused.record.id).steps] == ["promoted"]
+
+
+def test_a_broken_agent_card_is_named_before_any_run_exists(sample_ws: Workspace) -> None:
+    from orchestrator.errors import ConfigError
+
+    (sample_ws.root / "agents").mkdir(exist_ok=True)
+    (sample_ws.root / "agents" / "broken.toml").write_text('name = "broken\n')
+    model = ScriptedBackend([plan(STEP)], [])
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        start_run(_deps(sample_ws, model), "sample", "anything", plan_only=True)
+    assert runs.list_runs(sample_ws) == []
+
+
+def test_a_repo_without_tests_is_judged_by_policy_not_failed(ws: Workspace, make_repo: MakeRepo) -> None:
+    from orchestrator.workspace import add_repo
+
+    add_repo(ws, str(make_repo({"lib.py": "def f( a,b ):\n  return a+b\n"})), name="lib")
+    model = ScriptedBackend([plan(("Tidy f", "coder", ["lib.py"]))], [edit("lib.py", "( a,b ):\n  ", "(a, b):\n    ")])
+    result = start_run(_deps(ws, model), "lib", "tidy f", auto_approve=True)
+    assert result.record.status == "waiting_review", result.record.reason  # policy: checks.on_not_run = "review"
+    cs = changesets.load(ws, str(result.record.waiting_on))
+    assert (cs.verdict, cs.tests) == ("review", "no tests collected")
+    assert any("no tests" in reason for reason in cs.reasons)
