@@ -297,3 +297,15 @@ def test_verify_command_names_the_field_and_exits_1(signed: Signed, tmp_path: Pa
     result = json.loads(proc.stdout)
     assert result["ok"] is False and [p["field"] for p in result["problems"]] == ["test_report"]
     assert converge("-w", str(ws.root), "changeset", "verify", signed.b).returncode == 0
+
+
+@pytest.mark.docker
+def test_a_patch_the_policy_rejects_exits_1_with_its_json(tmp_path: Path) -> None:
+    ws, src = _setup(tmp_path)
+    key = 'AWS_KEY = "AKIAQWERTYUIOPASDFGH"\n'
+    patch = _patch(src, REPORT_PY, "def cheapest(stock):\n", f"{key}\n\ndef cheapest(stock):\n", tmp_path / "key.diff")
+    proc = converge("-w", str(ws.root), "submit", "sample", "--patch", str(patch), "--json")
+    assert proc.returncode == 1, proc.stderr
+    cs = json.loads(proc.stdout)
+    assert (cs["status"], cs["verdict"]) == ("rejected", "reject")
+    assert generations.current(ws, "sample").number == 0

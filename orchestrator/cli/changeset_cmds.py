@@ -67,14 +67,16 @@ def submit(
     cs = gate.submit(workspace(), repo, patch, message, auto_approve=auto_approve)
     if json_out:
         emit_json(cs.to_json())
-        return
-    say(cs.id)
-    if cs.status == "pending":
-        say(f"pending review (verdict {cs.verdict}, risk {cs.risk}): converge changeset approve {cs.id}")
-    elif cs.status == "approved":
-        say(f"approved: {repo} is at generation {cs.generation}")
     else:
-        say(f"rejected: {cs.reason}")
+        say(cs.id)
+        if cs.status == "pending":
+            say(f"pending review (verdict {cs.verdict}, risk {cs.risk}): converge changeset approve {cs.id}")
+        elif cs.status == "approved":
+            say(f"approved: {repo} is at generation {cs.generation}")
+        else:
+            say(f"rejected: {cs.reason}")
+    if cs.status == "rejected":
+        raise typer.Exit(1)  # the gate ran and said no
 
 
 @handled
