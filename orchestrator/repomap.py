@@ -354,15 +354,7 @@ class RepoMap:
 
 def build_repo_map(repo: Path, cache_dir: Path | None = None) -> RepoMap:
     """The map of ``repo``'s working tree (tracked and untracked, not ignored), using and refreshing the cache."""
-    listed = _listing(repo)
-    cache = _load_cache(cache_dir)
-    known = len(cache)
-    files: dict[str, FileEntry] = {}
-    for path, digest in sorted(listed.items()):
-        files[path] = _entry(path, digest, repo / path, cache)
-    if len(cache) != known:  # something was parsed: the cache file learns it
-        _save_cache(cache_dir, files, cache)
-    return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
+    return _mapped(repo, cache_dir, _listing(repo), lambda unparsed: {path: repo / path for path in unparsed})
 
 
 def build_repo_map_at(repo: Path, commit: str, cache_dir: Path | None = None) -> RepoMap:
@@ -372,15 +364,29 @@ def build_repo_map_at(repo: Path, commit: str, cache_dir: Path | None = None) ->
     commit never changes, so its listing is remembered (:func:`gitops.read_objects`) and the
     next step, whose base is this step's candidate, lists nothing again.
     """
-    listed = _listing_at(repo, commit)
+
+    def blobs(unparsed: list[str]) -> dict[str, Path | bytes]:
+        found = gitops.read_batch(repo, commit, [f"{commit}:{path}" for path in unparsed]) if unparsed else {}
+        return {path: found.get(f"{commit}:{path}") or b"" for path in unparsed}
+
+    return _mapped(repo, cache_dir, _listing_at(repo, commit), blobs)
+
+
+def _mapped(
+    repo: Path,
+    cache_dir: Path | None,
+    listed: dict[str, str],
+    sources: Callable[[list[str]], dict[str, Path | bytes]],
+) -> RepoMap:
+    """The map of the files ``listed`` (path -> digest); ``sources`` gives the content of those the cache lacks."""
     cache = _load_cache(cache_dir)
     known = len(cache)
-    unparsed = [path for path, digest in listed.items() if path.endswith(".py") and digest not in cache]
-    blobs = gitops.read_batch(repo, commit, [f"{commit}:{path}" for path in unparsed]) if unparsed else {}
+    unparsed = sorted(path for path, digest in listed.items() if path.endswith(".py") and digest not in cache)
+    found = sources(unparsed)
     files: dict[str, FileEntry] = {}
     for path, digest in sorted(listed.items()):
-        files[path] = _entry(path, digest, blobs.get(f"{commit}:{path}") or b"", cache)
-    if len(cache) != known:
+        files[path] = _entry(path, digest, found.get(path, b""), cache)
+    if len(cache) != known:  # something was parsed: the cache file learns it
         _save_cache(cache_dir, files, cache)
     return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
 
