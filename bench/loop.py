@@ -57,12 +57,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import graph, runs, sandbox, sandbox_docker, sandbox_pool
-from orchestrator.agents import LoadedCard
-from orchestrator.model_backends import Completion, CompletionRequest, ModelBackend, ModelIdentity
-from orchestrator.repomap import build_repo_map
-from orchestrator.reports import CommandResult, TestReport
-from orchestrator.workspace import Workspace, add_repo, init_workspace
+from orchestrator.agents.cards import LoadedCard
+from orchestrator.agents.repomap import build_repo_map
+from orchestrator.loop import graph, runs
+from orchestrator.models.backends import Completion, CompletionRequest, ModelBackend, ModelIdentity
+from orchestrator.sandbox import base, docker_backend, factory, pool
+from orchestrator.store import worktrees
+from orchestrator.store.reports import CommandResult, TestReport
+from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b"}
@@ -146,8 +149,8 @@ class Meter:
     @contextlib.contextmanager
     def installed(self) -> Iterator[Meter]:
         """Wrap, in this process only, every DockerSession.exec, SandboxPool.at and graph node."""
-        original_exec = sandbox_docker.DockerSession.exec
-        original_at = sandbox_pool.SandboxPool.at
+        original_exec = docker_backend.DockerSession.exec
+        original_at = pool.SandboxPool.at
         original_nodes = {name: getattr(graph._Nodes, name) for name in NODES}
         meter = self
 
@@ -159,7 +162,7 @@ class Meter:
                 meter.exec_s += time.perf_counter() - started
 
         @contextlib.contextmanager
-        def timed_at(*args: Any, **kwargs: Any) -> Iterator[tuple[Path, sandbox.Sandbox]]:
+        def timed_at(*args: Any, **kwargs: Any) -> Iterator[tuple[Path, base.Sandbox]]:
             started = time.perf_counter()
             inside = 0.0
             try:
@@ -186,15 +189,15 @@ class Meter:
 
             return node
 
-        setattr(sandbox_docker.DockerSession, "exec", timed_exec)  # noqa: B010 - patched in this process only
-        setattr(sandbox_pool.SandboxPool, "at", timed_at)  # noqa: B010
+        setattr(docker_backend.DockerSession, "exec", timed_exec)  # noqa: B010 - patched in this process only
+        setattr(pool.SandboxPool, "at", timed_at)  # noqa: B010
         for name, method in original_nodes.items():
             setattr(graph._Nodes, name, timed_node(name, method))
         try:
             yield self
         finally:
-            setattr(sandbox_docker.DockerSession, "exec", original_exec)  # noqa: B010
-            setattr(sandbox_pool.SandboxPool, "at", original_at)  # noqa: B010
+            setattr(docker_backend.DockerSession, "exec", original_exec)  # noqa: B010
+            setattr(pool.SandboxPool, "at", original_at)  # noqa: B010
             for name, method in original_nodes.items():
                 setattr(graph._Nodes, name, method)
 
@@ -277,11 +280,11 @@ def side_by_side(ws: Workspace, repo: str, changed: str, rounds: int) -> tuple[l
     """Selected tests vs the full suite, alternating, in one sandbox session over the current generation."""
     selected_s: list[float] = []
     full_s: list[float] = []
-    with sandbox.generation_worktree(ws, repo) as tree:
+    with worktrees.generation_worktree(ws, repo) as tree:
         selected = build_repo_map(tree).tests_for([changed])
         if not selected:
             raise SystemExit(f"the repo map selects no test for {changed}")
-        with sandbox.open_sandbox(ws, repo, tree, label="bench-loop") as box:
+        with factory.open_sandbox(ws, repo, tree, label="bench-loop") as box:
             box.run_tests(selected)  # warm the page cache and bytecode once, outside the figures
             n_selected = n_total = 0
             for _ in range(rounds):

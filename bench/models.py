@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.model_backends import CompletionRequest
-from orchestrator.model_llama import LlamaBackend, ModelManager, _quiet_stderr
-from orchestrator.model_registry import describe, embedded_model_path
+from orchestrator.models.backends import CompletionRequest
+from orchestrator.models.llama import LlamaBackend, ModelManager, _quiet_stderr
+from orchestrator.models.registry import describe, embedded_model_path
 
 N_CTX = 4096
 SYSTEM = "You are a helpful assistant."

@@ -14,9 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator import gitops
-from orchestrator.policy import evaluate, load_policies, shipped_dir
-from orchestrator.policy_diff import change_from_commits
+from orchestrator.policy.change import change_from_commits
+from orchestrator.policy.engine import evaluate
+from orchestrator.policy.model import load_policies, shipped_dir
+from orchestrator.store import gitops
 
 LINES = 5000
 FILES = 25

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.repomap import build_repo_map
+from orchestrator.agents.repomap import build_repo_map
 
 
 def generate(root: Path, modules: int) -> None:

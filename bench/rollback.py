@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import generations
-from orchestrator.gitops import RefUpdate, update_refs
-from orchestrator.workspace import add_repo, init_workspace
+from orchestrator.store import generations
+from orchestrator.store.gitops import RefUpdate, update_refs
+from orchestrator.store.setup import add_repo, init_workspace
 
 ENV = {
     **os.environ,

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.sandbox import open_sandbox
-from orchestrator.workspace import add_repo, init_workspace
+from orchestrator.sandbox.factory import open_sandbox
+from orchestrator.store.setup import add_repo, init_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "sample-repo"

@@ -2,8 +2,8 @@
 
 Prints `name: value` lines (medians over the rounds):
   commit_sign_ms   `git commit` with SSH signing by the workspace key
-  attest_ms        gate.sign: store diff/report/verdict/SBOM, in-toto statement, DSSE signature
-  verify_ms        changesets.check: commit signature, envelope signature, every digest recomputed
+  attest_ms        stages.sign: store diff/report/verdict/SBOM, in-toto statement, DSSE signature
+  verify_ms        audit.check: commit signature, envelope signature, every digest recomputed
                    (from git afresh, as `converge changeset verify` in a new process does)
   total_ms         the three together (target < 150)
 Usage: python bench/signing.py [--rounds R]
@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import changesets, gate, generations, sbom
-from orchestrator.reports import TestReport
-from orchestrator.workspace import add_repo, init_workspace
+from orchestrator.gate import audit, stages
+from orchestrator.store import changesets, generations, sbom
+from orchestrator.store.reports import TestReport
+from orchestrator.store.setup import add_repo, init_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = 150.0
@@ -49,18 +50,18 @@ def main() -> int:
         add_repo(ws, str(src), "sample")
         base = generations.current(ws, "sample")
         report = TestReport(ran=True, passed=["tests/test_stock.py::test_add"])
-        judgement = gate.Judgement("review", "low", [])
+        judgement = stages.Judgement("review", "low", [])
         timings: dict[str, list[float]] = {"commit_sign_ms": [], "attest_ms": [], "verify_ms": []}
         for i in range(args.rounds + 1):
             cs_id = changesets.changeset_id("sample", base.commit, f"bench/{i}")
-            with gate.make_candidate(ws, "sample", "bench", i, 1) as cand:
+            with stages.make_candidate(ws, "sample", "bench", i, 1) as cand:
                 (cand.path / "NOTES.md").write_text(f"round {i}\n")
                 t0 = time.perf_counter()
-                commit = gate.commit_signed(ws, cand, f"round {i}", cs_id)
+                commit = stages.commit_signed(ws, cand, f"round {i}", cs_id)
                 t1 = time.perf_counter()
                 cand.keep("candidates")
             t2 = time.perf_counter()
-            cs = gate.sign(
+            cs = stages.sign(
                 ws,
                 "sample",
                 cs_id,
@@ -69,11 +70,11 @@ def main() -> int:
                 commit=commit,
                 report=report,
                 judgement=judgement,
-                who=gate.Provenance(),
+                who=stages.Provenance(),
             )
             sbom.forget()  # verifying happens later, in another process: nothing read while signing is known
             t3 = time.perf_counter()
-            problems = changesets.check(ws, cs)
+            problems = audit.check(ws, cs)
             t4 = time.perf_counter()
             if problems:
                 print(f"verification failed: {problems}", file=sys.stderr)

@@ -29,11 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import runs
-from orchestrator.generations import record_initial
-from orchestrator.graph import Deps
-from orchestrator.watch import Watcher, inotify_watch_limit
-from orchestrator.workspace import RepoRecord, Workspace, init_workspace
+from orchestrator.loop import runs
+from orchestrator.loop.graph import Deps
+from orchestrator.store.generations import record_initial
+from orchestrator.store.setup import init_workspace
+from orchestrator.store.workspace import RepoRecord, Workspace
+from orchestrator.watch.watcher import Watcher, inotify_watch_limit
 
 PER_DIR = 100
 GIT_ENV = {"GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "b@localhost"}

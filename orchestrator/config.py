@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import ConfigError
-from orchestrator.storage import file_stamp
+from orchestrator.store.storage import file_stamp
 
 CONFIG_FILE = "converge.toml"
 ENV_PREFIX = "CONVERGE_"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.workspace import Workspace, add_repo, init_workspace
+from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "sample-repo"

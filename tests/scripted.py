@@ -10,8 +10,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.agents import LoadedCard
-from orchestrator.model_backends import Completion, CompletionRequest, ModelIdentity
+from orchestrator.agents.cards import LoadedCard
+from orchestrator.models.backends import Completion, CompletionRequest, ModelIdentity
 
 PLAN_KEY = "steps"
 

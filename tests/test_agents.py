@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.agents import (
+from orchestrator.agents.cards import (
     AgentCard,
     Plan,
     PlanStep,
@@ -28,11 +28,12 @@ from orchestrator.agents import (
     parse_output,
     run_tool_agent,
 )
-from orchestrator.candidates import Candidate
-from orchestrator.edits import EditProposal, apply_edits
+from orchestrator.agents.edits import EditProposal, apply_edits
 from orchestrator.errors import ConfigError, ModelError, SandboxError, UsageError
-from orchestrator.reports import CommandResult
-from orchestrator.workspace import Workspace, source_root
+from orchestrator.gate.candidates import Candidate
+from orchestrator.sandbox import factory
+from orchestrator.store.reports import CommandResult
+from orchestrator.store.workspace import Workspace, source_root
 from tests.conftest import MakeRepo, git
 
 SHIPPED = ("coder", "planner", "reviewer", "ruff-fix", "ruff-format")
@@ -292,8 +293,7 @@ def test_tool_agent_new_files_become_create_blocks(make_repo: MakeRepo) -> None:
 
 @pytest.mark.docker
 def test_tool_agent_runs_in_the_real_sandbox(sample_ws: Workspace) -> None:
-    from orchestrator import sandbox
-    from orchestrator.sandbox_docker import DockerBackend, connect
+    from orchestrator.sandbox.docker_backend import DockerBackend, connect
 
     client = connect()
     script = "printf 'VERSION = 1\\n' > inventory/version.py && sed -i 's/^import os$//' inventory/stock.py"
@@ -302,7 +302,7 @@ def test_tool_agent_runs_in_the_real_sandbox(sample_ws: Workspace) -> None:
     worktrees = sample_ws.cache / "worktrees"
     with Candidate(repo, worktrees, run="r", step=1, attempt=1, base="refs/converge/head") as cand:
         try:
-            with sandbox.open_sandbox(
+            with factory.open_sandbox(
                 sample_ws, "sample", cand.path, label="agents-test", backend=DockerBackend(client)
             ) as box:
                 proposal = run_tool_agent(card, cand.path, lambda _worktree, argv: box.run(argv))

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import gitops
-from orchestrator.candidates import Candidate, candidate_ref, changed_paths, diff, kept_commit
-from orchestrator.edits import EditBlock, EditProposal, apply_edits
+from orchestrator.agents.edits import EditBlock, EditProposal, apply_edits
 from orchestrator.errors import ConflictError, EditError, GitError, UsageError
+from orchestrator.gate.candidates import Candidate, candidate_ref, kept_commit
+from orchestrator.store.gitops import changed_paths, diff
+from orchestrator.store import gitops, worktrees
 from tests.conftest import MakeRepo, git
 
 
@@ -162,12 +163,11 @@ def test_bad_keys_are_refused(repo: Path, tmp_path: Path) -> None:
 
 
 def test_a_worktree_made_without_git_worktree_add_is_one_git_knows(repo: Path, tmp_path: Path) -> None:
-    from orchestrator import gitops
 
     base = git(repo, "rev-parse", "HEAD")
     first, second = tmp_path / "a" / "same", tmp_path / "b" / "same"  # same name: git's records need two ids
-    gitops.add_worktree(repo, first, "HEAD")
-    gitops.add_worktree(repo, second, base)
+    worktrees.add_worktree(repo, first, "HEAD")
+    worktrees.add_worktree(repo, second, base)
     git(repo, "worktree", "prune")  # a concurrent prune keeps both
     listed = git(repo, "worktree", "list", "--porcelain")
     for path in (first, second):
@@ -175,10 +175,10 @@ def test_a_worktree_made_without_git_worktree_add_is_one_git_knows(repo: Path, t
         assert git(path, "status", "--porcelain") == ""
         assert (path / "app.py").read_text() == "def answer():\n    return 41\n"
     with pytest.raises(GitError, match="not empty"):
-        gitops.add_worktree(repo, first, base)
+        worktrees.add_worktree(repo, first, base)
     with pytest.raises(GitError, match="not a commit"):
-        gitops.add_worktree(repo, tmp_path / "c", "no-such-ref")
-    gitops.remove_worktree(repo, first)
+        worktrees.add_worktree(repo, tmp_path / "c", "no-such-ref")
+    worktrees.remove_worktree(repo, first)
     git(repo, "worktree", "remove", "--force", str(second))  # git itself removes ours
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert not first.exists() and not second.exists()

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import changesets, gate, generations, signing
-from orchestrator.changesets import Changeset
 from orchestrator.errors import EditError, SignatureError, VerificationFailed
-from orchestrator.workspace import Workspace, add_repo, init_workspace
+from orchestrator.gate import audit, stages
+from orchestrator.signing import keys
+from orchestrator.store import changesets, generations, keyfiles
+from orchestrator.store.changesets import Changeset
+from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.workspace import Workspace
 from tests.conftest import SAMPLE, converge, git
 
 REPORT_PY = "inventory/report.py"
@@ -84,14 +87,14 @@ class Signed:
 def signed(tmp_path_factory: pytest.TempPathFactory) -> Signed:
     root = tmp_path_factory.mktemp("signed")
     ws, src = _setup(root)
-    a = gate.submit(ws, "sample", _doc_patch(src, root / "a.diff"), "document cheapest")
-    b = gate.submit(ws, "sample", _doc_patch(src, root / "b.diff", "Cheapest item."), "document cheapest briefly")
+    a = stages.submit(ws, "sample", _doc_patch(src, root / "a.diff"), "document cheapest")
+    b = stages.submit(ws, "sample", _doc_patch(src, root / "b.diff", "Cheapest item."), "document cheapest briefly")
     assert a.status == b.status == "pending"
     return Signed(root, a.id, b.id)
 
 
 def _fields(ws: Workspace, cs_id: str) -> set[str]:
-    return {p.field for p in changesets.check(ws, changesets.load(ws, cs_id))}
+    return {p.field for p in audit.check(ws, changesets.load(ws, cs_id))}
 
 
 # --- the gate --------------------------------------------------------------------------------
@@ -156,11 +159,11 @@ def test_policy_reject_keeps_the_commit_under_failed(tmp_path: Path) -> None:
     ws, src = _setup(tmp_path)
     secret = 'API_KEY = "Zx81bQ2LmN4pR7sT9vW3yA6cE0gH5jK8"\n'
     patch = _patch(src, REPORT_PY, "import math\n", "import math\n\n" + secret, tmp_path / "secret.diff")
-    cs = gate.submit(ws, "sample", patch, "add a key")
+    cs = stages.submit(ws, "sample", patch, "add a key")
     assert (cs.status, cs.verdict, cs.decided_by) == ("rejected", "reject", "policy")
     assert cs.reason and "secret" in cs.reason.lower()
     assert git(ws.src / "sample", "rev-parse", f"refs/converge/failed/cs-{cs.id}") == cs.commit
-    assert changesets.check(ws, cs) == []  # rejected, but still attested and verifiable
+    assert audit.check(ws, cs) == []  # rejected, but still attested and verifiable
     refused = converge("-w", str(ws.root), "changeset", "approve", cs.id)
     assert refused.returncode == 2 and "rejected" in refused.stderr
     assert generations.current(ws, "sample").number == 0
@@ -173,14 +176,14 @@ def test_failing_tests_make_no_changeset_and_auto_approve_promotes(tmp_path: Pat
         src, REPORT_PY, "key=lambda item: item.unit_price", "key=lambda item: -item.unit_price", tmp_path / "b.diff"
     )
     with pytest.raises(VerificationFailed, match="failed"):
-        gate.submit(ws, "sample", broken, "break cheapest")
+        stages.submit(ws, "sample", broken, "break cheapest")
     assert changesets.list_changesets(ws) == []
     kept = gitops_refs(ws.src / "sample", "refs/converge/failed/")
     assert len(kept) == 1  # the candidate is kept, never deleted
 
-    cs = gate.submit(ws, "sample", _doc_patch(src, tmp_path / "doc.diff"), "doc", auto_approve=True)
+    cs = stages.submit(ws, "sample", _doc_patch(src, tmp_path / "doc.diff"), "doc", auto_approve=True)
     assert (cs.status, cs.generation, cs.decided_by) == ("approved", 1, changesets.AUTO)
-    assert changesets.check(ws, cs) == []
+    assert audit.check(ws, cs) == []
 
 
 def gitops_refs(repo: Path, prefix: str) -> list[str]:
@@ -192,7 +195,7 @@ def test_a_patch_that_does_not_apply_is_bad_input(ws: Workspace, tmp_path: Path)
     bad = tmp_path / "bad.diff"
     bad.write_text("--- a/nope.py\n+++ b/nope.py\n@@ -1 +1 @@\n-x\n+y\n")
     with pytest.raises(EditError, match="does not apply"):
-        gate.submit(ws, "sample", bad)
+        stages.submit(ws, "sample", bad)
     proc = converge("-w", str(ws.root), "submit", "sample", "--patch", str(bad))
     assert proc.returncode == 2 and "bad.diff" in proc.stderr
     missing = converge("-w", str(ws.root), "submit", "sample", "--patch", str(tmp_path / "none.diff"))
@@ -215,7 +218,7 @@ def test_reject_by_a_person_records_the_reason(signed: Signed, tmp_path: Path) -
 def _rewrite(ws: Workspace, cs: Changeset, sign: bool) -> None:
     """Replace the changeset's commit by another with the same tree and parent (signed or not)."""
     repo = ws.src / "sample"
-    args = signing.git_sign_config(signing.workspace_signer(ws), signing.allowed_signers_path(ws)) if sign else []
+    args = keys.git_sign_config(keys.workspace_signer(ws), keyfiles.allowed_signers_path(ws)) if sign else []
     new = git(repo, *args, "commit-tree", *(["-S"] if sign else []), cs.tree, "-p", cs.base, "-m", "rewritten")
     changesets.save(ws, cs.model_copy(update={"commit": new}))
 
@@ -250,9 +253,9 @@ def _edit_report(ws: Workspace, cs: Changeset) -> None:
 
 def _swap_allowed_signers(ws: Workspace, cs: Changeset) -> None:
     other = _keygen(ws.root.parent / "intruder")
-    path = signing.allowed_signers_path(ws)
-    workspace_key = signing.public_key_of(signing.workspace_signer(ws).key)
-    path.write_text(path.read_text().replace(workspace_key, signing.public_key_of(other)))
+    path = keyfiles.allowed_signers_path(ws)
+    workspace_key = keyfiles.public_key_of(keys.workspace_signer(ws).key)
+    path.write_text(path.read_text().replace(workspace_key, keyfiles.public_key_of(other)))
 
 
 def _move_attestation(ws: Workspace, cs: Changeset, other: str) -> None:
@@ -277,12 +280,12 @@ TAMPER = {
 @pytest.mark.parametrize("case", sorted(TAMPER))
 def test_tampering_is_detected_and_promotion_fails_closed(signed: Signed, tmp_path: Path, case: str) -> None:
     ws = signed.copy(tmp_path / "copy")
-    assert changesets.check(ws, changesets.load(ws, signed.a)) == []
+    assert audit.check(ws, changesets.load(ws, signed.a)) == []
     tamper, field = TAMPER[case]
     tamper(ws, changesets.load(ws, signed.a), signed.b)
     assert field in _fields(ws, signed.a)
     with pytest.raises(SignatureError, match=field):
-        gate.approve(ws, signed.a)
+        stages.approve(ws, signed.a)
     assert generations.current(ws, "sample").number == 0
     assert changesets.load(ws, signed.a).status == "pending"
 

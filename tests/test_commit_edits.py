@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import objects
-from orchestrator.candidates import Candidate
-from orchestrator.edits import EditBlock, EditProposal, apply_edits
+from orchestrator.agents.edits import EditBlock, EditProposal, apply_edits
 from orchestrator.errors import EditError
+from orchestrator.gate import objects
+from orchestrator.gate.candidates import Candidate
 from tests.conftest import MakeRepo, git
 
 DATE = "2024-01-02T03:04:05Z"

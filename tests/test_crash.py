@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import generations
-from orchestrator.workspace import Workspace, add_repo
+from orchestrator.store import generations
+from orchestrator.store.setup import add_repo
+from orchestrator.store.workspace import Workspace
 from tests.conftest import GIT_ENV, MakeRepo, git
 
 DRIVER = """
 import sys
 from pathlib import Path
-from orchestrator import generations
-from orchestrator.workspace import Workspace
+from orchestrator.store import generations
+from orchestrator.store.workspace import Workspace
 ws = Workspace(Path(sys.argv[1]))
 if sys.argv[2] == "promote":
     base = generations.current(ws, "big").commit

@@ -12,13 +12,15 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator import doctor
-from orchestrator.doctor import Check, DoctorContext, register_check, run_checks
 from orchestrator.errors import ModelError
-from orchestrator.reports import CommandResult
-from orchestrator.sandbox import ScriptedBackend, generation_worktree, open_sandbox
-from orchestrator.sandbox_docker import DockerBackend
-from orchestrator.workspace import Workspace
+from orchestrator.ops import doctor
+from orchestrator.ops.doctor import Check, DoctorContext, register_check, run_checks
+from orchestrator.sandbox.docker_backend import DockerBackend
+from orchestrator.sandbox.factory import open_sandbox
+from orchestrator.sandbox.scripted import ScriptedBackend
+from orchestrator.store.reports import CommandResult
+from orchestrator.store.workspace import Workspace
+from orchestrator.store.worktrees import generation_worktree
 from tests.conftest import converge
 
 
@@ -129,7 +131,7 @@ def test_doctor_clean_removes_orphans_of_dead_processes(sample_ws: Workspace) ->
 
 
 def test_models_check_names_each_role_and_a_missing_file(ws: Workspace, tmp_path: Path) -> None:
-    from orchestrator.model_registry import add_model, embedded_model_path, use_model
+    from orchestrator.models.registry import add_model, embedded_model_path, use_model
 
     ready = {c.name: c for c in run_checks(DoctorContext(ws=ws)) if c.name.startswith("models.")}
     assert set(ready) == {"models.planner", "models.coder", "models.reviewer"}

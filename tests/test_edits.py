@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.edits import EditBlock, EditProposal, apply_edits, proposal_from_files
+from orchestrator.agents.edits import EditBlock, EditProposal, apply_edits, proposal_from_files
 from orchestrator.errors import EditError
 from tests.conftest import MakeRepo, git
 

@@ -6,24 +6,26 @@ import json
 import subprocess
 from pathlib import Path
 
-from orchestrator import gate, generations, signing
-from orchestrator.workspace import Workspace, add_repo
+from orchestrator.gate import stages
+from orchestrator.store import generations, keyfiles
+from orchestrator.store.setup import add_repo
+from orchestrator.store.workspace import Workspace
 from tests.conftest import MakeRepo, converge, git
 
 
 def _signed_generation(ws: Workspace, repo: str) -> str:
     """Promote one SSH-signed commit (made by the gate's own stages) as generation 1."""
     base = generations.current(ws, repo).commit
-    with gate.make_candidate(ws, repo, "export-test", 1, 1) as cand:
+    with stages.make_candidate(ws, repo, "export-test", 1, 1) as cand:
         (cand.path / "NOTES.md").write_text("exported by converge\n")
-        commit = gate.commit_signed(ws, cand, "add notes")
+        commit = stages.commit_signed(ws, cand, "add notes")
         cand.keep("candidates")
     generations.promote(ws, repo, commit, base)
     return commit
 
 
 def _verify_in(origin: Path, ws: Workspace, ref: str) -> subprocess.CompletedProcess[str]:
-    allowed = signing.allowed_signers_path(ws)
+    allowed = keyfiles.allowed_signers_path(ws)
     return subprocess.run(
         ["git", "-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", ref],
         cwd=origin,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import generations
 from orchestrator.errors import ConflictError, UsageError
-from orchestrator.workspace import Workspace
+from orchestrator.store import generations
+from orchestrator.store.workspace import Workspace
 from tests.conftest import converge, git
 from tests.gitfixtures import commit_on
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import changesets, gate, generations, runs
-from orchestrator.graph import Deps, resume_run, start_run
-from orchestrator.workspace import Workspace
+from orchestrator.gate import audit, stages
+from orchestrator.loop import runs
+from orchestrator.loop.graph import Deps, resume_run, start_run
+from orchestrator.store import changesets, generations
+from orchestrator.store.workspace import Workspace
 from tests.conftest import GIT_ENV, MakeRepo, git
 from tests.scripted import ScriptedBackend, edit, plan
 
@@ -38,7 +40,7 @@ def test_refine_promotes_a_passing_change(sample_ws: Workspace) -> None:
     assert "import os" not in (path / "inventory" / "stock.py").read_text()
     cs = changesets.load(sample_ws, record.changesets[0])
     assert (cs.status, cs.run, cs.generation) == ("approved", record.id, 1)
-    assert changesets.check(sample_ws, cs) == []
+    assert audit.check(sample_ws, cs) == []
     allowed = sample_ws.state / "allowed_signers"
     git(path, "-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", cs.commit)
     adr = (sample_ws.spec / "runs" / record.id / "adr.md").read_text()
@@ -88,7 +90,7 @@ def test_review_pauses_the_run_and_approval_resumes_it(sample_ws: Workspace) -> 
     cs_id = paused.record.waiting_on
     assert cs_id is not None and changesets.load(sample_ws, cs_id).status == "pending"
     assert generations.current(sample_ws, "sample").number == 0
-    gate.approve(sample_ws, cs_id)
+    stages.approve(sample_ws, cs_id)
     done = resume_run(deps, paused.record.id)
     assert done.record.status == "completed"
     assert done.record.steps[0].generation == 1
@@ -118,8 +120,8 @@ DRIVER = """
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from orchestrator.graph import Deps, resume_run, start_run
-from orchestrator.workspace import Workspace
+from orchestrator.loop.graph import Deps, resume_run, start_run
+from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
 ws = Workspace(Path(sys.argv[1]))
 kill_at = sys.argv[3]
@@ -208,7 +210,7 @@ def test_cli_refine_with_the_replay_backend_retries_after_a_failing_test(sample_
 @pytest.mark.model
 def test_the_embedded_model_and_a_tool_agent_refine_the_sample_repo(sample_ws: Workspace) -> None:
     """The demo's job with real parts only: SmolLM2 plans, ruff-fix edits in the sandbox, policy approves."""
-    from orchestrator.loop import model_factory
+    from orchestrator.loop.factory import model_factory
 
     deps = Deps(ws=sample_ws, model_for=model_factory(sample_ws))
     result = start_run(deps, "sample", "Use ruff-fix to remove the unused imports", max_steps=1, auto_approve=True)
@@ -217,7 +219,7 @@ def test_the_embedded_model_and_a_tool_agent_refine_the_sample_repo(sample_ws: W
     assert (step.agent, step.outcome, step.generation) == ("ruff-fix", "promoted", 1)
     stock = (sample_ws.src / "sample" / "inventory" / "stock.py").read_text()
     assert "import os" not in stock and "import sys" not in stock
-    assert changesets.check(sample_ws, changesets.load(sample_ws, str(step.changeset))) == []
+    assert audit.check(sample_ws, changesets.load(sample_ws, str(step.changeset))) == []
 
 
 # --- what a run reports, and who may drive it ---------------------------------------------------
@@ -237,13 +239,13 @@ def test_a_failed_step_fails_the_run_and_keeps_what_was_promoted(sample_ws: Work
 
 def test_a_run_in_progress_shows_its_steps_and_cannot_be_driven_twice(sample_ws: Workspace) -> None:
     from orchestrator.errors import ConflictError
-    from orchestrator.graph import _driving
+    from orchestrator.loop.graph import _driving
 
     model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
     paused = start_run(_deps(sample_ws, model), "sample", "remove unused imports", auto_approve=False)
     listed = runs.load(sample_ws, paused.record.id)
     assert (listed.status, listed.steps_planned) == ("waiting_review", 1)  # planned, not yet done
-    gate.approve(sample_ws, str(paused.record.waiting_on))
+    stages.approve(sample_ws, str(paused.record.waiting_on))
     with _driving(sample_ws, paused.record.id), pytest.raises(ConflictError, match=f"run {paused.record.id} is busy"):
         resume_run(_deps(sample_ws, model), paused.record.id)  # as another process driving it is refused
     done = resume_run(_deps(sample_ws, model), paused.record.id)
@@ -263,7 +265,7 @@ def test_a_broken_agent_card_is_named_before_any_run_exists(sample_ws: Workspace
 
 
 def test_a_repo_without_tests_is_judged_by_policy_not_failed(ws: Workspace, make_repo: MakeRepo) -> None:
-    from orchestrator.workspace import add_repo
+    from orchestrator.store.setup import add_repo
 
     add_repo(ws, str(make_repo({"lib.py": "def f( a,b ):\n  return a+b\n"})), name="lib")
     model = ScriptedBackend([plan(("Tidy f", "coder", ["lib.py"]))], [edit("lib.py", "( a,b ):\n  ", "(a, b):\n    ")])

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from orchestrator import models
 from orchestrator.errors import ModelError, UsageError
-from orchestrator.model_backends import CallLog, Completion, CompletionRequest, OpenAIBackend, ReplayBackend
-from orchestrator.model_gguf import read_gguf
-from orchestrator.model_llama import LlamaBackend, ModelManager
-from orchestrator.model_registry import embedded_model_path
-from orchestrator.storage import atomic_write
-from orchestrator.workspace import Workspace
+from orchestrator.models import runtime
+from orchestrator.models.backends import CallLog, Completion, CompletionRequest, OpenAIBackend, ReplayBackend
+from orchestrator.models.gguf import read_gguf
+from orchestrator.models.llama import LlamaBackend, ModelManager
+from orchestrator.models.registry import embedded_model_path
+from orchestrator.store.storage import atomic_write
+from orchestrator.store.workspace import Workspace
 from tests.conftest import converge
 
 N_CTX = 1024
@@ -41,10 +41,10 @@ REPO_MAP = "\n".join(f"src/pkg/module_{i}.py: def function_{i}(x: int) -> int  #
 
 
 @pytest.fixture(scope="module")
-def smol_record(tmp_path_factory: pytest.TempPathFactory) -> models.ModelRecord:
+def smol_record(tmp_path_factory: pytest.TempPathFactory) -> runtime.ModelRecord:
     ws = Workspace(tmp_path_factory.mktemp("reg"))
     (ws.state / "locks").mkdir(parents=True)
-    return models.get_model(ws, models.DEFAULT_MODEL)
+    return runtime.get_model(ws, runtime.DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelManager]:
 
 
 @pytest.fixture(scope="module")
-def smol(smol_record: models.ModelRecord, manager: ModelManager) -> LlamaBackend:
+def smol(smol_record: runtime.ModelRecord, manager: ModelManager) -> LlamaBackend:
     backend = LlamaBackend(smol_record, manager)
     manager.acquire(smol_record)
     return backend
@@ -96,36 +96,36 @@ def test_missing_non_gguf_and_truncated_files_are_named(tmp_path: Path) -> None:
 
 
 def test_default_is_registered_without_download_and_roles_resolve(ws: Workspace) -> None:
-    registry = models.load_registry(ws)
+    registry = runtime.load_registry(ws)
     default = registry.models["default"]
     assert default.builtin and Path(default.path) == SMOL
-    assert default.sha256 == models.model_digest(ws, "coder")  # unbound role -> default
+    assert default.sha256 == runtime.model_digest(ws, "coder")  # unbound role -> default
     assert json.loads((ws.state / "models.json").read_text())["models"]["default"]["quantisation"] == "Q4_1"
 
     other = ws.root / "other.gguf"
     shutil.copyfile(SMOL, other)
-    record = models.add_model(ws, other, "small-coder")
+    record = runtime.add_model(ws, other, "small-coder")
     assert record.sha256 == default.sha256 and record.architecture == "llama"
-    assert models.use_model(ws, "small-coder", "coder") == "small-coder"
-    assert models.role_binding(ws, "coder") == "small-coder"
-    assert models.role_binding(ws, "planner") == "default"
-    backend = models.backend_for_role(ws, "coder")
+    assert runtime.use_model(ws, "small-coder", "coder") == "small-coder"
+    assert runtime.role_binding(ws, "coder") == "small-coder"
+    assert runtime.role_binding(ws, "planner") == "default"
+    backend = runtime.backend_for_role(ws, "coder")
     assert backend.identity.name == "small-coder" and backend.identity.kind == "llama"
 
     with pytest.raises(UsageError, match="unknown model 'nope'"):
-        models.use_model(ws, "nope", "reviewer")
-    models.use_model(ws, "openai:http://127.0.0.1:9/v1", "reviewer")
-    assert models.backend_for_role(ws, "reviewer").identity.kind == "openai"
+        runtime.use_model(ws, "nope", "reviewer")
+    runtime.use_model(ws, "openai:http://127.0.0.1:9/v1", "reviewer")
+    assert runtime.backend_for_role(ws, "reviewer").identity.kind == "openai"
 
 
 def test_converge_toml_roles_apply_under_registry_bindings(ws: Workspace) -> None:
     config = ws.state / "converge.toml"
     config.write_text(config.read_text() + '\n[models]\nroles = { planner = "planner-model" }\n')
-    assert models.role_binding(ws, "planner") == "planner-model"
+    assert runtime.role_binding(ws, "planner") == "planner-model"
     with pytest.raises(UsageError, match="unknown model 'planner-model'"):
-        models.backend_for_role(ws, "planner")
-    models.use_model(ws, "default", "planner")
-    assert models.role_binding(ws, "planner") == "default"
+        runtime.backend_for_role(ws, "planner")
+    runtime.use_model(ws, "default", "planner")
+    assert runtime.role_binding(ws, "planner") == "default"
 
 
 # --- replay and structured output (deterministic control flow) ----------------------------
@@ -175,7 +175,7 @@ def test_structured_output_retries_with_the_error_fed_back(tmp_path: Path) -> No
             seen.append(request)
             return super().complete(request)
 
-    verdict, _ = models.complete_structured(Watching(path), request, Verdict)
+    verdict, _ = runtime.complete_structured(Watching(path), request, Verdict)
     assert verdict == Verdict(approve=True, reason="tests pass")
     assert seen[0].digest() == constrained.digest()
     assert seen[1].followups[0].content == '{"approve": "maybe"}'
@@ -187,14 +187,14 @@ def test_structured_output_gives_up_with_the_raw_answer_logged(tmp_path: Path) -
     log = CallLog(tmp_path / "run.jsonl")
     request = CompletionRequest(system="judge", user="is it fine?", max_tokens=8)
     with pytest.raises(ModelError, match=r"after 3 attempts: the answer was cut off at max_tokens=8.*run\.jsonl"):
-        models.complete_structured(ReplayBackend(path), request, Verdict, retries=2, log=log)
+        runtime.complete_structured(ReplayBackend(path), request, Verdict, retries=2, log=log)
     failure = json.loads(log.path.read_text().splitlines()[-1])
     assert failure["kind"] == "structured_failure" and failure["raw"] == '{"approve": tru'
 
     # Through a recorded backend the failure lands in the same log as the calls, without being told.
-    recorded = models.Recorded(ReplayBackend(path), CallLog(tmp_path / "calls-of-run.jsonl"))
+    recorded = runtime.Recorded(ReplayBackend(path), CallLog(tmp_path / "calls-of-run.jsonl"))
     with pytest.raises(ModelError, match=r"calls-of-run\.jsonl"):
-        models.complete_structured(recorded, request, Verdict, retries=1)
+        runtime.complete_structured(recorded, request, Verdict, retries=1)
     kinds = [json.loads(x).get("kind", "call") for x in recorded.log.path.read_text().splitlines()]
     assert kinds == ["call", "call", "structured_failure"]
     assert ReplayBackend(recorded.log.path).script == []  # reports are not answers
@@ -218,7 +218,7 @@ NO_SYSTEM_TEMPLATE = (
 
 @pytest.mark.model
 def test_a_template_without_system_role_gets_the_system_prompt_folded_in(
-    smol_record: models.ModelRecord, manager: ModelManager
+    smol_record: runtime.ModelRecord, manager: ModelManager
 ) -> None:
     strict = smol_record.model_copy(update={"name": "no-system", "chat_template": NO_SYSTEM_TEMPLATE})
     backend = LlamaBackend(strict, manager)
@@ -234,7 +234,7 @@ def test_a_template_without_system_role_gets_the_system_prompt_folded_in(
 @pytest.mark.model
 def test_schema_constrained_output_validates(smol: LlamaBackend, tmp_path: Path) -> None:
     request = CompletionRequest(system="You review code changes.", user="The tests pass. Approve?", max_tokens=48)
-    verdict, completion = models.complete_structured(smol, request, Verdict, log=CallLog(tmp_path / "log.jsonl"))
+    verdict, completion = runtime.complete_structured(smol, request, Verdict, log=CallLog(tmp_path / "log.jsonl"))
     assert isinstance(verdict.approve, bool)
     assert Verdict.model_validate_json(completion.text) == verdict
 
@@ -246,13 +246,13 @@ def test_sampled_constrained_output_is_valid(smol: LlamaBackend) -> None:
         request = CompletionRequest(
             system="You review code.", user="Approve?", max_tokens=96, temperature=0.9, seed=seed
         )
-        verdict, done = models.complete_structured(smol, request, Verdict, retries=0)
+        verdict, done = runtime.complete_structured(smol, request, Verdict, retries=0)
         assert done.finish_reason == "stop" and Verdict.model_validate_json(done.text) == verdict
 
 
 @pytest.mark.model
 def test_prefix_state_is_reused_in_memory_and_from_disk(
-    smol: LlamaBackend, smol_record: models.ModelRecord, manager: ModelManager
+    smol: LlamaBackend, smol_record: runtime.ModelRecord, manager: ModelManager
 ) -> None:
     def ask(backend: LlamaBackend, user: str) -> Completion:
         return backend.complete(
@@ -278,7 +278,7 @@ def test_prefix_state_is_reused_in_memory_and_from_disk(
 
 @pytest.mark.model
 def test_models_are_refused_before_loading_and_evicted_least_recent_first(
-    smol_record: models.ModelRecord, tmp_path: Path
+    smol_record: runtime.ModelRecord, tmp_path: Path
 ) -> None:
     estimate = smol_record.memory_estimate(N_CTX)
     with ModelManager(budget=estimate // 2, n_ctx=N_CTX) as tiny:
@@ -305,7 +305,7 @@ def test_models_are_refused_before_loading_and_evicted_least_recent_first(
 @pytest.mark.model
 def test_every_real_call_is_recorded_and_replays_exactly(smol: LlamaBackend, tmp_path: Path) -> None:
     log = CallLog(tmp_path / "calls.jsonl")
-    recorded = models.Recorded(smol, log)
+    recorded = runtime.Recorded(smol, log)
     request = CompletionRequest(system="You are terse.", user="Name a colour.", max_tokens=6, seed=7)
     live = recorded.complete(request)
     entry = json.loads(log.path.read_text().splitlines()[0])
@@ -350,14 +350,14 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(params=["llama", "openai", "replay"])
-def any_backend(request: pytest.FixtureRequest, smol: LlamaBackend, tmp_path: Path) -> models.ModelBackend:
+def any_backend(request: pytest.FixtureRequest, smol: LlamaBackend, tmp_path: Path) -> runtime.ModelBackend:
     """Each implementation of the contract; replay answers from what the real model recorded."""
     if request.param == "llama":
         return smol
     if request.param == "openai":
         return OpenAIBackend(request.getfixturevalue("server_url"), timeout=60)
     log = CallLog(tmp_path / "recorded.jsonl")
-    recorder = models.Recorded(smol, log)
+    recorder = runtime.Recorded(smol, log)
     for req in CONTRACT_REQUESTS:
         recorder.complete(req)
     return ReplayBackend(log.path)
@@ -372,7 +372,7 @@ CONTRACT_REQUESTS = [
 
 
 @pytest.mark.model
-def test_backend_contract(any_backend: models.ModelBackend) -> None:
+def test_backend_contract(any_backend: runtime.ModelBackend) -> None:
     plain, structured = (any_backend.complete(req) for req in CONTRACT_REQUESTS)
     assert plain.text.strip() and 0 < plain.tokens_out <= 8 and plain.tokens_in > 0
     assert plain.finish_reason in ("stop", "length") and plain.seconds >= 0
@@ -433,7 +433,7 @@ def test_cli_try_with_a_schema_prints_valid_json(ws: Workspace, tmp_path: Path) 
     )  # fmt: skip
     doc = json.loads(proc.stdout)
     jsonschema.validate(json.loads(doc["text"]), schema)
-    assert doc["json"] == json.loads(doc["text"]) and doc["model_sha256"] == models.get_model(ws, "default").sha256
+    assert doc["json"] == json.loads(doc["text"]) and doc["model_sha256"] == runtime.get_model(ws, "default").sha256
     calls = (ws.state / "logs" / "model-calls.jsonl").read_text().splitlines()
     assert json.loads(calls[-1])["tokens_out"] == doc["tokens_out"]
 

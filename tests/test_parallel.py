@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import changesets, generations, model_budget, models, runs
 from orchestrator.errors import ModelError
-from orchestrator.model_llama import ModelManager
-from orchestrator.workspace import Workspace, add_repo
+from orchestrator.gate import audit
+from orchestrator.loop import runs
+from orchestrator.models import runtime
+from orchestrator.models.llama import ModelManager
+from orchestrator.models import budget
+from orchestrator.store import changesets, generations
+from orchestrator.store.setup import add_repo
+from orchestrator.store.workspace import Workspace
 from tests.conftest import GIT_ENV, MakeRepo, git
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +34,8 @@ LOOP = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from orchestrator.graph import Deps, start_run
-from orchestrator.workspace import Workspace
+from orchestrator.loop.graph import Deps, start_run
+from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
 ws, repo = Workspace(Path(sys.argv[1])), sys.argv[2]
 model = ScriptedBackend(
@@ -81,7 +86,7 @@ def test_two_refine_loops_run_at_once_on_different_repos(ws: Workspace, make_rep
         assert git(path, "rev-parse", "refs/converge/head") == gens[1].commit
         assert git(path, "rev-list", "--count", "refs/converge/head") == "2"
         assert "import os" not in (path / "inventory" / "stock.py").read_text()
-        assert changesets.check(ws, mine[0]) == []
+        assert audit.check(ws, mine[0]) == []
 
 
 # --- the shared model budget across processes --------------------------------------------------
@@ -90,14 +95,14 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from orchestrator import model_budget
+from orchestrator.models import budget
 state, go = Path(sys.argv[2]), Path(sys.argv[3])
 args = [int(a) for a in sys.argv[5:8]]
-r = model_budget.reserve(state, __import__("os").getpid(), sys.argv[4], args[0], args[1], shared=args[2])
+r = budget.reserve(state, __import__("os").getpid(), sys.argv[4], args[0], args[1], shared=args[2])
 print("held", flush=True)
 while not go.exists():
     time.sleep(0.05)
-model_budget.release(r)
+budget.release(r)
 print("released", time.time(), flush=True)
 """
 
@@ -126,54 +131,54 @@ def hold() -> Iterator[Hold]:
 def test_a_reservation_waits_until_another_process_releases(tmp_path: Path, hold: Hold) -> None:
     go = tmp_path / "go"
     holder = hold(tmp_path, go, MODEL, 6 * GIB, 10 * GIB, 5 * GIB)
-    assert [(e.pid, e.bytes) for e in model_budget.holders(tmp_path)] == [(holder.pid, 6 * GIB)]
+    assert [(e.pid, e.bytes) for e in budget.holders(tmp_path)] == [(holder.pid, 6 * GIB)]
     # the same model in another process shares its weights: 6 GiB + (6 - 5) GiB fits under 10 GiB
-    shared = model_budget.reserve(tmp_path, os.getpid(), MODEL, 6 * GIB, 10 * GIB, shared=5 * GIB, wait=0)
-    model_budget.release(shared)
+    shared = budget.reserve(tmp_path, os.getpid(), MODEL, 6 * GIB, 10 * GIB, shared=5 * GIB, wait=0)
+    budget.release(shared)
     # another model does not fit until the holder lets go
     threading.Timer(1.0, go.touch).start()
     asked = time.time()
-    mine = model_budget.reserve(tmp_path, os.getpid(), "b" * 64, 6 * GIB, 10 * GIB, wait=30)
+    mine = budget.reserve(tmp_path, os.getpid(), "b" * 64, 6 * GIB, 10 * GIB, wait=30)
     granted = time.time()
     out, err = holder.communicate(timeout=30)
     released = float(out.split()[1])
     assert granted - asked >= 0.9 and granted >= released, err
-    assert [(e.pid, e.model) for e in model_budget.holders(tmp_path)] == [(os.getpid(), "b" * 64)]
-    model_budget.release(mine)
-    model_budget.release(mine)  # idempotent
-    assert model_budget.holders(tmp_path) == []
+    assert [(e.pid, e.model) for e in budget.holders(tmp_path)] == [(os.getpid(), "b" * 64)]
+    budget.release(mine)
+    budget.release(mine)  # idempotent
+    assert budget.holders(tmp_path) == []
 
 
 def test_a_reservation_that_cannot_fit_is_refused_or_times_out_naming_the_holder(tmp_path: Path, hold: Hold) -> None:
     with pytest.raises(ModelError, match="can never be loaded"):
-        model_budget.reserve(tmp_path, os.getpid(), MODEL, 11 * GIB, 10 * GIB)
+        budget.reserve(tmp_path, os.getpid(), MODEL, 11 * GIB, 10 * GIB)
     go = tmp_path / "go"
     holder = hold(tmp_path, go, MODEL, 6 * GIB, 10 * GIB)
     with pytest.raises(ModelError, match=f"pid {holder.pid} holds model {MODEL[:12]}"):
-        model_budget.reserve(tmp_path, os.getpid(), "b" * 64, 6 * GIB, 10 * GIB, wait=0.5)
+        budget.reserve(tmp_path, os.getpid(), "b" * 64, 6 * GIB, 10 * GIB, wait=0.5)
     go.touch()
     holder.communicate(timeout=30)
-    assert model_budget.holders(tmp_path) == []
+    assert budget.holders(tmp_path) == []
 
 
 def test_a_killed_holder_frees_its_share(tmp_path: Path, hold: Hold) -> None:
     holder = hold(tmp_path, tmp_path / "never", MODEL, 6 * GIB, 10 * GIB)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
-    mine = model_budget.reserve(tmp_path, os.getpid(), "b" * 64, 6 * GIB, 10 * GIB, wait=0)
-    assert [e.pid for e in model_budget.holders(tmp_path)] == [os.getpid()]
-    model_budget.release(mine)
+    mine = budget.reserve(tmp_path, os.getpid(), "b" * 64, 6 * GIB, 10 * GIB, wait=0)
+    assert [e.pid for e in budget.holders(tmp_path)] == [os.getpid()]
+    budget.release(mine)
 
 
 MANAGER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from orchestrator import models
-from orchestrator.model_llama import ModelManager
-from orchestrator.workspace import Workspace
+from orchestrator.models import runtime
+from orchestrator.models.llama import ModelManager
+from orchestrator.store.workspace import Workspace
 ws, go = Workspace(Path(sys.argv[2])), Path(sys.argv[3])
-record = models.get_model(ws, models.DEFAULT_MODEL)
+record = runtime.get_model(ws, runtime.DEFAULT_MODEL)
 with ModelManager(budget=int(sys.argv[4]), n_ctx=1024, ledger=ws.state) as manager:
     manager.acquire(record)
     print("held", flush=True)
@@ -185,14 +190,14 @@ print("released", time.time(), flush=True)
 
 @pytest.mark.model
 def test_model_managers_of_two_processes_share_the_budget(ws: Workspace) -> None:
-    record = models.get_model(ws, models.DEFAULT_MODEL)
+    record = runtime.get_model(ws, runtime.DEFAULT_MODEL)
     estimate = record.memory_estimate(1024)
     kv = estimate - record.size
     budget = estimate + kv // 2  # one process fits; a second copy's KV cache does not
     go = ws.root / "go"
     other = _spawn(MANAGER, str(ROOT), str(ws.root), str(go), str(budget))
     assert other.stdout is not None and other.stdout.readline().strip() == "held"
-    [entry] = model_budget.holders(ws.state)
+    [entry] = budget.holders(ws.state)
     assert (entry.pid, entry.model, entry.bytes) == (other.pid, record.sha256, estimate)
     with ModelManager(budget=budget, n_ctx=1024, ledger=ws.state) as manager:
         threading.Timer(1.0, go.touch).start()
@@ -200,5 +205,5 @@ def test_model_managers_of_two_processes_share_the_budget(ws: Workspace) -> None
         granted = time.time()
         out, _ = other.communicate(timeout=60)
         assert granted >= float(out.split()[1]), "loaded only after the other process released"
-        assert [e.pid for e in model_budget.holders(ws.state)] == [os.getpid()]
-    assert model_budget.holders(ws.state) == [], "closing the manager released the reservation"
+        assert [e.pid for e in budget.holders(ws.state)] == [os.getpid()]
+    assert budget.holders(ws.state) == [], "closing the manager released the reservation"

@@ -10,21 +10,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.policy import (
-    Decision,
-    Finding,
-    Policy,
-    Risk,
-    apply_reviewer_findings,
-    change_from_commits,
-    evaluate,
-    load_policies,
-    shipped_dir,
-)
-from orchestrator.policy_diff import symlink_escapes
-from orchestrator.policy_rules import compile_globs
-from orchestrator.reports import CommandResult, TestReport
-from orchestrator.workspace import Workspace, add_repo
+from orchestrator.policy.change import change_from_commits, symlink_escapes
+from orchestrator.policy.engine import apply_reviewer_findings, evaluate
+from orchestrator.policy.model import Policy, load_policies, shipped_dir
+from orchestrator.policy.rules import compile_globs
+from orchestrator.policy.verdict import Decision, Finding, Risk
+from orchestrator.store.reports import CommandResult, TestReport
+from orchestrator.store.setup import add_repo
+from orchestrator.store.workspace import Workspace
 from tests.conftest import MakeRepo, converge, git
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

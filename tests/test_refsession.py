@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import gitops, refsession
 from orchestrator.errors import ConflictError
-from orchestrator.gitops import ZERO, RefUpdate
+from orchestrator.store import gitops, refsession
+from orchestrator.store.gitops import ZERO, RefUpdate
 from tests.conftest import MakeRepo, git
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import repomap
-from orchestrator.repomap import build_repo_map, estimate_tokens, module_name, parse_python, repo_map_for
-from orchestrator.workspace import Workspace
+from orchestrator.agents import repomap
+from orchestrator.agents.repomap import build_repo_map, estimate_tokens, module_name, parse_python, repo_map_for
+from orchestrator.store.workspace import Workspace
 from tests.conftest import MakeRepo, git
 
 FILES = {
@@ -190,8 +190,8 @@ def test_workspace_map_is_cached_per_repo(sample_ws: Workspace) -> None:
 
 
 def test_a_commit_is_mapped_as_committed_whatever_the_checkout_holds(repo: Path, tmp_path: Path) -> None:
-    from orchestrator.attempts import with_files
-    from orchestrator.repomap import build_repo_map_at
+    from orchestrator.agents.repomap import build_repo_map_at
+    from orchestrator.loop.attempts import with_files
 
     head = git(repo, "rev-parse", "HEAD")
     (repo / "link.py").symlink_to("broken.py")

@@ -20,12 +20,16 @@ import pytest
 
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
-from orchestrator.reports import CommandResult
-from orchestrator.sandbox import Sandbox, ScriptedBackend, generation_worktree, open_sandbox, parse_junit
-from orchestrator.sandbox_docker import DockerBackend
-from orchestrator.sandbox_env import declared_requirements, host_closure
-from orchestrator.sandbox_image import resolve
-from orchestrator.workspace import Workspace, add_repo, init_workspace
+from orchestrator.sandbox.base import Sandbox, parse_junit
+from orchestrator.sandbox.docker_backend import DockerBackend
+from orchestrator.sandbox.env import declared_requirements, host_closure
+from orchestrator.sandbox.factory import open_sandbox
+from orchestrator.sandbox.image import resolve
+from orchestrator.sandbox.scripted import ScriptedBackend
+from orchestrator.store.reports import CommandResult
+from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.workspace import Workspace
+from orchestrator.store.worktrees import generation_worktree
 from tests.conftest import SAMPLE, converge, git
 
 pytestmark = pytest.mark.docker

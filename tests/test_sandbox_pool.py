@@ -13,11 +13,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator import gitops
-from orchestrator.sandbox import generation_worktree
-from orchestrator.sandbox_env import declared_requirements, requirements_at
-from orchestrator.sandbox_pool import SandboxPool
-from orchestrator.workspace import Workspace
+from orchestrator.sandbox.env import declared_requirements, requirements_at
+from orchestrator.sandbox.pool import SandboxPool
+from orchestrator.store import gitops
+from orchestrator.store.workspace import Workspace
+from orchestrator.store.worktrees import generation_worktree
 from tests.conftest import git
 
 pytestmark = pytest.mark.docker
@@ -164,10 +164,10 @@ def test_a_killed_owner_leaves_no_container_and_its_worktrees_are_swept(sample_w
     head = gitops.resolve(sample_ws.repo_path("sample"), "HEAD")
     script = f"""
 from pathlib import Path
-from orchestrator.sandbox import generation_worktree
-from orchestrator.sandbox_env import declared_requirements, requirements_at
-from orchestrator.sandbox_pool import SandboxPool
-from orchestrator.workspace import Workspace
+from orchestrator.store.worktrees import generation_worktree
+from orchestrator.sandbox.env import declared_requirements, requirements_at
+from orchestrator.sandbox.pool import SandboxPool
+from orchestrator.store.workspace import Workspace
 pool = SandboxPool(Workspace(Path({str(sample_ws.root)!r})), "sample")
 with pool.at({head!r}) as (tree, box):
     pool.warm({head!r})

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import changesets, gate, generations, self_install, selfhost
 from orchestrator.errors import PolicyViolation, SandboxError, UsageError, VerificationFailed
-from orchestrator.reports import CommandResult
-from orchestrator.sandbox import ScriptedBackend
-from orchestrator.workspace import Workspace, add_repo
+from orchestrator.gate import stages
+from orchestrator.sandbox.scripted import ScriptedBackend
+from orchestrator.selfhost import checks, install
+from orchestrator.store import changesets, generations
+from orchestrator.store.reports import CommandResult
+from orchestrator.store.setup import add_repo
+from orchestrator.store.workspace import Workspace
 from tests.conftest import ROOT, MakeRepo, converge, git
 
 JUNIT = '<testsuites><testsuite><testcase classname="tests.test_x" name="test_ok"/></testsuite></testsuites>'
@@ -59,9 +62,9 @@ def tiny_self(ws: Workspace, make_repo: MakeRepo, tmp_path: Path) -> tuple[Works
 
 
 def test_nested_backend_is_refused_outside_a_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(selfhost.SANDBOX_MARKER, raising=False)
+    monkeypatch.delenv(checks.SANDBOX_MARKER, raising=False)
     with pytest.raises(SandboxError, match="refused outside a sandbox"):
-        selfhost.NestedBackend().start(object())
+        checks.NestedBackend().start(object())
 
 
 def test_self_changeset_is_never_auto_approved_and_needs_passing_checks(
@@ -69,45 +72,45 @@ def test_self_changeset_is_never_auto_approved_and_needs_passing_checks(
 ) -> None:
     ws, src = tiny_self
     patch = _patch(src, "orchestrator/__init__.py", 'VERSION = "1"', 'VERSION = "2"', tmp_path)
-    cs = gate.submit(ws, "self", patch, "bump", auto_approve=True, backend=_passing_sandbox())
+    cs = stages.submit(ws, "self", patch, "bump", auto_approve=True, backend=_passing_sandbox())
     assert cs.status == "pending"  # auto-approval never applies to Converge itself
     with pytest.raises(PolicyViolation, match="a person approves it"):
-        gate.promote(ws, cs.id, decided_by=changesets.AUTO)
+        stages.promote(ws, cs.id, decided_by=changesets.AUTO)
     with pytest.raises(VerificationFailed, match="no self-tests result"):
-        gate.approve(ws, cs.id)
+        stages.approve(ws, cs.id)
 
     def store(ok: bool, commit: str) -> None:
-        changesets.write_artifact(ws, cs.id, selfhost.SELF_TESTS, json.dumps({"commit": commit, "ok": True}).encode())
+        changesets.write_artifact(ws, cs.id, checks.SELF_TESTS, json.dumps({"commit": commit, "ok": True}).encode())
         canary = {"commit": commit, "ok": ok, "detail": "outcomes differ" if not ok else "same outcome"}
-        changesets.write_artifact(ws, cs.id, selfhost.CANARY, json.dumps(canary).encode())
+        changesets.write_artifact(ws, cs.id, checks.CANARY, json.dumps(canary).encode())
 
     store(False, cs.commit)
     with pytest.raises(VerificationFailed, match="canary did not pass"):
-        gate.approve(ws, cs.id)
+        stages.approve(ws, cs.id)
     store(True, "0" * 40)
     with pytest.raises(VerificationFailed, match="for another commit"):
-        gate.approve(ws, cs.id)
+        stages.approve(ws, cs.id)
     assert generations.current(ws, "self").number == 0
     store(True, cs.commit)
-    done = gate.approve(ws, cs.id)
+    done = stages.approve(ws, cs.id)
     assert done.status == "approved"
     assert generations.current(ws, "self").commit == cs.commit
 
 
 def test_canary_outcomes_are_compared_strictly() -> None:
-    same = selfhost.CanaryOutcome(status="completed", steps=["promoted"], tree="a" * 40, generation=1)
+    same = checks.CanaryOutcome(status="completed", steps=["promoted"], tree="a" * 40, generation=1)
     other = same.model_copy(update={"tree": "b" * 40})
-    assert selfhost._compare("c", "r", same, same, "").ok
-    assert not selfhost._compare("c", "r", other, same, "").ok
+    assert checks._compare("c", "r", same, same, "").ok
+    assert not checks._compare("c", "r", other, same, "").ok
     failed = same.model_copy(update={"status": "failed"})
-    assert not selfhost._compare("c", "r", failed, failed, "").ok  # a broken reference proves nothing
-    assert not selfhost._compare("c", "r", None, same, "candidate canary exited 1").ok
+    assert not checks._compare("c", "r", failed, failed, "").ok  # a broken reference proves nothing
+    assert not checks._compare("c", "r", None, same, "candidate canary exited 1").ok
 
 
 def test_rollback_without_a_previous_install_says_no(tiny_self: tuple[Workspace, Path]) -> None:
     ws, _src = tiny_self
     with pytest.raises(UsageError, match="no previous installation"):
-        self_install.rollback(ws)
+        install.rollback(ws)
     proc = converge("-w", str(ws.root), "self", "rollback", "--json")
     assert proc.returncode == 2  # like `converge rollback` below generation 0
     assert "no previous installation" in proc.stderr
@@ -149,13 +152,13 @@ def _launcher_help(launcher: Path) -> str:
 def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace, tmp_path: Path) -> None:
     src = _converge_copy(tmp_path / "converge-src")
     add_repo(ws, "", is_self=True, self_source=src)
-    first = self_install.upgrade(ws)
+    first = install.upgrade(ws)
     launcher = Path(first["launcher"])
     assert first["current"]["generation"] == 0
     assert HELP_OLD in _launcher_help(launcher)
 
     patch = _patch(src, "orchestrator/cli/__init__.py", HELP_OLD, HELP_NEW, tmp_path)
-    cs = gate.submit(ws, "self", patch, "cli: say it is self-refined", auto_approve=True)
+    cs = stages.submit(ws, "self", patch, "cli: say it is self-refined", auto_approve=True)
     assert cs.status == "pending" and cs.verdict == "review"  # orchestrator/ is protected on self
     report = json.loads(changesets.artifact_path(ws, cs.id, changesets.REPORT).read_text())
     assert "-m not docker" in " ".join(report["command"]["argv"])
@@ -172,7 +175,7 @@ def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace
     assert canary["ok"], canary["detail"]
     assert canary["candidate"] == canary["running"]
     assert canary["candidate"]["status"] == "completed" and canary["candidate"]["steps"] == ["promoted"]
-    stored = json.loads(changesets.artifact_path(ws, cs.id, selfhost.CANARY).read_text())
+    stored = json.loads(changesets.artifact_path(ws, cs.id, checks.CANARY).read_text())
     assert stored["commit"] == cs.commit
 
     converge("-w", str(ws.root), "changeset", "approve", cs.id, check=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SignatureError
-from orchestrator.sshsig import (
+from orchestrator.signing.sshsig import (
     allowed_keys,
     armor,
     dearmor,

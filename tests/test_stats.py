@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from orchestrator import generations, runs, stats
-from orchestrator.graph import Deps, start_run
-from orchestrator.workspace import Workspace
+from orchestrator.loop import runs
+from orchestrator.loop.graph import Deps, start_run
+from orchestrator.ops import stats
+from orchestrator.store import generations
+from orchestrator.store.workspace import Workspace
 from tests.conftest import converge
 from tests.scripted import ScriptedBackend, edit, plan
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator import generations, runs
+from orchestrator.agents.repomap import blob_digest
 from orchestrator.errors import ConflictError
-from orchestrator.graph import Deps
-from orchestrator.repomap import blob_digest
-from orchestrator.watch import Watcher, is_ignored
-from orchestrator.workspace import Workspace
+from orchestrator.loop import runs
+from orchestrator.loop.graph import Deps
+from orchestrator.store import generations
+from orchestrator.store.workspace import Workspace
+from orchestrator.watch.watcher import Watcher, is_ignored
 from tests.conftest import GIT_ENV, ROOT, converge
 from tests.scripted import ScriptedBackend, edit, plan
 
@@ -229,10 +230,10 @@ WATCH_DRIVER = """
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from orchestrator.graph import Deps
-from orchestrator.repomap import blob_digest
-from orchestrator.watch import Watcher
-from orchestrator.workspace import Workspace
+from orchestrator.loop.graph import Deps
+from orchestrator.agents.repomap import blob_digest
+from orchestrator.watch.watcher import Watcher
+from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
 def on_event(text):
     if "  applied" in text:

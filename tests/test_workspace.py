@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import generations
 from orchestrator.errors import ConfigError, RepoError, UsageError, WorkspaceError
-from orchestrator.workspace import LAYOUT, add_repo, find_workspace, init_workspace
+from orchestrator.store import generations
+from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.workspace import LAYOUT, find_workspace
 from tests.conftest import MakeRepo, converge, git
 
 
@@ -161,7 +162,7 @@ def test_a_damaged_registry_is_named_not_a_traceback(tmp_path: Path, content: by
 
 
 def test_files_written_together_are_whole_or_absent(tmp_path: Path) -> None:
-    from orchestrator.storage import atomic_write_all
+    from orchestrator.store.storage import atomic_write_all
 
     big = bytes(range(256)) * 1000
     first, second = tmp_path / "a" / "one.json", tmp_path / "b" / "two.bin"

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.errors import ConvergeError
-from orchestrator.workspace import Workspace, find_workspace
+from orchestrator.store.workspace import Workspace, find_workspace
 
 P = ParamSpec("P")
 R = TypeVar("R")

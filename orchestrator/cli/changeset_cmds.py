@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import changesets, gate, signing
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.cli.run_cmds import continue_run
 from orchestrator.errors import ConvergeError, SignatureError
-from orchestrator.storage import read_json
-from orchestrator.workspace import Workspace
+from orchestrator.gate import audit, stages
+from orchestrator.store import changesets, keyfiles
+from orchestrator.store.storage import read_json
+from orchestrator.store.workspace import Workspace
 
 RepoArg = Annotated[str, typer.Argument(help="Registered repo name.")]
 IdArg = Annotated[str, typer.Argument(help="Changeset id (or a unique prefix).")]
@@ -28,8 +29,8 @@ def _details(ws: Workspace, cs: changesets.Changeset) -> dict[str, object]:
     if proof.exists():
         try:
             env = changesets.read_envelope(proof)
-            allowed = signing.read_allowed_signers(signing.allowed_signers_path(ws))
-            owners = {signing.fingerprint(k): p for p, keys in allowed.items() for k in keys}
+            allowed = keyfiles.read_allowed_signers(keyfiles.allowed_signers_path(ws))
+            owners = {keyfiles.fingerprint(k): p for p, keys in allowed.items() for k in keys}
             signatures = [
                 {"keyid": str(s.get("keyid", "?")), "principal": owners.get(str(s.get("keyid")), "?")}
                 for s in env.get("signatures", [])
@@ -64,7 +65,7 @@ def submit(
     json_out: JsonFlag = False,
 ) -> None:
     """Send a person's patch through the gate: apply, sandbox verify, policy, sign, review."""
-    cs = gate.submit(workspace(), repo, patch, message, auto_approve=auto_approve)
+    cs = stages.submit(workspace(), repo, patch, message, auto_approve=auto_approve)
     if json_out:
         emit_json(cs.to_json())
     else:
@@ -122,7 +123,7 @@ def verify(cs_id: IdArg, json_out: JsonFlag = False) -> None:
     """Re-check the commit signature and the attestation against git and the stored reports."""
     ws = workspace()
     cs = changesets.load(ws, cs_id)
-    problems = changesets.check(ws, cs)
+    problems = audit.check(ws, cs)
     if json_out:
         emit_json(
             {
@@ -140,7 +141,7 @@ def verify(cs_id: IdArg, json_out: JsonFlag = False) -> None:
 @handled
 def approve(cs_id: IdArg, json_out: JsonFlag = False) -> None:
     """Sign the changeset with your key and promote it (a new generation)."""
-    cs = gate.approve(workspace(), cs_id)
+    cs = stages.approve(workspace(), cs_id)
     if json_out:
         emit_json(cs.to_json())
     else:
@@ -155,7 +156,7 @@ def reject(
     json_out: JsonFlag = False,
 ) -> None:
     """Reject the changeset; its commit stays under refs/converge/failed/cs-<id>."""
-    cs = gate.reject(workspace(), cs_id, reason)
+    cs = stages.reject(workspace(), cs_id, reason)
     if json_out:
         emit_json(cs.to_json())
     else:
@@ -172,7 +173,7 @@ def export(
     json_out: JsonFlag = False,
 ) -> None:
     """Push the current generation to the repo's origin as a branch (never its checked-out branch)."""
-    result = gate.export(workspace(), repo, branch)
+    result = stages.export(workspace(), repo, branch)
     if json_out:
         emit_json(result)
     else:

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
-from orchestrator.doctor import Check, DoctorContext, run_checks
 from orchestrator.errors import ConfigError, WorkspaceError
-from orchestrator.workspace import Workspace
+from orchestrator.ops.doctor import Check, DoctorContext, run_checks
+from orchestrator.store.workspace import Workspace
 
 
 def register(app: typer.Typer) -> None:

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import generations
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
+from orchestrator.store import generations
 
 
 def register(app: typer.Typer) -> None:

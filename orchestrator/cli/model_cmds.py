@@ -28,11 +28,11 @@ def register(app: typer.Typer) -> None:
 @handled
 def list_models(json_out: JsonFlag = False) -> None:
     """Registered models and role bindings."""
-    from orchestrator import models
+    from orchestrator.models import runtime
 
     ws = workspace()
-    registry = models.load_registry(ws)
-    roles = models.all_roles(ws)
+    registry = runtime.load_registry(ws)
+    roles = runtime.all_roles(ws)
     rows = []
     for record in registry.models.values():
         doc = record.model_dump(exclude={"chat_template"})
@@ -64,10 +64,10 @@ def add(
     json_out: JsonFlag = False,
 ) -> None:
     """Register a GGUF file (reads its header, computes its sha256)."""
-    from orchestrator import models
+    from orchestrator.models import runtime
 
     progress(f"reading {path} ...")
-    record = models.add_model(workspace(), path, name)
+    record = runtime.add_model(workspace(), path, name)
     if json_out:
         emit_json(record.model_dump(exclude={"chat_template"}))
     else:
@@ -85,9 +85,9 @@ def use(
     json_out: JsonFlag = False,
 ) -> None:
     """Bind a role to a model."""
-    from orchestrator import models
+    from orchestrator.models import runtime
 
-    binding = models.use_model(workspace(), model, role)
+    binding = runtime.use_model(workspace(), model, role)
     if json_out:
         emit_json({"role": role, "model": binding})
     else:
@@ -106,18 +106,18 @@ def try_model(
     json_out: JsonFlag = False,
 ) -> None:
     """One call to a model, to check it; with --schema the answer is constrained and validated."""
-    from orchestrator import models
+    from orchestrator.models import runtime
 
     ws = workspace()
-    backend = models.backend_for(ws, model)
-    request = models.CompletionRequest(system=system, user=prompt, max_tokens=max_tokens, seed=seed)
+    backend = runtime.backend_for(ws, model)
+    request = runtime.CompletionRequest(system=system, user=prompt, max_tokens=max_tokens, seed=seed)
     parsed: Any = None
     if schema is None:
         completion = backend.complete(request)
     else:
         retries = ws.config().models.structured_retries
-        parsed, completion = models.complete_json(
-            backend, request, _read_schema(schema), retries=retries, log=models.call_log(ws)
+        parsed, completion = runtime.complete_json(
+            backend, request, _read_schema(schema), retries=retries, log=runtime.call_log(ws)
         )
     identity = backend.identity
     if json_out:

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from orchestrator import policy_check
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.errors import UsageError
-from orchestrator.reports import TestReport
+from orchestrator.policy import check as policy_check
+from orchestrator.store.reports import TestReport
 
 
 def _tests(path: Path | None) -> TestReport | None:
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         report = _tests(tests)
         if changeset is not None:
-            from orchestrator import changesets
+            from orchestrator.store import changesets
 
             cs = changesets.load(ws, changeset)
             if cs.repo != repo:

@@ -11,15 +11,15 @@ from orchestrator.errors import UsageError
 
 
 def _deps(json_out: bool) -> object:
-    from orchestrator.graph import Deps
-    from orchestrator.loop import model_factory
+    from orchestrator.loop.factory import model_factory
+    from orchestrator.loop.graph import Deps
 
     ws = workspace()
     return Deps(ws=ws, model_for=model_factory(ws), on_event=progress)
 
 
 def _render(result: object, json_out: bool) -> None:
-    from orchestrator.graph import RunResult
+    from orchestrator.loop.graph import RunResult
 
     assert isinstance(result, RunResult)
     record = result.record
@@ -39,8 +39,8 @@ def _render(result: object, json_out: bool) -> None:
 
 def continue_run(run_id: str | None) -> None:
     """After a review decision: resume the run that waits on it (its progress goes to stderr)."""
-    from orchestrator import runs
-    from orchestrator.graph import Deps, resume_run
+    from orchestrator.loop import runs
+    from orchestrator.loop.graph import Deps, resume_run
 
     if not run_id:
         return
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """One run: plan, then propose, apply, verify, judge, sign, review and promote each step."""
-        from orchestrator.graph import Deps, start_run
+        from orchestrator.loop.graph import Deps, start_run
 
         deps = _deps(json_out)
         assert isinstance(deps, Deps)
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         run_id: Annotated[str, typer.Argument(help="Run id (see `converge runs`).")], json_out: JsonFlag = False
     ) -> None:
         """Resume an interrupted or killed run from its last checkpoint."""
-        from orchestrator.graph import Deps, resume_run
+        from orchestrator.loop.graph import Deps, resume_run
 
         deps = _deps(json_out)
         assert isinstance(deps, Deps)
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
     @handled
     def runs_(json_out: JsonFlag = False) -> None:
         """Runs, newest first: status, steps, changesets."""
-        from orchestrator import runs
+        from orchestrator.loop import runs
 
         records = runs.list_runs(workspace())
         if json_out:

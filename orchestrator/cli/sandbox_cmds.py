@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import sandbox
 from orchestrator.cli._common import JsonFlag, emit_json, handled, progress, say, workspace
+from orchestrator.sandbox import base, factory
+from orchestrator.store import worktrees
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +31,8 @@ def register(app: typer.Typer) -> None:
         """Run a command in a fresh sandbox over the current generation of REPO; its exit code passes through."""
         ws = workspace()
         ws.repo(repo)
-        with sandbox.generation_worktree(ws, repo) as tree, sandbox.open_sandbox(ws, repo, tree, label="cli") as box:
-            progress(f"sandbox over {repo} ({box.spec.image.tag}): {sandbox.describe(command)}")
+        with worktrees.generation_worktree(ws, repo) as tree, factory.open_sandbox(ws, repo, tree, label="cli") as box:
+            progress(f"sandbox over {repo} ({box.spec.image.tag}): {base.describe(command)}")
             result = box.run(command, timeout)
         if json_out:
             emit_json(result.model_dump(mode="json"))
@@ -41,17 +42,17 @@ def register(app: typer.Typer) -> None:
             if result.timed_out:
                 progress(f"killed at the {timeout or ws.config().sandbox.timeout:g} s timeout")
             if result.oom_killed:
-                progress("killed: out of memory (sandbox.memory)")
+                progress("killed: out of memory (base.memory)")
         if result.timed_out:
-            raise typer.Exit(sandbox.TIMEOUT_EXIT)
+            raise typer.Exit(base.TIMEOUT_EXIT)
         raise typer.Exit(result.exit_code)
 
     @group.command("image")
     @handled
     def image(json_out: JsonFlag = False) -> None:
         """Build the sandbox base image of the workspace's recipe (offline) unless it exists."""
-        from orchestrator.sandbox_docker import connect
-        from orchestrator.sandbox_image import ensure_image, resolve
+        from orchestrator.sandbox.docker_backend import connect
+        from orchestrator.sandbox.image import ensure_image, resolve
 
         spec = resolve(workspace())
         with contextlib.closing(connect()) as client:

@@ -31,11 +31,11 @@ def register(app: typer.Typer) -> None:
         changeset: Annotated[str, typer.Argument(help="Changeset id on `self`.")], json_out: JsonFlag = False
     ) -> None:
         """Run the self-tests and the canary of a `self` changeset in the sandbox; store the results."""
-        from orchestrator import selfhost
         from orchestrator.errors import VerificationFailed
+        from orchestrator.selfhost import checks
 
-        progress(f"self check of {changeset}: tests ({selfhost.TEST_MARKERS}) and canary, in the sandbox")
-        tests, canary = selfhost.check(workspace(), changeset)
+        progress(f"self check of {changeset}: tests ({checks.TEST_MARKERS}) and canary, in the sandbox")
+        tests, canary = checks.check(workspace(), changeset)
         if json_out:
             emit_json({"changeset": changeset, "self_tests": tests.model_dump(), "canary": canary.model_dump()})
         else:
@@ -50,9 +50,9 @@ def register(app: typer.Typer) -> None:
     @handled
     def upgrade(json_out: JsonFlag = False) -> None:
         """Switch the installation to the newest approved generation of `self` (the previous one is kept)."""
-        from orchestrator import self_install
+        from orchestrator.selfhost import install
 
-        doc = self_install.upgrade(workspace())
+        doc = install.upgrade(workspace())
         if json_out:
             emit_json(doc)
         else:
@@ -63,9 +63,9 @@ def register(app: typer.Typer) -> None:
     @handled
     def rollback(json_out: JsonFlag = False) -> None:
         """Switch back to the previous installation (a link swap: nothing is rebuilt)."""
-        from orchestrator import self_install
+        from orchestrator.selfhost import install
 
-        doc = self_install.rollback(workspace())
+        doc = install.rollback(workspace())
         if json_out:
             emit_json(doc)
         else:
@@ -76,9 +76,9 @@ def register(app: typer.Typer) -> None:
     @handled
     def status(json_out: JsonFlag = False) -> None:
         """The current and previous installations and the launcher path."""
-        from orchestrator import self_install
+        from orchestrator.selfhost import install
 
-        doc = self_install.status(workspace())
+        doc = install.status(workspace())
         if json_out:
             emit_json(doc)
         else:

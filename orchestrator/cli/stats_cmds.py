@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         test_time_trend: repo -> points (generation, status, changeset, seconds, selection; oldest first),
         median_seconds, change ((last - first) / first), regression (last > 1.2 x median).
         """
-        from orchestrator import stats as stats_mod
+        from orchestrator.ops import stats as stats_mod
 
         found = stats_mod.compute(workspace())
         if json_out:

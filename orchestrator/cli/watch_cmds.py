@@ -13,7 +13,7 @@ from orchestrator.cli._common import JsonFlag, emit_json, handled, progress, say
 
 
 def _render(report: object, json_out: bool, once: bool) -> None:
-    from orchestrator.watch import WatchReport
+    from orchestrator.watch.watcher import WatchReport
 
     assert isinstance(report, WatchReport)
     if json_out:
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """Keep repo maps fresh and run task files dropped into spec/inbox/ (until SIGINT/SIGTERM)."""
-        from orchestrator.watch import Watcher, default_deps_factory
+        from orchestrator.watch.watcher import Watcher, default_deps_factory
 
         ws = workspace()
         with Watcher(ws, default_deps_factory(progress), log=progress, polling=polling) as watcher:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import generations
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
-from orchestrator.workspace import add_repo, init_workspace
+from orchestrator.store import generations
+from orchestrator.store.setup import add_repo, init_workspace
 
 
 def register(app: typer.Typer) -> None:

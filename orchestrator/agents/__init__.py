@@ -1,0 +1,6 @@
+"""Agent cards and running them: prompt, model call, validated output; tool agents; the repo map.
+
+A card (``agents/<name>.toml``) is data; ``run`` turns a card, a backend and inputs into a typed
+answer (a plan, an edit proposal). Imports models, sandbox (tool agents) and store; never the
+gate or the loop.
+"""

@@ -1,0 +1,409 @@
+"""Agent cards (``agents/<name>.toml``): loading, prompt assembly, output validation, tool agents.
+
+A card names a role (planner, coder, reviewer, tool), a kind (``model`` or ``tool``), the
+model or model role it runs on, its system prompt and prompt pieces, sampling, the schema
+its answer must match (``plan``, ``edits``, ``review``), allowed tools and budgets. Tool
+agents name a command instead (``ruff check --fix .``): it runs in the sandbox on a
+candidate worktree and its changes come back as an :class:`EditProposal`, so they pass the
+same apply/verify/judge path as a model's edits.
+
+Shipped cards live in ``agents/`` of Converge's source; a workspace's ``agents/`` overrides
+or adds cards by name. A bad card is a ConfigError reading ``agents/x.toml: key: problem``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import string
+import subprocess
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.agents.edits import EditProposal, proposal_from_files
+from orchestrator.config import format_validation_error
+from orchestrator.errors import ConfigError, EditError, ModelError, SandboxError, UsageError
+from orchestrator.store import gitops, worktrees
+from orchestrator.store.reports import CommandResult
+from orchestrator.store.workspace import NAME_RE, Workspace, source_root
+
+Role = Literal["planner", "coder", "reviewer", "tool"]
+Kind = Literal["model", "tool"]
+SchemaName = Literal["plan", "edits", "review"]
+Severity = Literal["info", "warning", "error"]
+
+
+# --- what agents answer -------------------------------------------------------------------
+
+
+class PlanStep(BaseModel):
+    """One step of a plan: what to do, which agent does it, where, and how to tell it is done."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(description="what this step changes, in one sentence")
+    agent: str = Field(description="name of the agent card that carries out the step")
+    targets: list[str] = Field(default_factory=list, description="files the step is expected to change")
+    acceptance: list[str] = Field(default_factory=list, description="checks that show the step is done")
+
+
+class Plan(BaseModel):
+    """The planner's answer: the goal and ordered steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(description="the goal, restated in one sentence")
+    steps: list[PlanStep] = Field(min_length=1, description="ordered steps, smallest useful first")
+
+
+class Finding(BaseModel):
+    """One remark of a reviewer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    severity: Severity = Field(description="info: a remark; warning: should change; error: must not merge")
+    path: str | None = Field(default=None, description="file the finding is about, if any")
+    message: str = Field(description="what is wrong and what to do about it")
+
+
+class Review(BaseModel):
+    """The reviewer's answer: a summary and findings with severity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    summary: str = Field(description="one or two sentences on the change")
+    findings: list[Finding] = Field(default_factory=list)
+
+    @property
+    def blocking(self) -> bool:
+        """True when any finding is an error."""
+        return any(f.severity == "error" for f in self.findings)
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {"plan": Plan, "edits": EditProposal, "review": Review}
+
+
+# --- the card ------------------------------------------------------------------------------
+
+_PIECE_FIELDS: dict[str, tuple[str, ...]] = {
+    "context": ("repo_map",),
+    "task": ("goal",),
+    "step": ("title", "agent", "targets", "acceptance"),
+    "feedback": ("feedback",),
+    "answer": ("schema",),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampling(_Strict):
+    """How the model samples."""
+
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=1024, gt=0, le=32768)
+    seed: int = Field(default=0, ge=0)
+
+
+class Budgets(_Strict):
+    """What one step may spend on this agent."""
+
+    attempts: int = Field(default=3, gt=0, le=20, description="proposals per step")
+    tokens: int = Field(default=16000, gt=0, description="tokens generated per step")
+
+
+class PromptPieces(_Strict):
+    """Templates of the prompt, each with its own placeholders (see ``_PIECE_FIELDS``)."""
+
+    context: str = "Repository map:\n{repo_map}"
+    task: str = "Goal: {goal}"
+    step: str = "Step: {title}\nTarget files: {targets}\nDone when: {acceptance}"
+    feedback: str = "Your previous attempt was rejected:\n{feedback}\nFix exactly that and answer again."
+    answer: str = "Answer with one JSON object that matches the schema."
+
+
+class AgentCard(_Strict):
+    """One agent card, as read from ``agents/<name>.toml``."""
+
+    name: str = Field(pattern=NAME_RE.pattern, description="the card's name; equals the file name")
+    role: Role
+    kind: Kind
+    description: str = ""
+    model: str | None = Field(default=None, description="a registered model name; excludes model_role")
+    model_role: str | None = Field(default=None, description="the model role to run on; default: the card's role")
+    system: str = Field(default="", description="the system prompt")
+    prompt: PromptPieces = Field(default_factory=PromptPieces)
+    sampling: Sampling = Field(default_factory=Sampling)
+    output: SchemaName | None = Field(default=None, description="schema of the answer: plan, edits or review")
+    tools: list[str] = Field(default_factory=list, description="tools the agent may use")
+    budgets: Budgets = Field(default_factory=Budgets)
+    command: list[str] | None = Field(default=None, description="tool agents: argv run in the sandbox")
+
+    def binding(self) -> tuple[Literal["model", "role"], str]:
+        """What the card runs on: ``("model", name)`` or ``("role", role)``."""
+        if self.model is not None:
+            return "model", self.model
+        return "role", self.model_role or self.role
+
+    @property
+    def output_model(self) -> type[BaseModel]:
+        """The pydantic model answers must match (tool agents: edits)."""
+        return SCHEMAS[self.output or "edits"]
+
+
+def _problems(card: AgentCard, stem: str) -> list[tuple[str, str]]:
+    """What a schema-valid card still gets wrong, as (key, problem); empty when it is fine."""
+    found: list[tuple[str, str]] = []
+    if card.name != stem:
+        found.append(("name", f"{card.name!r} differs from the file name; use {stem!r}"))
+    if (card.kind == "tool") != (card.role == "tool"):
+        found.append(("kind", f"kind {card.kind!r} does not fit role {card.role!r}; tool agents have both 'tool'"))
+    found += _tool_problems(card) if card.kind == "tool" else _model_problems(card)
+    return found + _template_problems(card.prompt)
+
+
+def _tool_problems(card: AgentCard) -> list[tuple[str, str]]:
+    found = []
+    if not card.command:
+        found.append(("command", 'a tool agent needs a command, e.g. ["ruff", "check", "--fix", "."]'))
+    if card.model or card.model_role:
+        found.append(("model", "a tool agent runs a command, not a model; remove model/model_role"))
+    if card.output not in (None, "edits"):
+        found.append(("output", "a tool agent's output is always 'edits'"))
+    return found
+
+
+def _model_problems(card: AgentCard) -> list[tuple[str, str]]:
+    found = []
+    if card.command:
+        found.append(("command", "only tool agents run a command; remove it or set kind = 'tool'"))
+    if card.model and card.model_role:
+        found.append(("model", "give model or model_role, not both"))
+    if not card.system.strip():
+        found.append(("system", "a model agent needs a system prompt"))
+    if card.output is None:
+        found.append(("output", "a model agent needs an output schema: plan, edits or review"))
+    return found
+
+
+def _template_problems(pieces: PromptPieces) -> list[tuple[str, str]]:
+    found = []
+    for piece, allowed in _PIECE_FIELDS.items():
+        template = getattr(pieces, piece)
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        except ValueError as exc:
+            found.append((f"prompt.{piece}", f"bad template: {exc}"))
+            continue
+        unknown = sorted(n for n in names if n not in allowed)
+        if unknown:
+            choices = ", ".join("{" + a + "}" for a in allowed)
+            found.append((f"prompt.{piece}", f"unknown placeholder {{{unknown[0]}}}; use {choices}"))
+    return found
+
+
+@dataclass(frozen=True)
+class LoadedCard:
+    """A validated card with where it came from and the digest attestations record."""
+
+    card: AgentCard
+    path: Path
+    digest: str  # sha256 of the file's bytes
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+def load_card(path: Path, label: str | None = None) -> LoadedCard:
+    """Read and validate one card; errors read ``agents/<file>: key: problem``."""
+    label = label or f"agents/{path.name}"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{label}: not valid TOML: {exc}") from exc
+    try:
+        card = AgentCard.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(label, exc)) from exc
+    problems = _problems(card, path.stem)
+    if problems:
+        key, problem = problems[0]
+        raise ConfigError(f"{label}: {key}: {problem}")
+    return LoadedCard(card=card, path=path, digest=hashlib.sha256(raw).hexdigest())
+
+
+def card_dirs(ws: Workspace | None) -> list[Path]:
+    """Where cards come from, lowest precedence first: shipped, then the workspace's."""
+    dirs = [source_root() / "agents"]
+    if ws is not None:
+        dirs.append(ws.root / "agents")
+    return [d for d in dirs if d.is_dir()]
+
+
+def load_cards(ws: Workspace | None = None) -> dict[str, LoadedCard]:
+    """Every card by name; a workspace card replaces a shipped one of the same name."""
+    cards: dict[str, LoadedCard] = {}
+    for folder in card_dirs(ws):
+        for path in sorted(folder.glob("*.toml")):
+            loaded = load_card(path)
+            cards[loaded.name] = loaded
+    return cards
+
+
+def get_card(cards: dict[str, LoadedCard], name: str) -> LoadedCard:
+    """One card by name, or a UsageError listing the known ones."""
+    if name not in cards:
+        raise UsageError(f"unknown agent {name!r} (known: {', '.join(sorted(cards)) or 'none'})")
+    return cards[name]
+
+
+# --- prompts and answers ------------------------------------------------------------------------
+
+
+class Prompt(NamedTuple):
+    """A prompt in three parts, stable first so a model's prefix cache is reused across calls."""
+
+    system: str
+    stable_prefix: str
+    user: str
+
+
+def build_prompt(
+    card: AgentCard,
+    *,
+    goal: str,
+    repo_map: str = "",
+    step: PlanStep | None = None,
+    feedback: str | Sequence[str] | None = None,
+) -> Prompt:
+    """Assemble a card's prompt: system, then repo map and goal (stable), then step, feedback, answer."""
+    pieces = card.prompt
+    stable = [pieces.context.format(repo_map=repo_map.rstrip())] if repo_map.strip() else []
+    stable.append(pieces.task.format(goal=goal.strip()))
+    user: list[str] = []
+    if step is not None:
+        user.append(
+            pieces.step.format(
+                title=step.title,
+                agent=step.agent,
+                targets=", ".join(step.targets) or "(not named)",
+                acceptance="; ".join(step.acceptance) or "(not named)",
+            )
+        )
+    notes = [feedback] if isinstance(feedback, str) else list(feedback or [])
+    notes = [n.strip() for n in notes if n and n.strip()]
+    if notes:
+        user.append(pieces.feedback.format(feedback="\n\n".join(notes)))
+    schema = json.dumps(card.output_model.model_json_schema(), separators=(",", ":"))
+    user.append(pieces.answer.format(schema=schema))
+    return Prompt(card.system.strip(), "\n\n".join(stable), "\n\n".join(user))
+
+
+def output_schema(card: AgentCard) -> dict[str, Any]:
+    """The JSON schema the card's answers are decoded against."""
+    return card.output_model.model_json_schema()
+
+
+def parse_output(card: AgentCard, text: str) -> BaseModel:
+    """Validate a model's answer against the card's schema; ModelError text is written for the model."""
+    try:
+        return card.output_model.model_validate_json(_strip_fence(text))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "the answer"
+        raise ModelError(
+            f"Your answer does not match the {card.output or 'edits'} schema: {where}: {err['msg']}. "
+            "Answer with one JSON object only."
+        ) from exc
+
+
+def _strip_fence(text: str) -> str:
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0]
+    return body
+
+
+def check_plan(plan: Plan, cards: dict[str, LoadedCard]) -> Plan:
+    """The plan, if every step names a known agent; else ModelError for the planner."""
+    known = sorted(n for n, c in cards.items() if c.card.role in ("coder", "tool"))
+    for number, step in enumerate(plan.steps, start=1):
+        if step.agent not in known:
+            raise ModelError(
+                f"Step {number} ({step.title!r}) names agent {step.agent!r}, which does not exist or cannot edit. "
+                f"Choose one of: {', '.join(known)}."
+            )
+    return plan
+
+
+# --- tool agents --------------------------------------------------------------------------------
+
+CommandRunner = Callable[[Path, Sequence[str]], CommandResult]
+
+
+def run_tool_agent(card: AgentCard, worktree: Path, run: CommandRunner) -> EditProposal | None:
+    """Run a tool card's command on ``worktree`` and return its changes as edits (None: no change).
+
+    ``run`` executes argv in the sandbox with ``worktree`` mounted as the repo. The worktree
+    is put back as it was, so the edits then go through :func:`apply_edits` like a model's.
+    """
+    if card.kind != "tool" or not card.command:
+        raise UsageError(f"agent {card.name!r} is not a tool agent")
+    if worktrees.changed_files(worktree):
+        raise SandboxError(f"{worktree}: has uncommitted changes; a tool agent needs a clean candidate")
+    result = run(worktree, card.command)
+    command = shlex.join(card.command)
+    if result.timed_out or result.oom_killed:
+        _restore(worktree)
+        raise SandboxError(
+            f"agent {card.name!r}: `{command}` was killed ({'timeout' if result.timed_out else 'memory'})"
+        )
+    if result.exit_code != 0:
+        _restore(worktree)
+        detail = (result.stderr_tail or result.stdout_tail).strip().splitlines()
+        raise SandboxError(
+            f"agent {card.name!r}: `{command}` exited {result.exit_code}"
+            + (f": {detail[-1]}" if detail else "")
+            + (" (is it installed in the sandbox environment?)" if result.exit_code in (126, 127) else "")
+        )
+    changed = worktrees.changed_files(worktree)
+    try:
+        before: dict[str, str | None] = {}
+        after: dict[str, str] = {}
+        for path in changed:
+            target = worktree / path
+            if not target.is_file():
+                raise EditError(f"{card.name} deleted {path}; tool agents may only change files")
+            before[path] = _head_text(worktree, path)
+            after[path] = target.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EditError(f"{card.name} wrote a file that is not UTF-8 text") from exc
+    finally:
+        _restore(worktree)
+    proposal = proposal_from_files(f"{card.name}: {command}", before, after)
+    return proposal if proposal.edits else None
+
+
+def _restore(worktree: Path) -> None:
+    """Put the worktree back at its commit: the tool's changes live on only as edits."""
+    gitops.run(worktree, "checkout", "--quiet", "--force", "HEAD", "--", ".")
+    gitops.run(worktree, "clean", "-ffdq")
+
+
+def _head_text(worktree: Path, path: str) -> str | None:
+    """A file's committed content, byte-exact (None: not in HEAD)."""
+    proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=worktree, capture_output=True, check=False)
+    return proc.stdout.decode("utf-8") if proc.returncode == 0 else None

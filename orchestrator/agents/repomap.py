@@ -1,0 +1,582 @@
+"""The repo map: files, symbols, imports and tests of a repo, ranked for a goal and cut to a budget.
+
+    rmap = build_repo_map(repo_path, ws.cache / "repomap" / name)
+    text = rmap.render("make sku formatting strict", token_budget=1500)
+    first = rmap.tests_for(["inventory/stock.py"])
+
+Python files are parsed with :mod:`ast` (module docstring, classes, functions with their
+signatures, top-level names, imports); other files are listed by path. Parses are cached
+by content digest (the git blob id, free from ``git ls-files -s``) in one JSON file under
+``cache_dir``, so a rebuild or :meth:`RepoMap.update` re-parses only changed files.
+Ranking is deterministic: goal words matched against paths, symbols and docstrings set the
+restart weights of a PageRank over the import graph, so files the goal names and the files
+they lean on come first.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.store import gitops
+from orchestrator.store.storage import atomic_write, file_stamp
+from orchestrator.store.workspace import Workspace
+
+CACHE_NAME = "repomap-v1.json"
+MAX_PARSE_BYTES = 1_000_000
+_SIG_MAX = 100
+_WORD_RE = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+_STOP = frozenset(
+    {
+        *("the", "and", "for", "with", "that", "this", "from", "into", "when", "then", "than", "are", "was"),
+        *("were", "has", "have", "not", "but", "all", "any", "can", "should", "make", "add", "use", "using"),
+        *("its", "our", "you", "your", "new", "def", "class", "self", "none", "true", "false", "file", "code"),
+    }
+)
+
+Tokenizer = Callable[[str], int]
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap token estimate: one token per four characters."""
+    return math.ceil(len(text) / 4)
+
+
+class Symbol(BaseModel):
+    """A class, function, method or top-level name of a Python module."""
+
+    kind: Literal["class", "function", "method", "name"]
+    name: str
+    signature: str
+    line: int
+
+
+class ImportRef(BaseModel):
+    """One import statement: ``from <level dots><module> import <names>`` or ``import <module>``."""
+
+    level: int = 0
+    module: str = ""
+    names: list[str] = []
+
+
+class Parsed(BaseModel):
+    """What one Python file's content yields; cached by content digest."""
+
+    doc: str = ""
+    symbols: list[Symbol] = []
+    imports: list[ImportRef] = []
+    error: str | None = None
+
+
+@dataclass
+class FileEntry:
+    """A file of the repo with its digest and, for Python, its parse."""
+
+    path: str
+    digest: str
+    parsed: Parsed | None = None
+
+    @property
+    def is_python(self) -> bool:
+        return self.path.endswith(".py")
+
+
+def blob_digest(data: bytes) -> str:
+    """The git blob id of ``data`` (what ``git ls-files -s`` reports for committed content)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def parse_python(source: bytes) -> Parsed:
+    """Symbols and imports of one Python source (a syntax error is recorded, not raised)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as exc:
+        return Parsed(error=f"syntax error: {exc}")
+    doc = (ast.get_docstring(tree) or "").strip().splitlines()
+    symbols: list[Symbol] = []
+    for node in tree.body:
+        symbols.extend(_symbols(node))
+    imports = [_import_ref(node) for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+    return Parsed(doc=doc[0] if doc else "", symbols=symbols, imports=[i for imp in imports for i in imp])
+
+
+def _symbols(node: ast.stmt) -> list[Symbol]:
+    if isinstance(node, ast.ClassDef):
+        bases = ", ".join(ast.unparse(b) for b in node.bases)
+        found = [
+            Symbol(
+                kind="class",
+                name=node.name,
+                signature=_clip(f"class {node.name}({bases})" if bases else f"class {node.name}"),
+                line=node.lineno,
+            )
+        ]
+        for sub in node.body:
+            if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef) and (
+                not sub.name.startswith("_") or sub.name == "__init__"
+            ):
+                found.append(
+                    Symbol(kind="method", name=f"{node.name}.{sub.name}", signature=_signature(sub), line=sub.lineno)
+                )
+        return found
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return [Symbol(kind="function", name=node.name, signature=_signature(node), line=node.lineno)]
+    targets: list[ast.expr] = []
+    if isinstance(node, ast.Assign):
+        targets = node.targets
+    elif isinstance(node, ast.AnnAssign):
+        targets = [node.target]
+    return [
+        Symbol(kind="name", name=t.id, signature=t.id, line=node.lineno)
+        for t in targets
+        if isinstance(t, ast.Name) and t.id != "__all__"
+    ]
+
+
+def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+    return _clip(f"{prefix} {node.name}({ast.unparse(node.args)}){returns}")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _SIG_MAX else text[: _SIG_MAX - 1] + "…"
+
+
+def _import_ref(node: ast.Import | ast.ImportFrom) -> list[ImportRef]:
+    if isinstance(node, ast.Import):
+        return [ImportRef(module=alias.name) for alias in node.names]
+    return [ImportRef(level=node.level, module=node.module or "", names=[a.name for a in node.names if a.name != "*"])]
+
+
+# --- module names and tests ------------------------------------------------------------------
+
+
+def module_name(path: str) -> str | None:
+    """The dotted module a Python file defines (``src/`` layouts unwrapped), or None."""
+    if not path.endswith(".py"):
+        return None
+    parts = list(PurePosixPath(path).with_suffix("").parts)
+    if len(parts) > 1 and parts[0] in ("src", "lib"):
+        parts = parts[1:]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if not parts or not all(p.isidentifier() for p in parts):
+        return None
+    return ".".join(parts)
+
+
+def is_test_file(path: str) -> bool:
+    """A pytest-style test module: ``test_*.py`` or ``*_test.py``."""
+    name = PurePosixPath(path).name
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+# --- the map ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RepoMap:
+    """Files, symbols and imports of one repo; render it for a goal, ask it which tests to run."""
+
+    repo: Path
+    cache_dir: Path | None
+    files: dict[str, FileEntry]
+    _graph: dict[str, list[str]] | None = field(default=None, repr=False)
+
+    # --- the import graph
+
+    @property
+    def modules(self) -> dict[str, str]:
+        """Dotted module name -> path, for every Python file."""
+        found: dict[str, str] = {}
+        for path in sorted(self.files):
+            name = module_name(path)
+            if name is not None:
+                found.setdefault(name, path)
+        return found
+
+    def import_graph(self) -> dict[str, list[str]]:
+        """Each Python file -> the in-repo files it imports (sorted, no self edges)."""
+        if self._graph is None:
+            modules = self.modules
+            graph: dict[str, list[str]] = {}
+            for path, entry in sorted(self.files.items()):
+                if entry.parsed is None:
+                    continue
+                targets = {t for imp in entry.parsed.imports for t in self._targets(path, imp, modules)}
+                targets.discard(path)
+                graph[path] = sorted(targets)
+            self._graph = graph
+        return self._graph
+
+    def _targets(self, path: str, imp: ImportRef, modules: dict[str, str]) -> list[str]:
+        """What an import refers to, following names a package ``__init__`` re-exports one level down."""
+        found = _resolve(path, imp, modules)
+        if len(found) != 1 or not found[0].endswith("__init__.py") or not imp.names:
+            return found
+        package = self.files.get(found[0])
+        if package is None or package.parsed is None:
+            return found
+        for inner in package.parsed.imports:
+            wanted = [n for n in imp.names if n in inner.names]
+            if wanted:
+                inner_ref = ImportRef(level=inner.level, module=inner.module, names=wanted)
+                found += _resolve(found[0], inner_ref, modules)
+        return found
+
+    def importers(self) -> dict[str, list[str]]:
+        """Each file -> the files that import it."""
+        reverse: dict[str, list[str]] = {}
+        for src, targets in self.import_graph().items():
+            for target in targets:
+                reverse.setdefault(target, []).append(src)
+        return reverse
+
+    def tests_for(self, changed_paths: Iterable[str], depth: int = 2) -> list[str]:
+        """Test files to run first for a change: changed tests, then importers up to ``depth`` hops away.
+
+        An empty list means the map knows no test for the change; run the whole suite.
+        """
+        reverse = self.importers()
+        distance: dict[str, int] = {}
+        frontier = [p for p in changed_paths if p in self.files]
+        for path in frontier:
+            distance[path] = 0
+        for hop in range(1, depth + 1):
+            frontier = [imp for path in frontier for imp in reverse.get(path, []) if imp not in distance]
+            for path in frontier:
+                distance.setdefault(path, hop)
+        for path in changed_paths:
+            if PurePosixPath(path).name == "conftest.py":
+                folder = str(PurePosixPath(path).parent)
+                for test in self.files:
+                    if folder in (".", "") or test.startswith(folder + "/"):
+                        distance.setdefault(test, 1)
+        tests = [p for p in distance if is_test_file(p) and p in self.files]
+        return sorted(tests, key=lambda p: (distance[p], p))
+
+    # --- ranking and rendering
+
+    def rank(self, goal: str) -> list[tuple[str, float]]:
+        """Every file with its score for ``goal``, best first (ties by path)."""
+        words = goal_words(goal)
+        text = {path: _text_score(entry, words) for path, entry in self.files.items()}
+        scores = pagerank(self.import_graph(), list(self.files), {p: 1.0 + 10.0 * s for p, s in text.items()})
+        ranked = [(p, scores[p] * (1.0 + text[p])) for p in self.files]
+        return sorted(ranked, key=lambda item: (-item[1], item[0]))
+
+    def render(self, goal: str, token_budget: int, tokens: Tokenizer = estimate_tokens) -> str:
+        """The map as text for a prompt: ranked for ``goal``, at most ``token_budget`` tokens."""
+        tests_of = self._tests_by_module()
+        header = f"Repository map ({len(self.files)} files, most relevant first):\n"
+        more = f"... and {len(self.files)} more files\n"  # the longest tail line, reserved up front
+        room = token_budget - tokens(header) - tokens(more)
+        if room <= 0:
+            return ""
+        out = [header]
+        for path, _score in self.rank(goal):
+            block = self._block(path, tests_of.get(path, []))
+            if tokens(block) > room:
+                block = path + "\n"  # no room for its symbols: the path alone still helps
+                if tokens(block) > room:
+                    break
+            out.append(block)
+            room -= tokens(block)
+        rest = len(self.files) - (len(out) - 1)
+        if rest:
+            out.append(f"... and {rest} more files\n")
+        return "".join(out)
+
+    def _block(self, path: str, tests: list[str]) -> str:
+        entry = self.files[path]
+        parsed = entry.parsed
+        if parsed is None:
+            return path + "\n"
+        lines = [f"{path}" + (f" — {parsed.doc}" if parsed.doc else "")]
+        if parsed.error:
+            lines.append(f"  ({parsed.error})")
+        for sym in parsed.symbols:
+            indent = "    " if sym.kind == "method" else "  "
+            lines.append(f"{indent}{sym.signature}")
+        imports = self.import_graph().get(path, [])
+        if imports:
+            lines.append("  imports: " + ", ".join(imports))
+        if tests:
+            lines.append("  tests: " + ", ".join(tests))
+        return "\n".join(lines) + "\n"
+
+    def _tests_by_module(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for src, targets in self.import_graph().items():
+            if is_test_file(src):
+                for target in targets:
+                    found.setdefault(target, []).append(src)
+        return found
+
+    # --- keeping it fresh
+
+    def update(self, changed_paths: Iterable[str]) -> list[str]:
+        """Re-read ``changed_paths`` from the working tree; returns the paths whose content changed."""
+        cache = {e.digest: e.parsed for e in self.files.values() if e.parsed is not None}
+        changed = []
+        for path in changed_paths:
+            rel = PurePosixPath(path).as_posix()
+            target = self.repo / rel
+            if not target.is_file() or target.is_symlink():
+                if self.files.pop(rel, None) is not None:
+                    changed.append(rel)
+                continue
+            data = target.read_bytes()
+            digest = blob_digest(data)
+            old = self.files.get(rel)
+            if old is not None and old.digest == digest:
+                continue
+            self.files[rel] = _entry(rel, digest, data, cache)
+            changed.append(rel)
+        if changed:
+            self._graph = None
+            _save_cache(self.cache_dir, self.files, cache)
+        return sorted(changed)
+
+
+def build_repo_map(repo: Path, cache_dir: Path | None = None) -> RepoMap:
+    """The map of ``repo``'s working tree (tracked and untracked, not ignored), using and refreshing the cache."""
+    return _mapped(repo, cache_dir, _listing(repo), lambda unparsed: {path: repo / path for path in unparsed})
+
+
+def build_repo_map_at(repo: Path, commit: str, cache_dir: Path | None = None) -> RepoMap:
+    """The map of ``commit`` (a full id) as committed in ``repo``, read from git, using and refreshing the cache.
+
+    What a candidate is built on or is: the files the model sees and the edits apply to. A
+    commit never changes, so its listing is remembered (:func:`gitops.read_objects`) and the
+    next step, whose base is this step's candidate, lists nothing again.
+    """
+
+    def blobs(unparsed: list[str]) -> dict[str, Path | bytes]:
+        found = gitops.read_batch(repo, commit, [f"{commit}:{path}" for path in unparsed]) if unparsed else {}
+        return {path: found.get(f"{commit}:{path}") or b"" for path in unparsed}
+
+    return _mapped(repo, cache_dir, _listing_at(repo, commit), blobs)
+
+
+def _mapped(
+    repo: Path,
+    cache_dir: Path | None,
+    listed: dict[str, str],
+    sources: Callable[[list[str]], dict[str, Path | bytes]],
+) -> RepoMap:
+    """The map of the files ``listed`` (path -> digest); ``sources`` gives the content of those the cache lacks."""
+    cache = _load_cache(cache_dir)
+    known = len(cache)
+    unparsed = sorted(path for path, digest in listed.items() if path.endswith(".py") and digest not in cache)
+    found = sources(unparsed)
+    files: dict[str, FileEntry] = {}
+    for path, digest in sorted(listed.items()):
+        files[path] = _entry(path, digest, found.get(path, b""), cache)
+    if len(cache) != known:  # something was parsed: the cache file learns it
+        _save_cache(cache_dir, files, cache)
+    return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
+
+
+def repo_map_for(ws: Workspace, repo: str, tree: Path | None = None) -> RepoMap:
+    """The map of registered ``repo``'s checkout (or of ``tree``), cached in ``cache/repomap/<repo>/``."""
+    return build_repo_map(tree or ws.repo_path(repo), ws.cache / "repomap" / repo)
+
+
+def repo_map_at(ws: Workspace, repo: str, commit: str) -> RepoMap:
+    """The map of ``commit`` of registered ``repo`` (a generation or a candidate), cached as :func:`repo_map_for`."""
+    return build_repo_map_at(ws.repo_path(repo), commit, ws.cache / "repomap" / repo)
+
+
+def _listing_at(repo: Path, commit: str) -> dict[str, str]:
+    """Path -> blob id of the regular files of ``commit`` (as :func:`_listing`: no links, no submodules)."""
+    out = gitops.read_objects(repo, "ls-tree", "-r", "-z", "--full-tree", commit, ids=[commit])
+    listed: dict[str, str] = {}
+    for record in out.split(b"\0"):
+        meta, _, path = record.partition(b"\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[0] in (b"100644", b"100755") and fields[1] == b"blob":
+            listed[path.decode("utf-8", "surrogateescape")] = fields[2].decode()
+    return listed
+
+
+def _listing(repo: Path) -> dict[str, str]:
+    """Path -> content digest: index blob ids, re-hashed for files that differ from the index.
+
+    One ``ls-files`` answers it all: ``H`` (``S``: skip-worktree) lines carry the staged mode and blob id, ``R`` marks
+    a deleted file, ``C`` a changed one and ``?`` an untracked one (not ignored).
+    """
+    listed: dict[str, str] = {}
+    deleted: set[str] = set()
+    dirty: list[str] = []
+    out = gitops.run(repo, "ls-files", "-s", "-t", "-c", "-d", "-m", "-o", "--exclude-standard", "-z")
+    for record in out.split("\0"):
+        tag, _, rest = record.partition(" ")
+        if tag == "?":
+            dirty.append(rest)
+            continue
+        meta, _, path = rest.partition("\t")
+        fields = meta.split()
+        if tag in ("H", "S") and len(fields) == 3 and fields[0] in ("100644", "100755"):
+            listed[path] = fields[1]
+        elif tag == "R":
+            deleted.add(path)
+        elif tag == "C":
+            dirty.append(path)
+    for path in deleted:
+        listed.pop(path, None)
+    for path in dirty:
+        target = repo / path
+        if path and path not in deleted and target.is_file() and not target.is_symlink():
+            listed[path] = blob_digest(target.read_bytes())
+    return listed
+
+
+def _entry(path: str, digest: str, source: Path | bytes, cache: dict[str, Parsed]) -> FileEntry:
+    """A file's entry; Python content is parsed only when its digest is not in the cache."""
+    if not path.endswith(".py"):
+        return FileEntry(path, digest)
+    parsed = cache.get(digest)
+    if parsed is None:
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        parsed = Parsed(error="too large to parse") if len(data) > MAX_PARSE_BYTES else parse_python(data)
+        cache[digest] = parsed
+    return FileEntry(path, digest, parsed)
+
+
+def _load_cache(cache_dir: Path | None) -> dict[str, Parsed]:
+    """The cache's entries (a copy to add to): read from the file once per version of it in this process."""
+    if cache_dir is None:
+        return {}
+    path = cache_dir / CACHE_NAME
+    stamp = file_stamp(path)
+    if stamp is None:
+        return {}
+    held = _HELD.get(path)
+    if held is not None and held[0] == stamp:
+        return dict(held[1])
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        entries = {digest: Parsed.model_validate(value) for digest, value in raw["entries"].items()}
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        return {}  # a damaged cache is rebuilt, never trusted
+    _HELD[path] = (stamp, entries)
+    return dict(entries)
+
+
+def _save_cache(cache_dir: Path | None, files: dict[str, FileEntry], cache: dict[str, Parsed]) -> None:
+    """Write the entries of ``files`` (others are dropped: the cache follows the tree, not its history)."""
+    if cache_dir is None:
+        return
+    live = {e.digest: cache[e.digest] for e in files.values() if e.digest in cache}
+    payload = {"version": 1, "entries": {d: p.model_dump(exclude_defaults=True) for d, p in sorted(live.items())}}
+    path = cache_dir / CACHE_NAME
+    atomic_write(path, json.dumps(payload, sort_keys=True, separators=(",", ":")), durable=False)  # a cache
+    stamp = file_stamp(path)
+    if stamp is not None:
+        _HELD[path] = (stamp, live)
+
+
+# the cache files this process read or wrote, by path: (their inode, size and mtime then, the entries)
+_HELD: dict[Path, tuple[tuple[int, int, int], dict[str, Parsed]]] = {}
+
+
+def _resolve(path: str, imp: ImportRef, modules: dict[str, str]) -> list[str]:
+    """The in-repo files one import statement of ``path`` refers to."""
+    if imp.level:
+        own = module_name(path) or ""
+        package = own.split(".") if path.endswith("__init__.py") else own.split(".")[:-1]
+        if imp.level - 1 > len(package):
+            return []
+        base_parts = package[: len(package) - (imp.level - 1)]
+        base = ".".join([*base_parts, imp.module] if imp.module else base_parts)
+    else:
+        base = imp.module
+    found = []
+    for name in imp.names:
+        sub = modules.get(f"{base}.{name}" if base else name)
+        if sub is not None:
+            found.append(sub)
+    if found:
+        return found
+    parts = base.split(".") if base else []
+    while parts:
+        hit = modules.get(".".join(parts))
+        if hit is not None:
+            return [hit]
+        parts.pop()
+    if not imp.level and imp.module:
+        # a sibling module on sys.path (tests importing helpers beside them)
+        folder = PurePosixPath(path).parent
+        sibling = (folder / (imp.module.replace(".", "/") + ".py")).as_posix()
+        if sibling in {p for p in modules.values()}:
+            return [sibling]
+    return []
+
+
+def goal_words(text: str) -> set[str]:
+    """Lower-case words of ``text`` (camelCase and snake_case split), minus stop words."""
+    return {w.lower() for w in _WORD_RE.findall(text) if len(w) > 2 and w.lower() not in _STOP}
+
+
+def _overlap(words: set[str], found: set[str]) -> int:
+    """How many goal words occur in ``found``; a word of four letters or more also matches by prefix."""
+    hits = 0
+    for word in words:
+        if word in found or (
+            len(word) >= 4 and any(len(f) >= 4 and (f.startswith(word) or word.startswith(f)) for f in found)
+        ):
+            hits += 1
+    return hits
+
+
+def _text_score(entry: FileEntry, words: set[str]) -> float:
+    if not words:
+        return 0.0
+    score = 3.0 * _overlap(words, goal_words(entry.path))
+    parsed = entry.parsed
+    if parsed is not None:
+        symbol_words: set[str] = set()
+        for sym in parsed.symbols:
+            symbol_words |= goal_words(sym.name)
+        score += 2.0 * _overlap(words, symbol_words) + 1.0 * _overlap(words, goal_words(parsed.doc))
+    return score / len(words)
+
+
+def pagerank(
+    graph: dict[str, list[str]], nodes: list[str], personal: dict[str, float], damping: float = 0.85, rounds: int = 30
+) -> dict[str, float]:
+    """Personalised PageRank: rank flows from importers to what they import, restarts by ``personal``."""
+    if not nodes:
+        return {}
+    total = sum(personal.get(n, 0.0) for n in nodes) or 1.0
+    restart = {n: personal.get(n, 0.0) / total for n in nodes}
+    rank = dict(restart)
+    for _ in range(rounds):
+        nxt = {n: (1.0 - damping) * restart[n] for n in nodes}
+        dangling = 0.0
+        for n in nodes:
+            out = [t for t in graph.get(n, []) if t in nxt]
+            if out:
+                share = damping * rank[n] / len(out)
+                for t in out:
+                    nxt[t] += share
+            else:
+                dangling += damping * rank[n]
+        for n in nodes:
+            nxt[n] += dangling * restart[n]
+        rank = nxt
+    return rank

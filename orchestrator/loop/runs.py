@@ -1,0 +1,152 @@
+"""Run records: what `converge runs` lists, kept beside the LangGraph checkpoints.
+
+The checkpoints in ``.converge/runs.sqlite`` are the truth about where a run is; this small
+JSON record per run (``.converge/runs/<id>.json``) carries what a listing needs without
+opening the graph: repo, goal, status, steps, changesets and the pid of the process driving
+it. A record saying ``running`` whose process is gone is reported as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from orchestrator.errors import UsageError
+from orchestrator.store.storage import atomic_write, atomic_write_json, pid_alive, read_json, read_model
+from orchestrator.store.workspace import Workspace
+
+RunStatus = Literal["running", "waiting_review", "completed", "failed", "interrupted"]
+
+
+class StepOutcome(BaseModel):
+    """How one plan step ended."""
+
+    step: int
+    title: str
+    agent: str
+    outcome: Literal["promoted", "failed", "rejected", "no-change"]
+    attempts: int
+    changeset: str | None = None
+    generation: int | None = None
+    reason: str = ""
+
+
+class RunRecord(BaseModel):
+    """One refinement run as listings show it."""
+
+    id: str
+    repo: str
+    goal: str
+    status: RunStatus = "running"
+    pid: int | None = None
+    steps_planned: int = 0
+    steps: list[StepOutcome] = Field(default_factory=list)
+    changesets: list[str] = Field(default_factory=list)
+    waiting_on: str | None = None
+    reason: str = ""
+    tokens: int = 0
+    started: str = ""
+    updated: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return self.model_dump()
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: time then randomness."""
+    return time.strftime("r%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _path(ws: Workspace, run_id: str) -> Path:
+    return ws.state / "runs" / f"{run_id}.json"
+
+
+def save(ws: Workspace, record: RunRecord) -> None:
+    """Write a run record atomically."""
+    atomic_write_json(_path(ws, record.id), record.model_copy(update={"updated": now()}).model_dump())
+
+
+def load(ws: Workspace, run_id: str) -> RunRecord:
+    """One run by id, with a status that accounts for a dead driver."""
+    path = _path(ws, run_id)
+    if not path.exists():
+        raise UsageError(f"unknown run {run_id!r}; `converge runs` lists them")
+    return _live_status(read_model(path, RunRecord))
+
+
+def list_runs(ws: Workspace) -> list[RunRecord]:
+    """Every run, newest first."""
+    folder = ws.state / "runs"
+    if not folder.is_dir():
+        return []
+    records = [_live_status(read_model(p, RunRecord)) for p in folder.glob("*.json")]
+    return sorted(records, key=lambda r: r.started, reverse=True)
+
+
+def _live_status(record: RunRecord) -> RunRecord:
+    if record.status == "running" and (record.pid is None or not pid_alive(record.pid)):
+        return record.model_copy(update={"status": "interrupted"})
+    return record
+
+
+# --- the files of a run ------------------------------------------------------------------------
+
+
+def run_dir(ws: Workspace, run_id: str) -> Path:
+    """Where a run keeps its plan, proposals and reports."""
+    return ws.cache / "runs" / run_id
+
+
+def adr_path(ws: Workspace, run_id: str) -> Path:
+    """The decision record of a run: goal, plan, and each step's outcome with its changeset."""
+    return ws.spec / "runs" / run_id / "adr.md"
+
+
+def write_adr(ws: Workspace, record: RunRecord) -> None:
+    """(Re)write the run's ADR from its plan file and run record."""
+    from orchestrator.agents.cards import Plan
+
+    plan_file = run_dir(ws, record.id) / "plan.json"
+    found = Plan.model_validate(read_json(plan_file)) if plan_file.exists() else None
+    lines = [f"# Run {record.id}: {record.goal}", "", f"- repo: {record.repo}", f"- started: {record.started}"]
+    lines += [f"- status: {record.status}" + (f" ({record.reason})" if record.reason else ""), ""]
+    if found is not None:
+        lines += ["## Decision", "", f"The planner restated the goal as: {found.goal}", "", "## Plan", ""]
+        for n, step in enumerate(found.steps, start=1):
+            lines.append(f"{n}. **{step.title}** — agent `{step.agent}`")
+            if step.targets:
+                lines.append(f"   - files: {', '.join(step.targets)}")
+            lines += [f"   - done when: {check}" for check in step.acceptance]
+    if record.steps:
+        lines += ["", "## Outcome", ""]
+        for done in record.steps:
+            line = f"- step {done.step} ({done.agent}): {done.outcome} after {done.attempts} attempt(s)"
+            if done.changeset:
+                proof = f"../../../proofs/{record.repo}/{done.changeset}.dsse.json"
+                line += f"; changeset `{done.changeset}` ([attestation]({proof}))"
+            if done.generation is not None:
+                line += f"; generation {done.generation}"
+            if done.reason:
+                line += f" — {done.reason.splitlines()[0][:200]}"
+            lines.append(line)
+    atomic_write(adr_path(ws, record.id), "\n".join(lines) + "\n")
+
+
+def run_log(ws: Workspace, run_id: str, kind: str, **data: Any) -> None:
+    """Append one event (a model call, a test command, a verdict, an outcome) to `.converge/logs/<run>.jsonl`."""
+    path = ws.state / "logs" / f"{run_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"at": now(), "kind": kind, **data}
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,1 @@
+"""Operating a workspace: ``converge doctor`` (what is ready, each fix) and ``converge stats``."""

@@ -1,0 +1,429 @@
+"""The rules of the policy engine: each reads a ChangeInput and a Policy and yields Reasons.
+
+Rules never read what a change *says* about itself — only what it does, as git reports it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from orchestrator.policy.change import SUBMODULE, SYMLINK, ChangeInput, symlink_escapes
+from orchestrator.policy.model import Policy, normalise_name
+from orchestrator.policy.scan import SecretScanner, confusable_identifiers, hidden_characters
+from orchestrator.policy.verdict import Decision, Reason, Risk
+
+# Paths that stay protected whatever a policy file says (files can only add to them).
+CORE_PROTECTED = (
+    "policies/**",
+    "agents/**",
+    ".converge/**",
+    ".ci/**",
+    ".github/**",
+    ".gitlab-ci.yml",
+    ".githooks/**",
+    ".husky/**",
+    ".pre-commit-config.yaml",
+    "tools/sandbox/**",
+)
+CORE_SELF_PROTECTED = ("orchestrator/**",)
+CORE_TEST_PATHS = ("tests/**", "test/**", "**/test_*.py", "**/*_test.py", "**/conftest.py")
+
+Rule = Callable[[ChangeInput, Policy], Iterable[Reason]]
+
+
+def _decision(action: str) -> Decision:
+    return Decision(action)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A path glob as a regex: ``**`` spans directories, ``*`` and ``?`` stay within one, ``dir/**`` matches ``dir``."""
+    if pattern.endswith("/"):
+        pattern += "**"
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("/**", i) and i + 3 == len(pattern):
+            out += "(?:/.*)?"
+            i += 3
+        elif pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def compile_globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One case-insensitive regex matching any of ``patterns`` (never matches when empty)."""
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("^(?:" + "|".join(glob_to_regex(p) for p in patterns) + ")$", re.IGNORECASE)
+
+
+# --- protected paths ----------------------------------------------------------------------
+
+
+def protected_paths(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    """A change to a protected path always needs a human: HIGH risk, never auto-approved."""
+    rule = policy.protected
+    globs = [*CORE_PROTECTED, *rule.paths]
+    if change.is_self:
+        globs += [*CORE_SELF_PROTECTED, *rule.self_paths]
+    matcher = compile_globs(tuple(dict.fromkeys(globs)))
+    for f in change.files:
+        for path in f.paths:
+            if matcher.match(path):
+                yield Reason(
+                    rule="protected-path",
+                    message=f"{path} is protected ({f.status}); a human must sign off",
+                    file=path,
+                    decision=_decision(rule.action),
+                    risk=Risk.HIGH,
+                )
+                break
+
+
+# --- blast radius -------------------------------------------------------------------------
+
+
+def blast_radius(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    """Changes bigger than the thresholds need review."""
+    rule = policy.blast_radius
+    deleted = sum(1 for f in change.files if f.status == "deleted")
+    measures = (
+        ("files touched", len(change.files), rule.max_files),
+        ("lines added", change.lines_added, rule.max_added),
+        ("lines removed", change.lines_removed, rule.max_removed),
+        ("files deleted", deleted, rule.max_deleted_files),
+    )
+    for what, value, limit in measures:
+        if value > limit:
+            yield Reason(
+                rule="blast-radius",
+                message=f"{value} {what}, over the limit of {limit}",
+                decision=_decision(rule.action),
+                risk=Risk.MEDIUM if value <= 2 * limit else Risk.HIGH,
+            )
+
+
+# --- required checks ----------------------------------------------------------------------
+
+_SKIP = re.compile(
+    r"pytest\.mark\.(?:skip|skipif|xfail)\b|pytest\.(?:skip|xfail|importorskip)\s*\("
+    r"|\bunittest\.(?:skip|skipIf|skipUnless|expectedFailure)\b|\.skipTest\s*\(|@(?:skip|skipIf|skipUnless|xfail)\b"
+    r"|\bcollect_ignore|--deselect\b|\bxfail_strict\s*=\s*false"
+)
+_ASSERT = re.compile(
+    r"^\s*(?:assert\b|self\.assert\w*\s*\(|(?:with\s+)?pytest\.(?:raises|warns)\b|\w+\.assert_\w+\s*\(|expect\s*\()"
+)
+_TRIVIAL = re.compile(
+    r"^\s*assert\s+(?:True|1|not\s+(?:False|None|0)|\S+\s+or\s+True|\(\s*\)|\"[^\"]*\"|'[^']*')\s*(?:#.*)?$"
+)
+
+
+def _test_report(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    rule = policy.checks
+    tests = change.tests
+    if tests is None:
+        yield Reason(rule="tests", message="tests not evaluated: no test report was given")
+        return
+    if not rule.require_tests:
+        return
+    if not tests.ran:
+        yield Reason(rule="tests", message="tests did not run", decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
+    elif tests.no_tests:
+        message = "the repo has no tests: nothing checked the change"
+        yield Reason(rule="tests", message=message, decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
+    elif tests.failed or tests.errored or (tests.command is not None and not tests.command.ok):
+        bad = [*tests.failed, *tests.errored][:5]
+        detail = f": {', '.join(bad)}" if bad else f" (exit {tests.command.exit_code if tests.command else '?'})"
+        yield Reason(
+            rule="tests",
+            message=f"tests failed ({tests.summary}){detail}",
+            decision=_decision(rule.on_failed),
+            risk=Risk.HIGH,
+        )
+    elif not tests.passed:
+        yield Reason(rule="tests", message="no test passed", decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
+
+
+def required_checks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    """Tests ran and passed, and the change does not delete, skip or weaken them."""
+    yield from _test_report(change, policy)
+    rule = policy.checks
+    is_test = compile_globs(tuple(dict.fromkeys([*CORE_TEST_PATHS, *rule.test_paths])))
+    weak = _decision(rule.weakening)
+
+    def reason(message: str, file: str, line: int | None = None) -> Reason:
+        return Reason(rule="test-weakening", message=message, file=file, line=line, decision=weak, risk=Risk.MEDIUM)
+
+    for f in change.files:
+        old = f.old_path or f.path
+        if f.status == "deleted" and is_test.match(old):
+            yield reason(f"test file {old} deleted", old)
+            continue
+        if f.status == "renamed" and is_test.match(old) and not is_test.match(f.path):
+            yield reason(f"test file {old} moved out of the test paths to {f.path}", f.path)
+        config = f.path.endswith(("pyproject.toml", "setup.cfg", "pytest.ini", "tox.ini"))
+        if not (is_test.match(f.path) or config):
+            continue
+        added_skips = [(n, t) for n, t in f.added if _SKIP.search(t)]
+        removed_skips = sum(1 for _, t in f.removed if _SKIP.search(t))
+        if len(added_skips) > removed_skips:
+            n, text = added_skips[removed_skips]
+            yield reason(f"skips or deselects tests: {text.strip()[:80]}", f.path, n)
+        if config:
+            continue
+        added_asserts = [(n, t) for n, t in f.added if _ASSERT.match(t)]
+        trivial = [(n, t) for n, t in added_asserts if _TRIVIAL.match(t)]
+        removed_asserts = [(n, t) for n, t in f.removed if _ASSERT.match(t)]
+        if trivial:
+            yield reason(f"trivial assertion added: {trivial[0][1].strip()[:80]}", f.path, trivial[0][0])
+        if len(removed_asserts) > len(added_asserts) - len(trivial):
+            n, text = removed_asserts[0]
+            yield reason(
+                f"{len(removed_asserts)} assertion(s) removed, {len(added_asserts) - len(trivial)} added "
+                f"(first removed, old line {n}: {text.strip()[:60]})",
+                f.path,
+            )
+
+
+# --- secrets and Unicode ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _scanner(patterns: tuple[tuple[str, str], ...], use_detect_secrets: bool) -> SecretScanner:
+    return SecretScanner(dict(patterns), use_detect_secrets)
+
+
+def secrets(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    """Credentials on added lines are rejected."""
+    rule = policy.secrets
+    scanner = _scanner(tuple(sorted(rule.patterns.items())), rule.detect_secrets)
+    for hit in scanner.scan((f.path, f.added) for f in change.files if not f.binary):
+        yield Reason(
+            rule="secret",
+            message=f"possible secret added ({hit.kind})",
+            file=hit.file,
+            line=hit.line,
+            decision=_decision(rule.action),
+            risk=Risk.HIGH,
+        )
+
+
+def unicode_tricks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    """Hidden/bidirectional characters and confusable identifiers on added lines."""
+    rule = policy.unicode
+    code_suffixes = tuple(rule.code_extensions) or (".py",)
+    for f in change.files:
+        code = f.path.endswith(code_suffixes)
+        hidden_in_path = hidden_characters(f.path) if not f.path.isascii() else []
+        if hidden_in_path:  # a name that reads as another one (``txt.py`` shown for ``\u202eyp.txt``)
+            yield Reason(
+                rule="hidden-unicode",
+                message="hidden or bidirectional character(s) in the file name: "
+                + ", ".join(dict.fromkeys(hidden_in_path)),
+                file=f.path,
+                decision=_decision(rule.hidden),
+                risk=Risk.HIGH,
+            )
+        for number, text in f.added:
+            if text.isascii():
+                continue
+            hidden = hidden_characters(text)
+            if hidden and not (number == 1 and hidden == ["ZERO WIDTH NO-BREAK SPACE"] and text.startswith("\ufeff")):
+                yield Reason(
+                    rule="hidden-unicode",
+                    message=f"hidden or bidirectional character(s): {', '.join(dict.fromkeys(hidden))}",
+                    file=f.path,
+                    line=number,
+                    decision=_decision(rule.hidden),
+                    risk=Risk.HIGH,
+                )
+            for problem in confusable_identifiers(text, code)[:1]:
+                yield Reason(
+                    rule="confusable-identifier",
+                    message=problem,
+                    file=f.path,
+                    line=number,
+                    decision=_decision(rule.confusables),
+                    risk=Risk.HIGH,
+                )
+
+
+# --- dependencies -------------------------------------------------------------------------
+
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _requirement(spec: str) -> tuple[str, str] | None:
+    match = _REQ_NAME.match(spec)
+    if not match:
+        return None
+    return normalise_name(match[1]), re.sub(r"\s+", "", spec)
+
+
+def _pyproject_deps(text: str) -> dict[str, str]:
+    data = tomllib.loads(text)
+    specs: list[str] = []
+    project = data.get("project", {})
+    specs += project.get("dependencies", [])
+    for group in project.get("optional-dependencies", {}).values():
+        specs += group
+    for group in data.get("dependency-groups", {}).values():
+        specs += [s for s in group if isinstance(s, str)]
+    specs += data.get("build-system", {}).get("requires", [])
+    poetry = data.get("tool", {}).get("poetry", {})
+    tables: list[dict[str, Any]] = [poetry.get("dependencies", {}), poetry.get("dev-dependencies", {})]
+    tables += [g.get("dependencies", {}) for g in poetry.get("group", {}).values()]
+    for table in tables:
+        specs += [f"{name}{value!s}" for name, value in table.items() if name.lower() != "python"]
+    return dict(r for r in map(_requirement, (s for s in specs if isinstance(s, str))) if r)
+
+
+def _requirements_deps(text: str) -> dict[str, str]:
+    deps: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not line:
+            continue
+        if line.startswith("-") or "://" in line.split("@")[0]:
+            deps[f"option {line}"] = line  # index URLs, includes, direct URLs: where packages come from
+            continue
+        req = _requirement(line)
+        if req:
+            deps[req[0]] = req[1]
+    return deps
+
+
+def _deps(path: str, text: str | None) -> dict[str, str]:
+    if text is None:
+        return {}
+    return _pyproject_deps(text) if path.endswith("pyproject.toml") else _requirements_deps(text)
+
+
+def _license_allowed(expression: str, allowed: set[str]) -> bool:
+    """``A OR B`` needs one allowed alternative; ``A AND B`` needs all."""
+    return any(
+        all(part.strip().strip("()").lower() in allowed for part in re.split(r"\s+AND\s+", alt))
+        for alt in re.split(r"\s+OR\s+", expression)
+    )
+
+
+def dependencies(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    """New or changed dependencies must be on the allow list with an allowed license."""
+    rule = policy.dependencies
+    allowed = {lic.lower() for lic in rule.allowed_licenses}
+    for path, (old_text, new_text) in sorted(change.manifests.items()):
+        try:
+            old, new = _deps(path, old_text), _deps(path, new_text)
+        except (tomllib.TOMLDecodeError, AttributeError, TypeError) as exc:
+            yield Reason(
+                rule="dependency",
+                message=f"cannot read the dependencies: {exc}",
+                file=path,
+                decision=_decision(rule.unknown),
+                risk=Risk.MEDIUM,
+            )
+            continue
+        for name, spec in sorted(new.items()):
+            if old.get(name) == spec:
+                continue
+            verb = "changed" if name in old else "added"
+            license_ = rule.known.get(name)
+            if name.startswith("option ") or license_ is None:
+                what = spec if name.startswith("option ") else name
+                yield Reason(
+                    rule="dependency",
+                    message=f"{verb} {what!r}: not on the allow list (license unknown offline)",
+                    file=path,
+                    decision=_decision(rule.unknown),
+                    risk=Risk.MEDIUM,
+                )
+            elif not _license_allowed(license_, allowed):
+                yield Reason(
+                    rule="dependency-license",
+                    message=f"{verb} {name!r}: license {license_} is not allowed",
+                    file=path,
+                    decision=_decision(rule.disallowed_license),
+                    risk=Risk.HIGH,
+                )
+
+
+# --- file kinds ---------------------------------------------------------------------------
+
+
+def file_kinds(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
+    """Binary files, exec-bit changes, submodules and symlinks (a link leaving the repo is rejected)."""
+    rule = policy.files
+    for f in change.files:
+        if f.status == "deleted":
+            continue
+        if f.new_mode == SYMLINK:
+            target = f.symlink_target or ""
+            if symlink_escapes(f.path, target):
+                yield Reason(
+                    rule="symlink",
+                    message=f"symlink to {target!r} leaves the repository",
+                    file=f.path,
+                    decision=_decision(rule.symlink_outside),
+                    risk=Risk.HIGH,
+                )
+            else:
+                yield Reason(
+                    rule="symlink",
+                    message=f"symlink to {target!r}",
+                    file=f.path,
+                    decision=_decision(rule.symlink_inside),
+                    risk=Risk.MEDIUM,
+                )
+            continue
+        if f.new_mode == SUBMODULE:
+            yield Reason(
+                rule="submodule",
+                message="submodule added or moved",
+                file=f.path,
+                decision=_decision(rule.submodule),
+                risk=Risk.HIGH,
+            )
+        if f.binary:
+            yield Reason(
+                rule="binary",
+                message="binary file (its content cannot be reviewed as text)",
+                file=f.path,
+                decision=_decision(rule.binary),
+                risk=Risk.MEDIUM,
+            )
+        if f.exec_bit_set:
+            yield Reason(
+                rule="exec-bit",
+                message=f"made executable ({f.old_mode} -> {f.new_mode})",
+                file=f.path,
+                decision=_decision(rule.exec_bit),
+                risk=Risk.MEDIUM,
+            )
+
+
+RULES: tuple[Rule, ...] = (
+    protected_paths,
+    blast_radius,
+    required_checks,
+    secrets,
+    unicode_tricks,
+    dependencies,
+    file_kinds,
+)

@@ -1,0 +1,427 @@
+"""Generations of a registered repo: lineage, promotion and rollback, all as CAS ref moves.
+
+Refs, inside the registered repo (``src/<repo>``):
+
+    refs/converge/gen/<n>      the commit of generation n (never deleted)
+    refs/converge/head         the commit of the current generation
+    refs/converge/failed/<n>   generation n was abandoned (rolled back or failed)
+    refs/converge/stash/<ts>   uncommitted work saved by ``rollback --force``
+
+The refs are the truth. Live generations (``gen`` minus ``failed``) form one chain and the
+current generation is the newest live one. Each generation also has a small record under
+``.converge/generations/<repo>/<n>.json`` (parent, changesets, times), written before its
+ref exists, so a record without a ref is simply ignored.
+
+Every change happens under the repo's lock, as one ``update-ref --stdin`` transaction with
+expected old values, then the working tree follows. A journal written before the
+transaction lets the next command finish (or undo) the working-tree part of an operation
+whose process was killed: refs and tree are always the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from orchestrator.errors import ConflictError, GitError, UsageError
+from orchestrator.store import gitops
+from orchestrator.store.gitops import ZERO, RefUpdate
+from orchestrator.store.storage import atomic_write_json, read_model
+from orchestrator.store.workspace import Workspace
+
+GEN = "refs/converge/gen/"
+FAILED = "refs/converge/failed/"
+HEAD = "refs/converge/head"
+STASH = "refs/converge/stash/"
+
+Status = Literal["current", "superseded", "failed", "rolled-back"]
+
+
+class GenerationRecord(BaseModel):
+    """What is kept about a generation beside its ref."""
+
+    number: int
+    commit: str
+    parent: int | None
+    changesets: list[str] = Field(default_factory=list)
+    created: str
+    abandoned: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation as the lineage shows it."""
+
+    number: int
+    commit: str
+    parent: int | None
+    status: Status
+    changesets: tuple[str, ...]
+    created: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "number": self.number,
+            "commit": self.commit,
+            "parent": self.parent,
+            "status": self.status,
+            "changesets": list(self.changesets),
+            "created": self.created,
+        }
+
+
+class _Journal(BaseModel):
+    op: str
+    old: str
+    new: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _records_dir(ws: Workspace, repo: str) -> Path:
+    return ws.state / "generations" / repo
+
+
+def _journal_path(ws: Workspace, repo: str) -> Path:
+    return ws.state / "journal" / f"{repo}.json"
+
+
+def _record(ws: Workspace, repo: str, number: int, commit: str) -> GenerationRecord:
+    path = _records_dir(ws, repo) / f"{number}.json"
+    if path.exists():
+        rec = read_model(path, GenerationRecord)
+        if rec.commit == commit:
+            return rec
+    return GenerationRecord(number=number, commit=commit, parent=None, created="")
+
+
+def _numbers(refs: dict[str, str], prefix: str) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for name, sha in refs.items():
+        tail = name.removeprefix(prefix)
+        if tail.isdigit():
+            found[int(tail)] = sha
+    return found
+
+
+def lineage(ws: Workspace, repo: str) -> list[Generation]:
+    """Every generation of ``repo``, oldest first, with its status."""
+    return [_generation(ws, repo, n, commit, status) for n, commit, status in _statuses(_refs(ws, repo))]
+
+
+def current(ws: Workspace, repo: str) -> Generation:
+    """The current generation of ``repo`` (one ref listing and one record read, however long the lineage)."""
+    return _current(ws, repo, _statuses(_refs(ws, repo)))
+
+
+def _current(ws: Workspace, repo: str, statuses: list[tuple[int, str, Status]]) -> Generation:
+    for n, commit, status in statuses:
+        if status == "current":
+            return _generation(ws, repo, n, commit, status)
+    raise GitError(f"repo {repo!r} has no live generation; its refs/converge/ refs are damaged")
+
+
+def _refs(ws: Workspace, repo: str) -> dict[str, str]:
+    """The refs under refs/converge/ (after repairing an abandoned move)."""
+    if _journal_path(ws, repo).exists():
+        _repair_if_abandoned(ws, repo)
+    return gitops.list_refs(ws.repo_path(repo), "refs/converge/")
+
+
+def _statuses(refs: dict[str, str]) -> list[tuple[int, str, Status]]:
+    """(number, commit, status) of every generation, oldest first: the refs alone say it."""
+    gens = _numbers(refs, GEN)
+    failed = _numbers(refs, FAILED)
+    live = [n for n in gens if n not in failed]
+    newest = max(live) if live else None
+    found: list[tuple[int, str, Status]] = []
+    for n in sorted(gens):
+        status: Status = "failed" if n in failed else "current" if n == newest else "superseded"
+        found.append((n, gens[n], status))
+    return found
+
+
+def _generation(ws: Workspace, repo: str, number: int, commit: str, status: Status) -> Generation:
+    rec = _record(ws, repo, number, commit)
+    if status == "failed" and rec.reason != "failed":
+        status = "rolled-back"
+    return Generation(number, commit, rec.parent, status, tuple(rec.changesets), rec.created)
+
+
+def record_initial(ws: Workspace, repo: str, path: Path, commit: str) -> None:
+    """Record generation 0 of a newly registered repo."""
+    _write_record(ws, repo, GenerationRecord(number=0, commit=commit, parent=None, created=_now()))
+    gitops.update_refs(
+        path,
+        [RefUpdate(f"{GEN}0", commit, ZERO), RefUpdate(HEAD, commit, ZERO)],
+        "converge: generation 0",
+    )
+
+
+def _write_record(ws: Workspace, repo: str, rec: GenerationRecord) -> None:
+    atomic_write_json(_records_dir(ws, repo) / f"{rec.number}.json", rec.model_dump())
+
+
+@contextlib.contextmanager
+def repo_transaction(ws: Workspace, repo: str) -> Iterator[Path]:
+    """Hold the repo's lock and repair what a killed predecessor left half done."""
+    path = ws.repo_path(repo)
+    with ws.lock(f"repo-{repo}", f"repo {repo!r}"):
+        recover(ws, repo)
+        yield path
+
+
+def _repair_if_abandoned(ws: Workspace, repo: str) -> None:
+    """A journal with no live holder means its process died mid-operation: finish the tree part."""
+    try:
+        with ws.lock(f"repo-{repo}", f"repo {repo!r}"):
+            recover(ws, repo)
+    except ConflictError:
+        pass  # the operation is still running in another process; its refs are already consistent
+
+
+def recover(ws: Workspace, repo: str) -> bool:
+    """Finish or undo the working-tree part of an interrupted operation; True if there was one."""
+    journal = _journal_path(ws, repo)
+    if not journal.exists():
+        return False
+    entry = read_model(journal, _Journal)
+    path = ws.src / repo
+    _remove_stale_git_locks(path)
+    head = gitops.resolve(path, HEAD)
+    target = entry.new if head == entry.new else entry.old
+    gitops.run(path, "reset", "--quiet", "--hard", target)
+    journal.unlink()
+    return True
+
+
+def _remove_stale_git_locks(path: Path) -> None:
+    """Drop lock files a killed git left behind; safe because we hold the repo lock and the journal says who died."""
+    gitdir = path / ".git"
+    stale = [gitdir / "index.lock", gitdir / "packed-refs.lock", gitdir / "HEAD.lock"]
+    stale += list((gitdir / "refs" / "converge").rglob("*.lock"))
+    for lock in stale:
+        lock.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Move:
+    """The working-tree side of moving from commit ``old`` to ``new``: which paths change and how."""
+
+    old: str
+    new: str
+    changes: tuple[tuple[str, str], ...]  # (status letter A/D/M/T, path)
+
+    @classmethod
+    def between(cls, path: Path, old: str, new: str) -> _Move:
+        return cls(old, new, tuple(gitops.name_status(path, old, new)))
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for _, p in self.changes]
+
+    @property
+    def added(self) -> list[str]:
+        return [p for kind, p in self.changes if kind == "A"]
+
+
+def uncommitted(path: Path, move: _Move) -> list[str]:
+    """What moving the tree from ``move.old`` (the expected HEAD) to ``move.new`` would lose.
+
+    Changed tracked files, commits made on top, and untracked files where the target brings
+    a tracked file. Other untracked files survive a move untouched, so the tree is not
+    scanned for them: on a large repo that scan alone costs as much as the move.
+    """
+    out = gitops.run(path, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no")
+    files: list[str] = []
+    head = None
+    entries = iter(out.split("\0"))
+    for entry in entries:
+        if entry.startswith("# branch.oid "):
+            head = entry.removeprefix("# branch.oid ")
+        elif entry[:2] in ("1 ", "u "):
+            files.append(entry.split(" ", 8 if entry[0] == "1" else 10)[-1])
+        elif entry.startswith("2 "):
+            files.append(entry.split(" ", 9)[-1])
+            next(entries, None)  # the rename's original path
+    files += [p for p in move.added if (path / p).exists()]
+    if head != move.old:
+        files.append(f"HEAD (now {str(head)[:12]}, not the current generation {move.old[:12]})")
+    return files
+
+
+def _stash(path: Path) -> str:
+    """Save everything uncommitted (untracked files too) under refs/converge/stash/<ts>."""
+    index = path / ".git" / "converge-stash-index"
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    try:
+        import subprocess
+
+        subprocess.run(["git", "read-tree", "HEAD"], cwd=path, env=env, check=True, capture_output=True)
+        subprocess.run(["git", "add", "-A"], cwd=path, env=env, check=True, capture_output=True)
+        tree = subprocess.run(
+            ["git", "write-tree"], cwd=path, env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+    except subprocess.CalledProcessError as exc:
+        raise GitError(f"{path}: cannot save uncommitted changes: {exc.stderr.strip()}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            index.unlink()
+    commit = gitops.run(path, "commit-tree", tree, "-p", "HEAD", "-m", "converge: saved before rollback").strip()
+    ref = f"{STASH}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+    gitops.update_refs(path, [RefUpdate(ref, commit, ZERO)], "converge: stash")
+    return ref
+
+
+def _guard_tree(path: Path, move: _Move, force: bool) -> str | None:
+    dirty = uncommitted(path, move)
+    if not dirty:
+        return None
+    if not force:
+        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+        raise UsageError(
+            f"{path} has uncommitted changes ({shown}); "
+            f"commit them elsewhere or pass --force to save them under {STASH}"
+        )
+    return _stash(path)
+
+
+def _apply_move(
+    ws: Workspace, repo: str, path: Path, op: str, move: _Move, updates: list[RefUpdate], clean: bool
+) -> None:
+    journal = _journal_path(ws, repo)
+    atomic_write_json(journal, _Journal(op=op, old=move.old, new=move.new).model_dump())
+    if clean:  # HEAD is checked to be at `old`: it moves in the same transaction as the refs
+        updates = [*updates, RefUpdate("HEAD", move.new, move.old)]
+    try:
+        gitops.update_refs(path, updates, f"converge: {op}")
+    except BaseException:
+        journal.unlink()
+        raise
+    _checkout(path, move, clean)
+    journal.unlink()
+
+
+RESTORE_MAX_PATHS = 256  # past this, git's per-pathspec matching costs more than a two-way read-tree
+
+
+def _checkout(path: Path, move: _Move, clean: bool) -> None:
+    """Bring the working tree and index (and, when not clean, HEAD) from ``move.old`` to ``move.new``.
+
+    On a tree just checked clean, only the paths that differ are touched: a few of them are
+    restored by name (``restore --staged --worktree``, which reads and writes the index once
+    and nothing else); many go through a two-way ``read-tree -m -u``. Both cost far less on a
+    large repo than ``reset --hard``, which re-checks every entry. A stashed tree is reset.
+    """
+    if clean:
+        try:
+            if not move.changes:
+                return
+            if len(move.changes) <= RESTORE_MAX_PATHS:
+                restore = ["--literal-pathspecs", "restore", f"--source={move.new}", "--staged", "--worktree"]
+                restore += ["--no-overlay", "--pathspec-from-file=-", "--pathspec-file-nul"]
+                gitops.run(path, *restore, stdin="\0".join(move.paths))
+            else:
+                gitops.run(path, "read-tree", "-m", "-u", move.old, move.new)
+            return
+        except GitError:
+            pass  # nothing was lost (the tree was clean): reset below puts everything right
+    gitops.run(path, "reset", "--quiet", "--hard", move.new)
+
+
+def promote(
+    ws: Workspace,
+    repo: str,
+    commit: str,
+    base: str,
+    changesets: list[str] | None = None,
+    force: bool = False,
+) -> Generation:
+    """Make ``commit`` (built on generation commit ``base``) the next generation.
+
+    Idempotent: when ``commit`` is already current with these changesets (a killed earlier
+    promotion got that far), the current generation is returned as it is.
+    """
+    with repo_transaction(ws, repo) as path:
+        refs = _refs(ws, repo)
+        statuses = _statuses(refs)
+        cur = _current(ws, repo, statuses)
+        if cur.commit == commit and set(changesets or []) <= set(cur.changesets):
+            return cur
+        if cur.commit != base:
+            raise ConflictError(
+                f"repo {repo!r} moved to generation {cur.number} ({cur.commit[:12]}) "
+                f"since this change was based on {base[:12]}; rebase it"
+            )
+        if gitops.resolve(path, commit) is None:
+            raise GitError(f"{commit}: no such commit in {path}")
+        move = _Move.between(path, cur.commit, commit)
+        stash = _guard_tree(path, move, force)
+        number = max(n for n, _, _ in statuses) + 1
+        failed_numbers = _numbers(refs, FAILED)
+        number = max([number, *(n + 1 for n in failed_numbers)])
+        rec = GenerationRecord(
+            number=number, commit=commit, parent=cur.number, changesets=changesets or [], created=_now()
+        )
+        _write_record(ws, repo, rec)
+        _apply_move(
+            ws,
+            repo,
+            path,
+            "promote",
+            move,
+            [
+                RefUpdate(f"{GEN}{number}", commit, ZERO),
+                RefUpdate(HEAD, commit, cur.commit),
+            ],
+            clean=stash is None,
+        )
+        return Generation(number, commit, cur.number, "current", tuple(rec.changesets), rec.created)
+
+
+def rollback(ws: Workspace, repo: str, to: int | None = None, force: bool = False) -> tuple[Generation, str | None]:
+    """Make generation ``to`` (default: the current one's parent) current; returns it and any stash ref."""
+    with repo_transaction(ws, repo) as path:
+        gens = lineage(ws, repo)
+        live = [g for g in gens if g.status in ("current", "superseded")]
+        cur = live[-1]
+        if to is None:
+            if cur.parent is None or len(live) < 2:
+                raise UsageError(f"repo {repo!r} is at generation {cur.number}, which has no parent to roll back to")
+            target = live[-2]
+        else:
+            if to < 0:
+                raise UsageError(f"--to {to}: generations start at 0")
+            matches = [g for g in live if g.number == to]
+            if not matches:
+                valid = ", ".join(str(g.number) for g in live[:-1]) or "none"
+                raise UsageError(
+                    f"--to {to}: not a live generation of {repo!r} below the current one (choices: {valid})"
+                )
+            target = matches[0]
+            if target.number == cur.number:
+                raise UsageError(f"--to {to}: generation {to} is already current")
+        move = _Move.between(path, cur.commit, target.commit)
+        stash = _guard_tree(path, move, force)
+        abandoned = [g for g in live if g.number > target.number]
+        updates = [RefUpdate(HEAD, target.commit, cur.commit)]
+        updates += [RefUpdate(f"{FAILED}{g.number}", g.commit, ZERO) for g in abandoned]
+        _apply_move(ws, repo, path, "rollback", move, updates, clean=stash is None)
+        for g in abandoned:
+            rec = _record(ws, repo, g.number, g.commit)
+            _write_record(ws, repo, rec.model_copy(update={"abandoned": _now(), "reason": "rolled back"}))
+        return (
+            Generation(target.number, target.commit, target.parent, "current", target.changesets, target.created),
+            stash,
+        )
