@@ -3,7 +3,7 @@
 A generated repo (a package of ``--modules`` modules, one test file per module, >= 200 tests
 each doing a little real work) is registered in a temporary workspace. Then:
 
-1. Real refinement runs (``graph.start_run``: plan, then per step propose, apply, verify in
+1. Real refinement runs (``driver.start_run``: plan, then per step propose, apply, verify in
    the Docker sandbox with the selected tests then the full suite, judge, sign, promote),
    the scripted model making a one-line change to another module in each step: one cold
    run of one step, then ``--runs`` runs of ``--steps`` steps (converge.toml's default
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.agents.cards import LoadedCard
 from orchestrator.agents.repomap import build_repo_map
-from orchestrator.loop import graph, runs
+from orchestrator.loop import driver, graph, runs, state
 from orchestrator.models.backends import Completion, CompletionRequest, ModelBackend, ModelIdentity
 from orchestrator.sandbox import base, docker_backend, factory, pool
 from orchestrator.store import worktrees
@@ -151,7 +151,7 @@ class Meter:
         """Wrap, in this process only, every DockerSession.exec, SandboxPool.at and graph node."""
         original_exec = docker_backend.DockerSession.exec
         original_at = pool.SandboxPool.at
-        original_nodes = {name: getattr(graph._Nodes, name) for name in NODES}
+        original_nodes = {name: getattr(graph.Nodes, name) for name in NODES}
         meter = self
 
         def timed_exec(session: Any, argv: Sequence[str], timeout: float, output_limit: int) -> CommandResult:
@@ -192,14 +192,14 @@ class Meter:
         setattr(docker_backend.DockerSession, "exec", timed_exec)  # noqa: B010 - patched in this process only
         setattr(pool.SandboxPool, "at", timed_at)  # noqa: B010
         for name, method in original_nodes.items():
-            setattr(graph._Nodes, name, timed_node(name, method))
+            setattr(graph.Nodes, name, timed_node(name, method))
         try:
             yield self
         finally:
             setattr(docker_backend.DockerSession, "exec", original_exec)  # noqa: B010
             setattr(pool.SandboxPool, "at", original_at)  # noqa: B010
             for name, method in original_nodes.items():
-                setattr(graph._Nodes, name, method)
+                setattr(graph.Nodes, name, method)
 
 
 class TimedModel:
@@ -259,10 +259,10 @@ def one_run(ws: Workspace, repo: str, modules: list[str]) -> RunFigures:
     steps = [(f"Tidy {module}", "coder", [path]) for module, path in zip(modules, paths, strict=True)]
     scripted = ScriptedBackend([plan(*steps)], [edit(path, CHANGE_FROM, CHANGE_TO) for path in paths])
     meter = Meter()
-    deps = graph.Deps(ws=ws, model_for=TimedModel(scripted, meter).factory())
+    deps = state.Deps(ws=ws, model_for=TimedModel(scripted, meter).factory())
     with meter.installed():
         started = time.perf_counter()
-        result = graph.start_run(deps, repo, f"tidy {', '.join(modules)}", auto_approve=True, max_steps=len(modules))
+        result = driver.start_run(deps, repo, f"tidy {', '.join(modules)}", auto_approve=True, max_steps=len(modules))
         wall = time.perf_counter() - started
     record = result.record
     if record.status != "completed" or [s.outcome for s in record.steps] != ["promoted"] * len(modules):

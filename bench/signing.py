@@ -2,7 +2,7 @@
 
 Prints `name: value` lines (medians over the rounds):
   commit_sign_ms   `git commit` with SSH signing by the workspace key
-  attest_ms        stages.sign: store diff/report/verdict/SBOM, in-toto statement, DSSE signature
+  attest_ms        sign.sign: store diff/report/verdict/SBOM, in-toto statement, DSSE signature
   verify_ms        audit.check: commit signature, envelope signature, every digest recomputed
                    (from git afresh, as `converge changeset verify` in a new process does)
   total_ms         the three together (target < 150)
@@ -22,10 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.gate import audit, stages
+from orchestrator.gate import apply, audit, judge, provenance, sign
 from orchestrator.store import changesets, generations, sbom
 from orchestrator.store.reports import TestReport
 from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.verdicts import Decision
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MS = 150.0
@@ -50,18 +51,20 @@ def main() -> int:
         add_repo(ws, str(src), "sample")
         base = generations.current(ws, "sample")
         report = TestReport(ran=True, passed=["tests/test_stock.py::test_add"])
-        judgement = stages.Judgement("review", "low", [])
+        judgement = judge.Judgement(decision=Decision.REVIEW)
         timings: dict[str, list[float]] = {"commit_sign_ms": [], "attest_ms": [], "verify_ms": []}
         for i in range(args.rounds + 1):
             cs_id = changesets.changeset_id("sample", base.commit, f"bench/{i}")
-            with stages.make_candidate(ws, "sample", "bench", i, 1) as cand:
+            with apply.candidate(
+                ws, "sample", provenance.AttemptKey("bench", i, 1), generations.current(ws, "sample").commit
+            ) as cand:
                 (cand.path / "NOTES.md").write_text(f"round {i}\n")
                 t0 = time.perf_counter()
-                commit = stages.commit_signed(ws, cand, f"round {i}", cs_id)
+                commit = apply.commit_signed(ws, cand, f"round {i}", cs_id)
                 t1 = time.perf_counter()
                 cand.keep("candidates")
             t2 = time.perf_counter()
-            cs = stages.sign(
+            cs = sign.sign(
                 ws,
                 "sample",
                 cs_id,
@@ -70,7 +73,7 @@ def main() -> int:
                 commit=commit,
                 report=report,
                 judgement=judgement,
-                who=stages.Provenance(),
+                who=provenance.Provenance(),
             )
             sbom.forget()  # verifying happens later, in another process: nothing read while signing is known
             t3 = time.perf_counter()

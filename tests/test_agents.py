@@ -19,15 +19,12 @@ from orchestrator.agents.cards import (
     Plan,
     PlanStep,
     Review,
-    build_prompt,
-    check_plan,
     get_card,
     load_card,
     load_cards,
-    output_schema,
-    parse_output,
-    run_tool_agent,
 )
+from orchestrator.agents.prompts import build_prompt, check_plan, output_schema, parse_output
+from orchestrator.agents.tools import run_tool_agent
 from orchestrator.agents.edits import EditProposal, apply_edits
 from orchestrator.errors import ConfigError, ModelError, SandboxError, UsageError
 from orchestrator.gate.candidates import Candidate

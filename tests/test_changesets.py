@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import EditError, SignatureError, VerificationFailed
-from orchestrator.gate import audit, stages
+from orchestrator.gate import audit, review, submit
 from orchestrator.signing import keys
 from orchestrator.store import changesets, generations, keyfiles
 from orchestrator.store.changesets import Changeset
@@ -87,8 +87,8 @@ class Signed:
 def signed(tmp_path_factory: pytest.TempPathFactory) -> Signed:
     root = tmp_path_factory.mktemp("signed")
     ws, src = _setup(root)
-    a = stages.submit(ws, "sample", _doc_patch(src, root / "a.diff"), "document cheapest")
-    b = stages.submit(ws, "sample", _doc_patch(src, root / "b.diff", "Cheapest item."), "document cheapest briefly")
+    a = submit.submit(ws, "sample", _doc_patch(src, root / "a.diff"), "document cheapest")
+    b = submit.submit(ws, "sample", _doc_patch(src, root / "b.diff", "Cheapest item."), "document cheapest briefly")
     assert a.status == b.status == "pending"
     return Signed(root, a.id, b.id)
 
@@ -159,7 +159,7 @@ def test_policy_reject_keeps_the_commit_under_failed(tmp_path: Path) -> None:
     ws, src = _setup(tmp_path)
     secret = 'API_KEY = "Zx81bQ2LmN4pR7sT9vW3yA6cE0gH5jK8"\n'
     patch = _patch(src, REPORT_PY, "import math\n", "import math\n\n" + secret, tmp_path / "secret.diff")
-    cs = stages.submit(ws, "sample", patch, "add a key")
+    cs = submit.submit(ws, "sample", patch, "add a key")
     assert (cs.status, cs.verdict, cs.decided_by) == ("rejected", "reject", "policy")
     assert cs.reason and "secret" in cs.reason.lower()
     assert git(ws.src / "sample", "rev-parse", f"refs/converge/failed/cs-{cs.id}") == cs.commit
@@ -176,12 +176,12 @@ def test_failing_tests_make_no_changeset_and_auto_approve_promotes(tmp_path: Pat
         src, REPORT_PY, "key=lambda item: item.unit_price", "key=lambda item: -item.unit_price", tmp_path / "b.diff"
     )
     with pytest.raises(VerificationFailed, match="failed"):
-        stages.submit(ws, "sample", broken, "break cheapest")
+        submit.submit(ws, "sample", broken, "break cheapest")
     assert changesets.list_changesets(ws) == []
     kept = gitops_refs(ws.src / "sample", "refs/converge/failed/")
     assert len(kept) == 1  # the candidate is kept, never deleted
 
-    cs = stages.submit(ws, "sample", _doc_patch(src, tmp_path / "doc.diff"), "doc", auto_approve=True)
+    cs = submit.submit(ws, "sample", _doc_patch(src, tmp_path / "doc.diff"), "doc", auto_approve=True)
     assert (cs.status, cs.generation, cs.decided_by) == ("approved", 1, changesets.AUTO)
     assert audit.check(ws, cs) == []
 
@@ -195,7 +195,7 @@ def test_a_patch_that_does_not_apply_is_bad_input(ws: Workspace, tmp_path: Path)
     bad = tmp_path / "bad.diff"
     bad.write_text("--- a/nope.py\n+++ b/nope.py\n@@ -1 +1 @@\n-x\n+y\n")
     with pytest.raises(EditError, match="does not apply"):
-        stages.submit(ws, "sample", bad)
+        submit.submit(ws, "sample", bad)
     proc = converge("-w", str(ws.root), "submit", "sample", "--patch", str(bad))
     assert proc.returncode == 2 and "bad.diff" in proc.stderr
     missing = converge("-w", str(ws.root), "submit", "sample", "--patch", str(tmp_path / "none.diff"))
@@ -285,7 +285,7 @@ def test_tampering_is_detected_and_promotion_fails_closed(signed: Signed, tmp_pa
     tamper(ws, changesets.load(ws, signed.a), signed.b)
     assert field in _fields(ws, signed.a)
     with pytest.raises(SignatureError, match=field):
-        stages.approve(ws, signed.a)
+        review.approve(ws, signed.a)
     assert generations.current(ws, "sample").number == 0
     assert changesets.load(ws, signed.a).status == "pending"
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from orchestrator.gate import stages
+from orchestrator.gate import apply, provenance
 from orchestrator.store import generations, keyfiles
 from orchestrator.store.setup import add_repo
 from orchestrator.store.workspace import Workspace
@@ -16,9 +16,11 @@ from tests.conftest import MakeRepo, converge, git
 def _signed_generation(ws: Workspace, repo: str) -> str:
     """Promote one SSH-signed commit (made by the gate's own stages) as generation 1."""
     base = generations.current(ws, repo).commit
-    with stages.make_candidate(ws, repo, "export-test", 1, 1) as cand:
+    with apply.candidate(
+        ws, repo, provenance.AttemptKey("export-test", 1, 1), generations.current(ws, repo).commit
+    ) as cand:
         (cand.path / "NOTES.md").write_text("exported by converge\n")
-        commit = stages.commit_signed(ws, cand, "add notes")
+        commit = apply.commit_signed(ws, cand, "add notes")
         cand.keep("candidates")
     generations.promote(ws, repo, commit, base)
     return commit

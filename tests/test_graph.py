@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.gate import audit, stages
+from orchestrator.gate import audit, review
 from orchestrator.loop import runs
-from orchestrator.loop.graph import Deps, resume_run, start_run
+from orchestrator.loop.driver import resume_run, start_run
+from orchestrator.loop.state import Deps
 from orchestrator.store import changesets, generations
 from orchestrator.store.workspace import Workspace
 from tests.conftest import GIT_ENV, MakeRepo, git
@@ -90,7 +91,7 @@ def test_review_pauses_the_run_and_approval_resumes_it(sample_ws: Workspace) -> 
     cs_id = paused.record.waiting_on
     assert cs_id is not None and changesets.load(sample_ws, cs_id).status == "pending"
     assert generations.current(sample_ws, "sample").number == 0
-    stages.approve(sample_ws, cs_id)
+    review.approve(sample_ws, cs_id)
     done = resume_run(deps, paused.record.id)
     assert done.record.status == "completed"
     assert done.record.steps[0].generation == 1
@@ -120,7 +121,8 @@ DRIVER = """
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from orchestrator.loop.graph import Deps, resume_run, start_run
+from orchestrator.loop.state import Deps
+from orchestrator.loop.driver import resume_run, start_run
 from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
 ws = Workspace(Path(sys.argv[1]))
@@ -239,13 +241,13 @@ def test_a_failed_step_fails_the_run_and_keeps_what_was_promoted(sample_ws: Work
 
 def test_a_run_in_progress_shows_its_steps_and_cannot_be_driven_twice(sample_ws: Workspace) -> None:
     from orchestrator.errors import ConflictError
-    from orchestrator.loop.graph import _driving
+    from orchestrator.loop.driver import _driving
 
     model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
     paused = start_run(_deps(sample_ws, model), "sample", "remove unused imports", auto_approve=False)
     listed = runs.load(sample_ws, paused.record.id)
     assert (listed.status, listed.steps_planned) == ("waiting_review", 1)  # planned, not yet done
-    stages.approve(sample_ws, str(paused.record.waiting_on))
+    review.approve(sample_ws, str(paused.record.waiting_on))
     with _driving(sample_ws, paused.record.id), pytest.raises(ConflictError, match=f"run {paused.record.id} is busy"):
         resume_run(_deps(sample_ws, model), paused.record.id)  # as another process driving it is refused
     done = resume_run(_deps(sample_ws, model), paused.record.id)

@@ -33,7 +33,8 @@ LOOP = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from orchestrator.loop.graph import Deps, start_run
+from orchestrator.loop.state import Deps
+from orchestrator.loop.driver import start_run
 from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
 ws, repo = Workspace(Path(sys.argv[1])), sys.argv[2]

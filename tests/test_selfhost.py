@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import PolicyViolation, SandboxError, UsageError, VerificationFailed
-from orchestrator.gate import stages
+from orchestrator.gate import review, submit
 from orchestrator.sandbox.scripted import ScriptedBackend
-from orchestrator.selfhost import checks, install
+from orchestrator.selfhost import canary, checks, install, nested
 from orchestrator.store import changesets, generations
 from orchestrator.store.reports import CommandResult
 from orchestrator.store.setup import add_repo
@@ -62,9 +62,9 @@ def tiny_self(ws: Workspace, make_repo: MakeRepo, tmp_path: Path) -> tuple[Works
 
 
 def test_nested_backend_is_refused_outside_a_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(checks.SANDBOX_MARKER, raising=False)
+    monkeypatch.delenv(nested.SANDBOX_MARKER, raising=False)
     with pytest.raises(SandboxError, match="refused outside a sandbox"):
-        checks.NestedBackend().start(object())
+        nested.NestedBackend().start(object())
 
 
 def test_self_changeset_is_never_auto_approved_and_needs_passing_checks(
@@ -72,12 +72,12 @@ def test_self_changeset_is_never_auto_approved_and_needs_passing_checks(
 ) -> None:
     ws, src = tiny_self
     patch = _patch(src, "orchestrator/__init__.py", 'VERSION = "1"', 'VERSION = "2"', tmp_path)
-    cs = stages.submit(ws, "self", patch, "bump", auto_approve=True, backend=_passing_sandbox())
+    cs = submit.submit(ws, "self", patch, "bump", auto_approve=True, backend=_passing_sandbox())
     assert cs.status == "pending"  # auto-approval never applies to Converge itself
     with pytest.raises(PolicyViolation, match="a person approves it"):
-        stages.promote(ws, cs.id, decided_by=changesets.AUTO)
+        review.promote(ws, cs.id, decided_by=changesets.AUTO)
     with pytest.raises(VerificationFailed, match="no self-tests result"):
-        stages.approve(ws, cs.id)
+        review.approve(ws, cs.id)
 
     def store(ok: bool, commit: str) -> None:
         changesets.write_artifact(ws, cs.id, checks.SELF_TESTS, json.dumps({"commit": commit, "ok": True}).encode())
@@ -86,25 +86,25 @@ def test_self_changeset_is_never_auto_approved_and_needs_passing_checks(
 
     store(False, cs.commit)
     with pytest.raises(VerificationFailed, match="canary did not pass"):
-        stages.approve(ws, cs.id)
+        review.approve(ws, cs.id)
     store(True, "0" * 40)
     with pytest.raises(VerificationFailed, match="for another commit"):
-        stages.approve(ws, cs.id)
+        review.approve(ws, cs.id)
     assert generations.current(ws, "self").number == 0
     store(True, cs.commit)
-    done = stages.approve(ws, cs.id)
+    done = review.approve(ws, cs.id)
     assert done.status == "approved"
     assert generations.current(ws, "self").commit == cs.commit
 
 
 def test_canary_outcomes_are_compared_strictly() -> None:
-    same = checks.CanaryOutcome(status="completed", steps=["promoted"], tree="a" * 40, generation=1)
+    same = canary.CanaryOutcome(status="completed", steps=["promoted"], tree="a" * 40, generation=1)
     other = same.model_copy(update={"tree": "b" * 40})
-    assert checks._compare("c", "r", same, same, "").ok
-    assert not checks._compare("c", "r", other, same, "").ok
+    assert canary._compare("c", "r", same, same, "").ok
+    assert not canary._compare("c", "r", other, same, "").ok
     failed = same.model_copy(update={"status": "failed"})
-    assert not checks._compare("c", "r", failed, failed, "").ok  # a broken reference proves nothing
-    assert not checks._compare("c", "r", None, same, "candidate canary exited 1").ok
+    assert not canary._compare("c", "r", failed, failed, "").ok  # a broken reference proves nothing
+    assert not canary._compare("c", "r", None, same, "candidate canary exited 1").ok
 
 
 def test_rollback_without_a_previous_install_says_no(tiny_self: tuple[Workspace, Path]) -> None:
@@ -158,7 +158,7 @@ def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace
     assert HELP_OLD in _launcher_help(launcher)
 
     patch = _patch(src, "orchestrator/cli/__init__.py", HELP_OLD, HELP_NEW, tmp_path)
-    cs = stages.submit(ws, "self", patch, "cli: say it is self-refined", auto_approve=True)
+    cs = submit.submit(ws, "self", patch, "cli: say it is self-refined", auto_approve=True)
     assert cs.status == "pending" and cs.verdict == "review"  # orchestrator/ is protected on self
     report = json.loads(changesets.artifact_path(ws, cs.id, changesets.REPORT).read_text())
     assert "-m not docker" in " ".join(report["command"]["argv"])

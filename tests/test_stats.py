@@ -7,7 +7,8 @@ import json
 import pytest
 
 from orchestrator.loop import runs
-from orchestrator.loop.graph import Deps, start_run
+from orchestrator.loop.driver import start_run
+from orchestrator.loop.state import Deps
 from orchestrator.ops import stats
 from orchestrator.store import generations
 from orchestrator.store.workspace import Workspace

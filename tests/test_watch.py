@@ -19,7 +19,7 @@ import pytest
 from orchestrator.agents.repomap import blob_digest
 from orchestrator.errors import ConflictError
 from orchestrator.loop import runs
-from orchestrator.loop.graph import Deps
+from orchestrator.loop.state import Deps
 from orchestrator.store import generations
 from orchestrator.store.workspace import Workspace
 from orchestrator.watch.watcher import Watcher, is_ignored
@@ -230,7 +230,7 @@ WATCH_DRIVER = """
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from orchestrator.loop.graph import Deps
+from orchestrator.loop.state import Deps
 from orchestrator.agents.repomap import blob_digest
 from orchestrator.watch.watcher import Watcher
 from orchestrator.store.workspace import Workspace

@@ -14,23 +14,17 @@ or adds cards by name. A bad card is a ConfigError reading ``agents/x.toml: key:
 from __future__ import annotations
 
 import hashlib
-import json
-import shlex
 import string
-import subprocess
 import tomllib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.agents.edits import EditProposal, proposal_from_files
+from orchestrator.agents.edits import EditProposal
 from orchestrator.config import format_validation_error
-from orchestrator.errors import ConfigError, EditError, ModelError, SandboxError, UsageError
-from orchestrator.store import gitops, worktrees
-from orchestrator.store.reports import CommandResult
+from orchestrator.errors import ConfigError, UsageError
 from orchestrator.store.workspace import NAME_RE, Workspace, source_root
 
 Role = Literal["planner", "coder", "reviewer", "tool"]
@@ -267,143 +261,3 @@ def get_card(cards: dict[str, LoadedCard], name: str) -> LoadedCard:
     if name not in cards:
         raise UsageError(f"unknown agent {name!r} (known: {', '.join(sorted(cards)) or 'none'})")
     return cards[name]
-
-
-# --- prompts and answers ------------------------------------------------------------------------
-
-
-class Prompt(NamedTuple):
-    """A prompt in three parts, stable first so a model's prefix cache is reused across calls."""
-
-    system: str
-    stable_prefix: str
-    user: str
-
-
-def build_prompt(
-    card: AgentCard,
-    *,
-    goal: str,
-    repo_map: str = "",
-    step: PlanStep | None = None,
-    feedback: str | Sequence[str] | None = None,
-) -> Prompt:
-    """Assemble a card's prompt: system, then repo map and goal (stable), then step, feedback, answer."""
-    pieces = card.prompt
-    stable = [pieces.context.format(repo_map=repo_map.rstrip())] if repo_map.strip() else []
-    stable.append(pieces.task.format(goal=goal.strip()))
-    user: list[str] = []
-    if step is not None:
-        user.append(
-            pieces.step.format(
-                title=step.title,
-                agent=step.agent,
-                targets=", ".join(step.targets) or "(not named)",
-                acceptance="; ".join(step.acceptance) or "(not named)",
-            )
-        )
-    notes = [feedback] if isinstance(feedback, str) else list(feedback or [])
-    notes = [n.strip() for n in notes if n and n.strip()]
-    if notes:
-        user.append(pieces.feedback.format(feedback="\n\n".join(notes)))
-    schema = json.dumps(card.output_model.model_json_schema(), separators=(",", ":"))
-    user.append(pieces.answer.format(schema=schema))
-    return Prompt(card.system.strip(), "\n\n".join(stable), "\n\n".join(user))
-
-
-def output_schema(card: AgentCard) -> dict[str, Any]:
-    """The JSON schema the card's answers are decoded against."""
-    return card.output_model.model_json_schema()
-
-
-def parse_output(card: AgentCard, text: str) -> BaseModel:
-    """Validate a model's answer against the card's schema; ModelError text is written for the model."""
-    try:
-        return card.output_model.model_validate_json(_strip_fence(text))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "the answer"
-        raise ModelError(
-            f"Your answer does not match the {card.output or 'edits'} schema: {where}: {err['msg']}. "
-            "Answer with one JSON object only."
-        ) from exc
-
-
-def _strip_fence(text: str) -> str:
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.split("\n", 1)[1] if "\n" in body else ""
-        body = body.rsplit("```", 1)[0]
-    return body
-
-
-def check_plan(plan: Plan, cards: dict[str, LoadedCard]) -> Plan:
-    """The plan, if every step names a known agent; else ModelError for the planner."""
-    known = sorted(n for n, c in cards.items() if c.card.role in ("coder", "tool"))
-    for number, step in enumerate(plan.steps, start=1):
-        if step.agent not in known:
-            raise ModelError(
-                f"Step {number} ({step.title!r}) names agent {step.agent!r}, which does not exist or cannot edit. "
-                f"Choose one of: {', '.join(known)}."
-            )
-    return plan
-
-
-# --- tool agents --------------------------------------------------------------------------------
-
-CommandRunner = Callable[[Path, Sequence[str]], CommandResult]
-
-
-def run_tool_agent(card: AgentCard, worktree: Path, run: CommandRunner) -> EditProposal | None:
-    """Run a tool card's command on ``worktree`` and return its changes as edits (None: no change).
-
-    ``run`` executes argv in the sandbox with ``worktree`` mounted as the repo. The worktree
-    is put back as it was, so the edits then go through :func:`apply_edits` like a model's.
-    """
-    if card.kind != "tool" or not card.command:
-        raise UsageError(f"agent {card.name!r} is not a tool agent")
-    if worktrees.changed_files(worktree):
-        raise SandboxError(f"{worktree}: has uncommitted changes; a tool agent needs a clean candidate")
-    result = run(worktree, card.command)
-    command = shlex.join(card.command)
-    if result.timed_out or result.oom_killed:
-        _restore(worktree)
-        raise SandboxError(
-            f"agent {card.name!r}: `{command}` was killed ({'timeout' if result.timed_out else 'memory'})"
-        )
-    if result.exit_code != 0:
-        _restore(worktree)
-        detail = (result.stderr_tail or result.stdout_tail).strip().splitlines()
-        raise SandboxError(
-            f"agent {card.name!r}: `{command}` exited {result.exit_code}"
-            + (f": {detail[-1]}" if detail else "")
-            + (" (is it installed in the sandbox environment?)" if result.exit_code in (126, 127) else "")
-        )
-    changed = worktrees.changed_files(worktree)
-    try:
-        before: dict[str, str | None] = {}
-        after: dict[str, str] = {}
-        for path in changed:
-            target = worktree / path
-            if not target.is_file():
-                raise EditError(f"{card.name} deleted {path}; tool agents may only change files")
-            before[path] = _head_text(worktree, path)
-            after[path] = target.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EditError(f"{card.name} wrote a file that is not UTF-8 text") from exc
-    finally:
-        _restore(worktree)
-    proposal = proposal_from_files(f"{card.name}: {command}", before, after)
-    return proposal if proposal.edits else None
-
-
-def _restore(worktree: Path) -> None:
-    """Put the worktree back at its commit: the tool's changes live on only as edits."""
-    gitops.run(worktree, "checkout", "--quiet", "--force", "HEAD", "--", ".")
-    gitops.run(worktree, "clean", "-ffdq")
-
-
-def _head_text(worktree: Path, path: str) -> str | None:
-    """A file's committed content, byte-exact (None: not in HEAD)."""
-    proc = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=worktree, capture_output=True, check=False)
-    return proc.stdout.decode("utf-8") if proc.returncode == 0 else None

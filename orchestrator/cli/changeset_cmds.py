@@ -10,7 +10,9 @@ import typer
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.cli.run_cmds import continue_run
 from orchestrator.errors import ConvergeError, SignatureError
-from orchestrator.gate import audit, stages
+from orchestrator.gate import audit, review
+from orchestrator.gate.export import export as export_generation
+from orchestrator.gate.submit import submit as submit_patch
 from orchestrator.store import changesets, keyfiles
 from orchestrator.store.storage import read_json
 from orchestrator.store.workspace import Workspace
@@ -65,7 +67,7 @@ def submit(
     json_out: JsonFlag = False,
 ) -> None:
     """Send a person's patch through the gate: apply, sandbox verify, policy, sign, review."""
-    cs = stages.submit(workspace(), repo, patch, message, auto_approve=auto_approve)
+    cs = submit_patch(workspace(), repo, patch, message, auto_approve=auto_approve)
     if json_out:
         emit_json(cs.to_json())
     else:
@@ -141,7 +143,7 @@ def verify(cs_id: IdArg, json_out: JsonFlag = False) -> None:
 @handled
 def approve(cs_id: IdArg, json_out: JsonFlag = False) -> None:
     """Sign the changeset with your key and promote it (a new generation)."""
-    cs = stages.approve(workspace(), cs_id)
+    cs = review.approve(workspace(), cs_id)
     if json_out:
         emit_json(cs.to_json())
     else:
@@ -156,7 +158,7 @@ def reject(
     json_out: JsonFlag = False,
 ) -> None:
     """Reject the changeset; its commit stays under refs/converge/failed/cs-<id>."""
-    cs = stages.reject(workspace(), cs_id, reason)
+    cs = review.reject(workspace(), cs_id, reason)
     if json_out:
         emit_json(cs.to_json())
     else:
@@ -173,7 +175,7 @@ def export(
     json_out: JsonFlag = False,
 ) -> None:
     """Push the current generation to the repo's origin as a branch (never its checked-out branch)."""
-    result = stages.export(workspace(), repo, branch)
+    result = export_generation(workspace(), repo, branch)
     if json_out:
         emit_json(result)
     else:

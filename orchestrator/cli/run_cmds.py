@@ -12,14 +12,14 @@ from orchestrator.errors import UsageError
 
 def _deps(json_out: bool) -> object:
     from orchestrator.loop.factory import model_factory
-    from orchestrator.loop.graph import Deps
+    from orchestrator.loop.state import Deps
 
     ws = workspace()
     return Deps(ws=ws, model_for=model_factory(ws), on_event=progress)
 
 
 def _render(result: object, json_out: bool) -> None:
-    from orchestrator.loop.graph import RunResult
+    from orchestrator.loop.driver import RunResult
 
     assert isinstance(result, RunResult)
     record = result.record
@@ -40,7 +40,8 @@ def _render(result: object, json_out: bool) -> None:
 def continue_run(run_id: str | None) -> None:
     """After a review decision: resume the run that waits on it (its progress goes to stderr)."""
     from orchestrator.loop import runs
-    from orchestrator.loop.graph import Deps, resume_run
+    from orchestrator.loop.driver import resume_run
+    from orchestrator.loop.state import Deps
 
     if not run_id:
         return
@@ -73,7 +74,8 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """One run: plan, then propose, apply, verify, judge, sign, review and promote each step."""
-        from orchestrator.loop.graph import Deps, start_run
+        from orchestrator.loop.driver import start_run
+        from orchestrator.loop.state import Deps
 
         deps = _deps(json_out)
         assert isinstance(deps, Deps)
@@ -86,7 +88,8 @@ def register(app: typer.Typer) -> None:
         run_id: Annotated[str, typer.Argument(help="Run id (see `converge runs`).")], json_out: JsonFlag = False
     ) -> None:
         """Resume an interrupted or killed run from its last checkpoint."""
-        from orchestrator.loop.graph import Deps, resume_run
+        from orchestrator.loop.driver import resume_run
+        from orchestrator.loop.state import Deps
 
         deps = _deps(json_out)
         assert isinstance(deps, Deps)

@@ -32,10 +32,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the self-tests and the canary of a `self` changeset in the sandbox; store the results."""
         from orchestrator.errors import VerificationFailed
-        from orchestrator.selfhost import checks
+        from orchestrator.selfhost import canary as self_canary
+        from orchestrator.selfhost.checks import TEST_MARKERS
 
-        progress(f"self check of {changeset}: tests ({checks.TEST_MARKERS}) and canary, in the sandbox")
-        tests, canary = checks.check(workspace(), changeset)
+        progress(f"self check of {changeset}: tests ({TEST_MARKERS}) and canary, in the sandbox")
+        tests, canary = self_canary.check(workspace(), changeset)
         if json_out:
             emit_json({"changeset": changeset, "self_tests": tests.model_dump(), "canary": canary.model_dump()})
         else:

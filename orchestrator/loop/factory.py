@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.agents.cards import LoadedCard
-from orchestrator.loop.attempts import ModelFactory
+from orchestrator.loop.state import ModelFactory
 from orchestrator.models.backends import ModelBackend
 from orchestrator.store.workspace import Workspace
 

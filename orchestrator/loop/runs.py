@@ -150,3 +150,10 @@ def run_log(ws: Workspace, run_id: str, kind: str, **data: Any) -> None:
     entry = {"at": now(), "kind": kind, **data}
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+
+def update(ws: Workspace, run_id: str, **changes: Any) -> RunRecord:
+    """Change fields of a run's record (progress, status) and save it."""
+    record = load(ws, run_id).model_copy(update=changes)
+    save(ws, record)
+    return record

@@ -1,43 +1,18 @@
 """The policy's answer: decisions and risks (ordered), the reasons rules give, the verdict, reviewer findings.
 
-One ``Decision`` and one ``Risk`` for all of Converge: the gate, changesets and the loop use these.
+``Decision`` and ``Risk`` themselves are :mod:`orchestrator.store.verdicts` (re-exported here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from orchestrator.store.verdicts import Decision, Risk
 
-class Decision(StrEnum):
-    """What happens to a changeset; ordered approve < review < reject."""
-
-    APPROVE = "approve"
-    REVIEW = "review"
-    REJECT = "reject"
-
-    @property
-    def rank(self) -> int:
-        return _DECISION_RANK[self]
-
-
-class Risk(StrEnum):
-    """How much a changeset could hurt; ordered low < medium < high."""
-
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-
-    @property
-    def rank(self) -> int:
-        return _RISK_RANK[self]
-
-
-_DECISION_RANK = {Decision.APPROVE: 0, Decision.REVIEW: 1, Decision.REJECT: 2}
-_RISK_RANK = {Risk.LOW: 0, Risk.MEDIUM: 1, Risk.HIGH: 2}
+__all__ = ["Action", "Decision", "Escalation", "Finding", "Reason", "Risk", "Verdict", "combine"]
 
 Action = Literal["approve", "review", "reject"]
 Escalation = Literal["review", "reject"]

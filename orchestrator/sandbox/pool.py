@@ -217,3 +217,16 @@ def _result(pending: Future[_Standby]) -> _Standby | None:
         return pending.result()
     except (SandboxError, GitError, OSError):
         return None
+
+
+@contextlib.contextmanager
+def sandbox_at(
+    ws: Workspace, repo: str, commit: str, pool: SandboxPool | None = None, backend: SandboxBackend | None = None
+) -> Iterator[tuple[Path, Sandbox]]:
+    """A fresh worktree of ``commit`` with a sandbox over it: ``pool``'s when it serves ``repo``, else its own pool."""
+    if pool is not None and pool.repo == repo:
+        with pool.at(commit) as found:
+            yield found
+        return
+    with SandboxPool(ws, repo, backend=backend) as own, own.at(commit) as found:
+        yield found

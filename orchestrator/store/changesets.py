@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator.errors import SignatureError, UsageError, WorkspaceError
 from orchestrator.store.storage import atomic_write, atomic_write_all, atomic_write_json, read_json, read_model
+from orchestrator.store.verdicts import Decision, Risk
 from orchestrator.store.workspace import Workspace
 
 Status = Literal["pending", "approved", "rejected"]
@@ -49,8 +50,8 @@ class Changeset(BaseModel):
     commit: str = Field(description="the signed candidate commit")
     base: str = Field(description="commit of the generation the change was built on")
     generation: int | None = Field(default=None, description="the generation it became, once promoted")
-    risk: str = "low"
-    verdict: str = Field(description="policy decision: approve, review or reject")
+    risk: Risk = Risk.LOW
+    verdict: Decision = Field(description="policy decision: approve, review or reject")
     attestation: str = Field(description="DSSE envelope, relative to the workspace root")
     base_generation: int
     tree: str
@@ -69,7 +70,7 @@ class Changeset(BaseModel):
     reason: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return self.model_dump()
+        return self.model_dump(mode="json")
 
 
 def now() -> str:

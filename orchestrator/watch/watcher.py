@@ -34,7 +34,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from orchestrator.agents.repomap import FileEntry, RepoMap, repo_map_for
 from orchestrator.errors import ConvergeError
-from orchestrator.loop.graph import Deps
+from orchestrator.loop.state import Deps
 from orchestrator.store.workspace import Workspace
 from orchestrator.watch.inbox import DepsFactory, Inbox, Log, TaskOutcome
 

@@ -1,0 +1,108 @@
+"""The nested sandbox backend: sandbox commands as plain child processes, only inside an outer sandbox.
+
+The outer sandbox gives the isolation (no network, read-only root, limits); this backend maps the
+sandbox's paths (``/env`` -> the spec's env dir) and enforces timeouts. It refuses to start unless
+the outer sandbox's marker variable is set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import SandboxError
+from orchestrator.sandbox.base import JUNIT_PATH, SandboxSpec
+from orchestrator.store.reports import CommandResult
+
+SANDBOX_MARKER = "CONVERGE_IN_SANDBOX"
+
+
+def in_sandbox(environ: dict[str, str] | None = None) -> bool:
+    """Whether this process runs inside an outer sandbox (its recipe/config sets the marker)."""
+    env = os.environ if environ is None else environ
+    return env.get(SANDBOX_MARKER) == "1"
+
+
+@dataclass
+class NestedBackend:
+    """Runs sandbox commands as plain child processes: acceptable only inside an outer sandbox.
+
+    The outer sandbox gives the isolation (no network, read-only root, limits); this backend only
+    maps the sandbox's paths (``/env`` -> the spec's env dir) and enforces timeouts.
+    """
+
+    name: str = "nested"
+    started: list[SandboxSpec] = field(default_factory=list)
+
+    def start(self, spec: SandboxSpec, fill: Callable[[], None] | None = None) -> NestedSession:
+        if not in_sandbox():
+            raise SandboxError(
+                f"the nested sandbox backend runs commands directly and is refused outside a sandbox "
+                f"(${SANDBOX_MARKER} is not 1); use the docker backend"
+            )
+        if fill is not None:
+            fill()
+        self.started.append(spec)
+        return NestedSession(spec)
+
+    def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+class NestedSession:
+    """One nested "sandbox": commands run in the worktree with the spec's environment."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.env_dir: Path | None = spec.env_dir
+        Path(JUNIT_PATH).unlink(missing_ok=True)  # a stale report must never be read
+
+    def _map(self, text: str) -> str:
+        if self.env_dir is not None and (text == "/env" or text.startswith("/env/")):
+            return str(self.env_dir) + text[4:]
+        return text
+
+    def exec(self, argv: Sequence[str], timeout: float, output_limit: int) -> CommandResult:
+        env = dict(self.spec.environment)
+        env["PATH"] = ":".join(self._map(p) for p in env.get("PATH", "/usr/bin:/bin").split(":"))
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                [self._map(a) for a in argv],
+                cwd=self.spec.worktree,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return CommandResult(argv=list(argv), exit_code=127, duration=0.0, stderr_tail=str(exc))
+        timed_out = False
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        tail_out, tail_err = out[-output_limit:], err[-output_limit:]
+        return CommandResult(
+            argv=list(argv),
+            exit_code=124 if timed_out else proc.returncode,
+            duration=time.monotonic() - started,
+            timed_out=timed_out,
+            stdout_tail=tail_out.decode("utf-8", "replace"),
+            stderr_tail=tail_err.decode("utf-8", "replace"),
+            truncated=len(out) > output_limit or len(err) > output_limit,
+        )
+
+    def close(self) -> None:
+        return None
