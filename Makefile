@@ -28,6 +28,7 @@ demo: setup
 lint: venv
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/ruff format --check orchestrator tests bench
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

@@ -59,10 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.agents.cards import LoadedCard
 from orchestrator.agents.repomap import build_repo_map
-from orchestrator.loop import driver, graph, runs, state
+from orchestrator.loop import driver, graph, state
 from orchestrator.models.backends import Completion, CompletionRequest, ModelBackend, ModelIdentity
 from orchestrator.sandbox import base, docker_backend, factory, pool
-from orchestrator.store import worktrees
+from orchestrator.store import runs, worktrees
 from orchestrator.store.reports import CommandResult, TestReport
 from orchestrator.store.setup import add_repo, init_workspace
 from orchestrator.store.workspace import Workspace

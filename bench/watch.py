@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.loop import runs
 from orchestrator.loop.state import Deps
+from orchestrator.store import runs
 from orchestrator.store.generations import record_initial
 from orchestrator.store.setup import init_workspace
 from orchestrator.store.workspace import RepoRecord, Workspace

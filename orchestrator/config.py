@@ -19,7 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import ConfigError
-from orchestrator.store.storage import file_stamp
 
 CONFIG_FILE = "converge.toml"
 ENV_PREFIX = "CONVERGE_"
@@ -115,10 +114,11 @@ def read_toml(path: Path) -> dict[str, Any]:
     The parse is remembered until the file changes (its inode, size or modification time): a
     run reads converge.toml and the policies dozens of times. Each caller gets its own copy.
     """
-    stamp = file_stamp(path)
-    if stamp is None:
-        raise ConfigError(f"{path}: file not found")
-    return copy.deepcopy(_parse_toml(path, stamp))
+    try:
+        st = path.stat()  # the stamp store.storage.file_stamp gives; config sits below the store
+    except OSError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    return copy.deepcopy(_parse_toml(path, (st.st_ino, st.st_size, st.st_mtime_ns)))
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,12 +23,13 @@ from orchestrator.agents.cards import (
     load_card,
     load_cards,
 )
+from orchestrator.agents.edits import EditProposal, apply_edits
 from orchestrator.agents.prompts import build_prompt, check_plan, output_schema, parse_output
 from orchestrator.agents.tools import run_tool_agent
-from orchestrator.agents.edits import EditProposal, apply_edits
 from orchestrator.errors import ConfigError, ModelError, SandboxError, UsageError
 from orchestrator.gate.candidates import Candidate
 from orchestrator.sandbox import factory
+from orchestrator.sandbox.docker_backend import DockerBackend, connect
 from orchestrator.store.reports import CommandResult
 from orchestrator.store.workspace import Workspace, source_root
 from tests.conftest import MakeRepo, git
@@ -290,7 +291,6 @@ def test_tool_agent_new_files_become_create_blocks(make_repo: MakeRepo) -> None:
 
 @pytest.mark.docker
 def test_tool_agent_runs_in_the_real_sandbox(sample_ws: Workspace) -> None:
-    from orchestrator.sandbox.docker_backend import DockerBackend, connect
 
     client = connect()
     script = "printf 'VERSION = 1\\n' > inventory/version.py && sed -i 's/^import os$//' inventory/stock.py"

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import ConfigError, ConflictError
 from orchestrator.gate import audit, review
-from orchestrator.loop import runs
-from orchestrator.loop.driver import resume_run, start_run
+from orchestrator.loop.driver import _driving, resume_run, start_run
+from orchestrator.loop.factory import model_factory
 from orchestrator.loop.state import Deps
-from orchestrator.store import changesets, generations
+from orchestrator.store import changesets, generations, runs
+from orchestrator.store.setup import add_repo
 from orchestrator.store.workspace import Workspace
-from tests.conftest import GIT_ENV, MakeRepo, git
+from tests.conftest import GIT_ENV, MakeRepo, converge, git
 from tests.scripted import ScriptedBackend, edit, plan
 
 pytestmark = pytest.mark.docker
@@ -186,7 +188,6 @@ def test_a_protected_path_pauses_for_review_whatever_the_model_says(sample_ws: W
 
 
 def test_cli_refine_with_the_replay_backend_retries_after_a_failing_test(sample_ws: Workspace, tmp_path: Path) -> None:
-    from tests.conftest import converge
 
     planner = tmp_path / "planner.jsonl"
     coder = tmp_path / "coder.jsonl"
@@ -212,7 +213,6 @@ def test_cli_refine_with_the_replay_backend_retries_after_a_failing_test(sample_
 @pytest.mark.model
 def test_the_embedded_model_and_a_tool_agent_refine_the_sample_repo(sample_ws: Workspace) -> None:
     """The demo's job with real parts only: SmolLM2 plans, ruff-fix edits in the sandbox, policy approves."""
-    from orchestrator.loop.factory import model_factory
 
     deps = Deps(ws=sample_ws, model_for=model_factory(sample_ws))
     result = start_run(deps, "sample", "Use ruff-fix to remove the unused imports", max_steps=1, auto_approve=True)
@@ -240,8 +240,6 @@ def test_a_failed_step_fails_the_run_and_keeps_what_was_promoted(sample_ws: Work
 
 
 def test_a_run_in_progress_shows_its_steps_and_cannot_be_driven_twice(sample_ws: Workspace) -> None:
-    from orchestrator.errors import ConflictError
-    from orchestrator.loop.driver import _driving
 
     model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
     paused = start_run(_deps(sample_ws, model), "sample", "remove unused imports", auto_approve=False)
@@ -256,7 +254,6 @@ def test_a_run_in_progress_shows_its_steps_and_cannot_be_driven_twice(sample_ws:
 
 
 def test_a_broken_agent_card_is_named_before_any_run_exists(sample_ws: Workspace) -> None:
-    from orchestrator.errors import ConfigError
 
     (sample_ws.root / "agents").mkdir(exist_ok=True)
     (sample_ws.root / "agents" / "broken.toml").write_text('name = "broken\n')
@@ -267,7 +264,6 @@ def test_a_broken_agent_card_is_named_before_any_run_exists(sample_ws: Workspace
 
 
 def test_a_repo_without_tests_is_judged_by_policy_not_failed(ws: Workspace, make_repo: MakeRepo) -> None:
-    from orchestrator.store.setup import add_repo
 
     add_repo(ws, str(make_repo({"lib.py": "def f( a,b ):\n  return a+b\n"})), name="lib")
     model = ScriptedBackend([plan(("Tidy f", "coder", ["lib.py"]))], [edit("lib.py", "( a,b ):\n  ", "(a, b):\n    ")])

@@ -15,10 +15,9 @@ import pytest
 
 from orchestrator.errors import ModelError
 from orchestrator.gate import audit
-from orchestrator.loop import runs
 from orchestrator.models import budget, runtime
 from orchestrator.models.llama import ModelManager
-from orchestrator.store import changesets, generations
+from orchestrator.store import changesets, generations, runs
 from orchestrator.store.setup import add_repo
 from orchestrator.store.workspace import Workspace
 from tests.conftest import GIT_ENV, MakeRepo, git

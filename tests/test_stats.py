@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from orchestrator.loop import runs
 from orchestrator.loop.driver import start_run
 from orchestrator.loop.state import Deps
 from orchestrator.ops import stats
-from orchestrator.store import generations
+from orchestrator.store import generations, runs
 from orchestrator.store.workspace import Workspace
 from tests.conftest import converge
 from tests.scripted import ScriptedBackend, edit, plan

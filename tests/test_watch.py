@@ -18,9 +18,8 @@ import pytest
 
 from orchestrator.agents.repomap import blob_digest
 from orchestrator.errors import ConflictError
-from orchestrator.loop import runs
 from orchestrator.loop.state import Deps
-from orchestrator.store import generations
+from orchestrator.store import generations, runs
 from orchestrator.store.workspace import Workspace
 from orchestrator.watch.watcher import Watcher, is_ignored
 from tests.conftest import GIT_ENV, ROOT, converge

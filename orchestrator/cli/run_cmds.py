@@ -39,9 +39,9 @@ def _render(result: object, json_out: bool) -> None:
 
 def continue_run(run_id: str | None) -> None:
     """After a review decision: resume the run that waits on it (its progress goes to stderr)."""
-    from orchestrator.loop import runs
     from orchestrator.loop.driver import resume_run
     from orchestrator.loop.state import Deps
+    from orchestrator.store import runs
 
     if not run_id:
         return
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
     @handled
     def runs_(json_out: JsonFlag = False) -> None:
         """Runs, newest first: status, steps, changesets."""
-        from orchestrator.loop import runs
+        from orchestrator.store import runs
 
         records = runs.list_runs(workspace())
         if json_out:

@@ -21,11 +21,11 @@ from pydantic import BaseModel
 
 from orchestrator.agents.cards import load_cards
 from orchestrator.errors import ConvergeError, UsageError
-from orchestrator.loop import runs
+from orchestrator.loop import adr
 from orchestrator.loop.graph import build_graph
 from orchestrator.loop.state import Deps, RunState
 from orchestrator.sandbox.pool import SandboxPool
-from orchestrator.store import changesets, generations
+from orchestrator.store import changesets, generations, runs
 from orchestrator.store.storage import file_lock
 from orchestrator.store.workspace import Workspace
 
@@ -194,6 +194,6 @@ def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, rea
         waiting_on=None,
         seconds=round(time.time() - values.get("started", time.time()), 1),
     )
-    runs.write_adr(ws, updated)
+    adr.write_adr(ws, updated)
     runs.run_log(ws, run_id, "run", status=status, reason=reason, changesets=updated.changesets)
     return RunResult(record=updated, exit_code=0 if status == "completed" else 1)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from orchestrator.agents.cards import LoadedCard
 from orchestrator.loop.state import ModelFactory
+from orchestrator.models import runtime
 from orchestrator.models.backends import ModelBackend
 from orchestrator.store.workspace import Workspace
 
 
 def model_factory(ws: Workspace) -> ModelFactory:
     """Backends per card binding (a model name or a role), made once and reused: switching is free."""
-
-    from orchestrator.models import runtime
 
     made: dict[tuple[str, str], ModelBackend] = {}
 

@@ -30,7 +30,7 @@ from orchestrator.gate.provenance import Provenance
 from orchestrator.gate.review import review
 from orchestrator.gate.sign import sign
 from orchestrator.gate.verify import verify
-from orchestrator.loop import runs
+from orchestrator.loop import adr
 from orchestrator.loop.state import (
     Deps,
     Outcome,
@@ -44,7 +44,7 @@ from orchestrator.loop.state import (
     outcome,
 )
 from orchestrator.models.backends import Completion
-from orchestrator.store import changesets, generations
+from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
 from orchestrator.store.storage import atomic_write, atomic_write_json, read_json
 
@@ -77,7 +77,7 @@ class Nodes:
             atomic_write_json(plan_file, answer.value.model_dump())
             self._model_event(s, "planner", answer.completion)
             runs.update(self.ws, s["run_id"], steps_planned=len(answer.value.steps))
-            runs.write_adr(self.ws, runs.load(self.ws, s["run_id"]))
+            adr.write_adr(self.ws, runs.load(self.ws, s["run_id"]))
             self.deps.on_event(f"plan: {len(answer.value.steps)} step(s)")
             tokens = answer.completion.tokens_out
         else:

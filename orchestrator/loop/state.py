@@ -16,11 +16,10 @@ from typing import Annotated, Any, TypedDict
 
 from orchestrator.agents.cards import LoadedCard, PlanStep
 from orchestrator.gate.provenance import AttemptKey
-from orchestrator.loop import runs
 from orchestrator.models.backends import ModelBackend
 from orchestrator.sandbox.base import SandboxBackend
 from orchestrator.sandbox.pool import SandboxPool
-from orchestrator.store import changesets
+from orchestrator.store import changesets, runs
 from orchestrator.store.workspace import Workspace
 
 FEEDBACK_LIMIT = 2000

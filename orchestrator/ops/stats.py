@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.loop import runs
-from orchestrator.store import changesets, generations
+from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
 from orchestrator.store.storage import read_json
 from orchestrator.store.workspace import Workspace

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UsageError
+from orchestrator.gate.candidates import Candidate
 from orchestrator.loop.driver import start_run
 from orchestrator.loop.state import Deps
 from orchestrator.models.backends import ReplayBackend
@@ -122,13 +123,11 @@ def _canary_in(box: Sandbox, pythonpath: str, name: str) -> tuple[CanaryOutcome 
 
 def check(ws: Workspace, cs_id: str, backend: SandboxBackend | None = None) -> tuple[SelfTests, CanaryResult]:
     """Run the self-tests and the canary of a `self` changeset in one sandbox; store both as artifacts."""
-    from orchestrator.gate import candidates
-
     cs = changesets.load(ws, cs_id)
     if not ws.repo(cs.repo).is_self:
         raise UsageError(f"changeset {cs.id} is on repo {cs.repo!r}, not on Converge's own source (`self`)")
     reference = _reference_id()
-    cand = candidates.Candidate(
+    cand = Candidate(
         ws.repo_path(cs.repo), ws.cache / "worktrees" / cs.repo, run="selfcheck", step=cs.id, attempt=1, base=cs.commit
     )
     with cand:

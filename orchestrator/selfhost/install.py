@@ -55,7 +55,7 @@ def _self_repo(ws: Workspace) -> str:
 
 def _deps_site() -> Path:
     """The site-packages that holds Converge's dependencies (shared by every installation, read-only)."""
-    import typer
+    import typer  # noqa: PLC0415  lazy: `converge self` subcommands other than install never need it
 
     return Path(typer.__file__).resolve().parent.parent
 

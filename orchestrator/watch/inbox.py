@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config import format_validation_error, read_toml
 from orchestrator.errors import ConvergeError, UsageError
-from orchestrator.loop import runs
 from orchestrator.loop.driver import RunResult, resume_run, start_run
 from orchestrator.loop.state import Deps
+from orchestrator.store import runs
 from orchestrator.store.storage import atomic_write_json, read_json
 from orchestrator.store.workspace import Workspace
 

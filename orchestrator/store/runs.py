@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from orchestrator.errors import UsageError
-from orchestrator.store.storage import atomic_write, atomic_write_json, pid_alive, read_json, read_model
+from orchestrator.store.storage import atomic_write_json, pid_alive, read_model
 from orchestrator.store.workspace import Workspace
 
 RunStatus = Literal["running", "waiting_review", "completed", "failed", "interrupted"]
@@ -106,41 +106,6 @@ def _live_status(record: RunRecord) -> RunRecord:
 def run_dir(ws: Workspace, run_id: str) -> Path:
     """Where a run keeps its plan, proposals and reports."""
     return ws.cache / "runs" / run_id
-
-
-def adr_path(ws: Workspace, run_id: str) -> Path:
-    """The decision record of a run: goal, plan, and each step's outcome with its changeset."""
-    return ws.spec / "runs" / run_id / "adr.md"
-
-
-def write_adr(ws: Workspace, record: RunRecord) -> None:
-    """(Re)write the run's ADR from its plan file and run record."""
-    from orchestrator.agents.cards import Plan
-
-    plan_file = run_dir(ws, record.id) / "plan.json"
-    found = Plan.model_validate(read_json(plan_file)) if plan_file.exists() else None
-    lines = [f"# Run {record.id}: {record.goal}", "", f"- repo: {record.repo}", f"- started: {record.started}"]
-    lines += [f"- status: {record.status}" + (f" ({record.reason})" if record.reason else ""), ""]
-    if found is not None:
-        lines += ["## Decision", "", f"The planner restated the goal as: {found.goal}", "", "## Plan", ""]
-        for n, step in enumerate(found.steps, start=1):
-            lines.append(f"{n}. **{step.title}** — agent `{step.agent}`")
-            if step.targets:
-                lines.append(f"   - files: {', '.join(step.targets)}")
-            lines += [f"   - done when: {check}" for check in step.acceptance]
-    if record.steps:
-        lines += ["", "## Outcome", ""]
-        for done in record.steps:
-            line = f"- step {done.step} ({done.agent}): {done.outcome} after {done.attempts} attempt(s)"
-            if done.changeset:
-                proof = f"../../../proofs/{record.repo}/{done.changeset}.dsse.json"
-                line += f"; changeset `{done.changeset}` ([attestation]({proof}))"
-            if done.generation is not None:
-                line += f"; generation {done.generation}"
-            if done.reason:
-                line += f" — {done.reason.splitlines()[0][:200]}"
-            lines.append(line)
-    atomic_write(adr_path(ws, record.id), "\n".join(lines) + "\n")
 
 
 def run_log(ws: Workspace, run_id: str, kind: str, **data: Any) -> None:
