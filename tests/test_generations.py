@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConflictError, UsageError
-from orchestrator.store import generations
+from orchestrator.store import checkout, generations
 from orchestrator.store.workspace import Workspace
 from tests.conftest import converge, git
 from tests.gitfixtures import commit_on
@@ -176,7 +176,7 @@ def test_moves_follow_every_kind_of_change_exactly(sample_ws: Workspace, tmp_pat
         (tree / "link").symlink_to("run.sh")
         if many:
             (tree / "bulk").mkdir()
-            for i in range(generations.RESTORE_MAX_PATHS + 10):
+            for i in range(checkout.RESTORE_MAX_PATHS + 10):
                 (tree / "bulk" / f"f{i}.txt").write_text(f"{i}\n")
 
     target = _commit_in_worktree(path, base, change, tmp_path)
@@ -187,7 +187,7 @@ def test_moves_follow_every_kind_of_change_exactly(sample_ws: Workspace, tmp_pat
     assert after["VERSION/number"].endswith(":2\n") and "README.md" not in after
     assert after["star*name[1].txt"].endswith("glob\n") and after[":(top)odd"].endswith("magic\n")
     assert after["run.sh"].startswith("0o111") and after["link"] == "link:run.sh"
-    assert len([p for p in after if p.startswith("bulk/")]) == (generations.RESTORE_MAX_PATHS + 10 if many else 0)
+    assert len([p for p in after if p.startswith("bulk/")]) == (checkout.RESTORE_MAX_PATHS + 10 if many else 0)
     generations.rollback(sample_ws, "sample")
     assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
     assert _snapshot(path) == before

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.agents import repomap
-from orchestrator.agents.repomap import (
-    build_repo_map,
-    build_repo_map_at,
-    estimate_tokens,
-    module_name,
-    parse_python,
-    repo_map_for,
-)
+from orchestrator.agents.pyparse import Parsed, estimate_tokens, module_name, parse_python
+from orchestrator.agents.repomap import build_repo_map, build_repo_map_at, repo_map_for
 from orchestrator.agents.run import target_files
 from orchestrator.store.workspace import Workspace
 from tests.conftest import MakeRepo, git
@@ -133,7 +127,7 @@ def test_cache_is_keyed_by_content_and_updated_incrementally(
     parsed: list[bytes] = []
     real = repomap.parse_python
 
-    def counting(source: bytes) -> repomap.Parsed:
+    def counting(source: bytes) -> Parsed:
         parsed.append(source)
         return real(source)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.agents.repomap import blob_digest
+from orchestrator.agents.pyparse import blob_digest
 from orchestrator.errors import ConflictError
 from orchestrator.loop.state import Deps
 from orchestrator.store import generations, runs
@@ -230,7 +230,7 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from orchestrator.loop.state import Deps
-from orchestrator.agents.repomap import blob_digest
+from orchestrator.agents.pyparse import blob_digest
 from orchestrator.watch.watcher import Watcher
 from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan

@@ -15,175 +15,31 @@ they lean on come first.
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import json
-import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from orchestrator.agents.pyparse import (
+    FileEntry,
+    ImportRef,
+    Parsed,
+    Tokenizer,
+    blob_digest,
+    estimate_tokens,
+    is_test_file,
+    module_name,
+    parse_python,
+)
+from orchestrator.agents.ranking import goal_words, pagerank, resolve, text_score
 from orchestrator.store import gitops
 from orchestrator.store.storage import atomic_write, file_stamp
 from orchestrator.store.workspace import Workspace
 
 CACHE_NAME = "repomap-v1.json"
 MAX_PARSE_BYTES = 1_000_000
-_SIG_MAX = 100
-_WORD_RE = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|[0-9]+")
-_STOP = frozenset(
-    {
-        *("the", "and", "for", "with", "that", "this", "from", "into", "when", "then", "than", "are", "was"),
-        *("were", "has", "have", "not", "but", "all", "any", "can", "should", "make", "add", "use", "using"),
-        *("its", "our", "you", "your", "new", "def", "class", "self", "none", "true", "false", "file", "code"),
-    }
-)
-
-Tokenizer = Callable[[str], int]
-
-
-def estimate_tokens(text: str) -> int:
-    """A cheap token estimate: one token per four characters."""
-    return math.ceil(len(text) / 4)
-
-
-class Symbol(BaseModel):
-    """A class, function, method or top-level name of a Python module."""
-
-    kind: Literal["class", "function", "method", "name"]
-    name: str
-    signature: str
-    line: int
-
-
-class ImportRef(BaseModel):
-    """One import statement: ``from <level dots><module> import <names>`` or ``import <module>``."""
-
-    level: int = 0
-    module: str = ""
-    names: list[str] = []
-
-
-class Parsed(BaseModel):
-    """What one Python file's content yields; cached by content digest."""
-
-    doc: str = ""
-    symbols: list[Symbol] = []
-    imports: list[ImportRef] = []
-    error: str | None = None
-
-
-@dataclass
-class FileEntry:
-    """A file of the repo with its digest and, for Python, its parse."""
-
-    path: str
-    digest: str
-    parsed: Parsed | None = None
-
-    @property
-    def is_python(self) -> bool:
-        return self.path.endswith(".py")
-
-
-def blob_digest(data: bytes) -> str:
-    """The git blob id of ``data`` (what ``git ls-files -s`` reports for committed content)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-def parse_python(source: bytes) -> Parsed:
-    """Symbols and imports of one Python source (a syntax error is recorded, not raised)."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError) as exc:
-        return Parsed(error=f"syntax error: {exc}")
-    doc = (ast.get_docstring(tree) or "").strip().splitlines()
-    symbols: list[Symbol] = []
-    for node in tree.body:
-        symbols.extend(_symbols(node))
-    imports = [_import_ref(node) for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
-    return Parsed(doc=doc[0] if doc else "", symbols=symbols, imports=[i for imp in imports for i in imp])
-
-
-def _symbols(node: ast.stmt) -> list[Symbol]:
-    if isinstance(node, ast.ClassDef):
-        bases = ", ".join(ast.unparse(b) for b in node.bases)
-        found = [
-            Symbol(
-                kind="class",
-                name=node.name,
-                signature=_clip(f"class {node.name}({bases})" if bases else f"class {node.name}"),
-                line=node.lineno,
-            )
-        ]
-        for sub in node.body:
-            if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef) and (
-                not sub.name.startswith("_") or sub.name == "__init__"
-            ):
-                found.append(
-                    Symbol(kind="method", name=f"{node.name}.{sub.name}", signature=_signature(sub), line=sub.lineno)
-                )
-        return found
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        return [Symbol(kind="function", name=node.name, signature=_signature(node), line=node.lineno)]
-    targets: list[ast.expr] = []
-    if isinstance(node, ast.Assign):
-        targets = node.targets
-    elif isinstance(node, ast.AnnAssign):
-        targets = [node.target]
-    return [
-        Symbol(kind="name", name=t.id, signature=t.id, line=node.lineno)
-        for t in targets
-        if isinstance(t, ast.Name) and t.id != "__all__"
-    ]
-
-
-def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
-    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
-    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
-    return _clip(f"{prefix} {node.name}({ast.unparse(node.args)}){returns}")
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _SIG_MAX else text[: _SIG_MAX - 1] + "…"
-
-
-def _import_ref(node: ast.Import | ast.ImportFrom) -> list[ImportRef]:
-    if isinstance(node, ast.Import):
-        return [ImportRef(module=alias.name) for alias in node.names]
-    return [ImportRef(level=node.level, module=node.module or "", names=[a.name for a in node.names if a.name != "*"])]
-
-
-# --- module names and tests ------------------------------------------------------------------
-
-
-def module_name(path: str) -> str | None:
-    """The dotted module a Python file defines (``src/`` layouts unwrapped), or None."""
-    if not path.endswith(".py"):
-        return None
-    parts = list(PurePosixPath(path).with_suffix("").parts)
-    if len(parts) > 1 and parts[0] in ("src", "lib"):
-        parts = parts[1:]
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    if not parts or not all(p.isidentifier() for p in parts):
-        return None
-    return ".".join(parts)
-
-
-def is_test_file(path: str) -> bool:
-    """A pytest-style test module: ``test_*.py`` or ``*_test.py``."""
-    name = PurePosixPath(path).name
-    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
-
-
 # --- the map ---------------------------------------------------------------------------------
 
 
@@ -224,7 +80,7 @@ class RepoMap:
 
     def _targets(self, path: str, imp: ImportRef, modules: dict[str, str]) -> list[str]:
         """What an import refers to, following names a package ``__init__`` re-exports one level down."""
-        found = _resolve(path, imp, modules)
+        found = resolve(path, imp, modules)
         if len(found) != 1 or not found[0].endswith("__init__.py") or not imp.names:
             return found
         package = self.files.get(found[0])
@@ -234,7 +90,7 @@ class RepoMap:
             wanted = [n for n in imp.names if n in inner.names]
             if wanted:
                 inner_ref = ImportRef(level=inner.level, module=inner.module, names=wanted)
-                found += _resolve(found[0], inner_ref, modules)
+                found += resolve(found[0], inner_ref, modules)
         return found
 
     def importers(self) -> dict[str, list[str]]:
@@ -273,7 +129,7 @@ class RepoMap:
     def rank(self, goal: str) -> list[tuple[str, float]]:
         """Every file with its score for ``goal``, best first (ties by path)."""
         words = goal_words(goal)
-        text = {path: _text_score(entry, words) for path, entry in self.files.items()}
+        text = {path: text_score(entry, words) for path, entry in self.files.items()}
         scores = pagerank(self.import_graph(), list(self.files), {p: 1.0 + 10.0 * s for p, s in text.items()})
         ranked = [(p, scores[p] * (1.0 + text[p])) for p in self.files]
         return sorted(ranked, key=lambda item: (-item[1], item[0]))
@@ -492,91 +348,3 @@ def _save_cache(cache_dir: Path | None, files: dict[str, FileEntry], cache: dict
 
 # the cache files this process read or wrote, by path: (their inode, size and mtime then, the entries)
 _HELD: dict[Path, tuple[tuple[int, int, int], dict[str, Parsed]]] = {}
-
-
-def _resolve(path: str, imp: ImportRef, modules: dict[str, str]) -> list[str]:
-    """The in-repo files one import statement of ``path`` refers to."""
-    if imp.level:
-        own = module_name(path) or ""
-        package = own.split(".") if path.endswith("__init__.py") else own.split(".")[:-1]
-        if imp.level - 1 > len(package):
-            return []
-        base_parts = package[: len(package) - (imp.level - 1)]
-        base = ".".join([*base_parts, imp.module] if imp.module else base_parts)
-    else:
-        base = imp.module
-    found = []
-    for name in imp.names:
-        sub = modules.get(f"{base}.{name}" if base else name)
-        if sub is not None:
-            found.append(sub)
-    if found:
-        return found
-    parts = base.split(".") if base else []
-    while parts:
-        hit = modules.get(".".join(parts))
-        if hit is not None:
-            return [hit]
-        parts.pop()
-    if not imp.level and imp.module:
-        # a sibling module on sys.path (tests importing helpers beside them)
-        folder = PurePosixPath(path).parent
-        sibling = (folder / (imp.module.replace(".", "/") + ".py")).as_posix()
-        if sibling in {p for p in modules.values()}:
-            return [sibling]
-    return []
-
-
-def goal_words(text: str) -> set[str]:
-    """Lower-case words of ``text`` (camelCase and snake_case split), minus stop words."""
-    return {w.lower() for w in _WORD_RE.findall(text) if len(w) > 2 and w.lower() not in _STOP}
-
-
-def _overlap(words: set[str], found: set[str]) -> int:
-    """How many goal words occur in ``found``; a word of four letters or more also matches by prefix."""
-    hits = 0
-    for word in words:
-        if word in found or (
-            len(word) >= 4 and any(len(f) >= 4 and (f.startswith(word) or word.startswith(f)) for f in found)
-        ):
-            hits += 1
-    return hits
-
-
-def _text_score(entry: FileEntry, words: set[str]) -> float:
-    if not words:
-        return 0.0
-    score = 3.0 * _overlap(words, goal_words(entry.path))
-    parsed = entry.parsed
-    if parsed is not None:
-        symbol_words: set[str] = set()
-        for sym in parsed.symbols:
-            symbol_words |= goal_words(sym.name)
-        score += 2.0 * _overlap(words, symbol_words) + 1.0 * _overlap(words, goal_words(parsed.doc))
-    return score / len(words)
-
-
-def pagerank(
-    graph: dict[str, list[str]], nodes: list[str], personal: dict[str, float], damping: float = 0.85, rounds: int = 30
-) -> dict[str, float]:
-    """Personalised PageRank: rank flows from importers to what they import, restarts by ``personal``."""
-    if not nodes:
-        return {}
-    total = sum(personal.get(n, 0.0) for n in nodes) or 1.0
-    restart = {n: personal.get(n, 0.0) / total for n in nodes}
-    rank = dict(restart)
-    for _ in range(rounds):
-        nxt = {n: (1.0 - damping) * restart[n] for n in nodes}
-        dangling = 0.0
-        for n in nodes:
-            out = [t for t in graph.get(n, []) if t in nxt]
-            if out:
-                share = damping * rank[n] / len(out)
-                for t in out:
-                    nxt[t] += share
-            else:
-                dangling += damping * rank[n]
-        for n in nodes:
-            nxt[n] += dangling * restart[n]
-        rank = nxt
-    return rank

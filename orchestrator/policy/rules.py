@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import functools
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from orchestrator.policy.change import SUBMODULE, SYMLINK, ChangeInput, symlink_escapes
-from orchestrator.policy.model import Policy, normalise_name
+from orchestrator.policy.dependencies import dependencies
+from orchestrator.policy.model import Policy
 from orchestrator.policy.scan import SecretScanner, confusable_identifiers, hidden_characters
 from orchestrator.policy.verdict import Decision, Reason, Risk
 
@@ -33,10 +32,6 @@ CORE_SELF_PROTECTED = ("orchestrator/**",)
 CORE_TEST_PATHS = ("tests/**", "test/**", "**/test_*.py", "**/*_test.py", "**/conftest.py")
 
 Rule = Callable[[ChangeInput, Policy], Iterable[Reason]]
-
-
-def _decision(action: str) -> Decision:
-    return Decision(action)
 
 
 def glob_to_regex(pattern: str) -> str:
@@ -91,7 +86,7 @@ def protected_paths(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                     rule="protected-path",
                     message=f"{path} is protected ({f.status}); a human must sign off",
                     file=path,
-                    decision=_decision(rule.action),
+                    decision=Decision(rule.action),
                     risk=Risk.HIGH,
                 )
                 break
@@ -115,7 +110,7 @@ def blast_radius(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
             yield Reason(
                 rule="blast-radius",
                 message=f"{value} {what}, over the limit of {limit}",
-                decision=_decision(rule.action),
+                decision=Decision(rule.action),
                 risk=Risk.MEDIUM if value <= 2 * limit else Risk.HIGH,
             )
 
@@ -144,21 +139,21 @@ def _test_report(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
     if not rule.require_tests:
         return
     if not tests.ran:
-        yield Reason(rule="tests", message="tests did not run", decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
+        yield Reason(rule="tests", message="tests did not run", decision=Decision(rule.on_not_run), risk=Risk.MEDIUM)
     elif tests.no_tests:
         message = "the repo has no tests: nothing checked the change"
-        yield Reason(rule="tests", message=message, decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
+        yield Reason(rule="tests", message=message, decision=Decision(rule.on_not_run), risk=Risk.MEDIUM)
     elif tests.failed or tests.errored or (tests.command is not None and not tests.command.ok):
         bad = [*tests.failed, *tests.errored][:5]
         detail = f": {', '.join(bad)}" if bad else f" (exit {tests.command.exit_code if tests.command else '?'})"
         yield Reason(
             rule="tests",
             message=f"tests failed ({tests.summary}){detail}",
-            decision=_decision(rule.on_failed),
+            decision=Decision(rule.on_failed),
             risk=Risk.HIGH,
         )
     elif not tests.passed:
-        yield Reason(rule="tests", message="no test passed", decision=_decision(rule.on_not_run), risk=Risk.MEDIUM)
+        yield Reason(rule="tests", message="no test passed", decision=Decision(rule.on_not_run), risk=Risk.MEDIUM)
 
 
 def required_checks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
@@ -166,7 +161,7 @@ def required_checks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
     yield from _test_report(change, policy)
     rule = policy.checks
     is_test = compile_globs(tuple(dict.fromkeys([*CORE_TEST_PATHS, *rule.test_paths])))
-    weak = _decision(rule.weakening)
+    weak = Decision(rule.weakening)
 
     def reason(message: str, file: str, line: int | None = None) -> Reason:
         return Reason(rule="test-weakening", message=message, file=file, line=line, decision=weak, risk=Risk.MEDIUM)
@@ -220,7 +215,7 @@ def secrets(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
             message=f"possible secret added ({hit.kind})",
             file=hit.file,
             line=hit.line,
-            decision=_decision(rule.action),
+            decision=Decision(rule.action),
             risk=Risk.HIGH,
         )
 
@@ -238,7 +233,7 @@ def unicode_tricks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                 message="hidden or bidirectional character(s) in the file name: "
                 + ", ".join(dict.fromkeys(hidden_in_path)),
                 file=f.path,
-                decision=_decision(rule.hidden),
+                decision=Decision(rule.hidden),
                 risk=Risk.HIGH,
             )
         for number, text in f.added:
@@ -251,7 +246,7 @@ def unicode_tricks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                     message=f"hidden or bidirectional character(s): {', '.join(dict.fromkeys(hidden))}",
                     file=f.path,
                     line=number,
-                    decision=_decision(rule.hidden),
+                    decision=Decision(rule.hidden),
                     risk=Risk.HIGH,
                 )
             for problem in confusable_identifiers(text, code)[:1]:
@@ -260,106 +255,7 @@ def unicode_tricks(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                     message=problem,
                     file=f.path,
                     line=number,
-                    decision=_decision(rule.confusables),
-                    risk=Risk.HIGH,
-                )
-
-
-# --- dependencies -------------------------------------------------------------------------
-
-_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def _requirement(spec: str) -> tuple[str, str] | None:
-    match = _REQ_NAME.match(spec)
-    if not match:
-        return None
-    return normalise_name(match[1]), re.sub(r"\s+", "", spec)
-
-
-def _pyproject_deps(text: str) -> dict[str, str]:
-    data = tomllib.loads(text)
-    specs: list[str] = []
-    project = data.get("project", {})
-    specs += project.get("dependencies", [])
-    for group in project.get("optional-dependencies", {}).values():
-        specs += group
-    for group in data.get("dependency-groups", {}).values():
-        specs += [s for s in group if isinstance(s, str)]
-    specs += data.get("build-system", {}).get("requires", [])
-    poetry = data.get("tool", {}).get("poetry", {})
-    tables: list[dict[str, Any]] = [poetry.get("dependencies", {}), poetry.get("dev-dependencies", {})]
-    tables += [g.get("dependencies", {}) for g in poetry.get("group", {}).values()]
-    for table in tables:
-        specs += [f"{name}{value!s}" for name, value in table.items() if name.lower() != "python"]
-    return dict(r for r in map(_requirement, (s for s in specs if isinstance(s, str))) if r)
-
-
-def _requirements_deps(text: str) -> dict[str, str]:
-    deps: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
-        if not line:
-            continue
-        if line.startswith("-") or "://" in line.split("@")[0]:
-            deps[f"option {line}"] = line  # index URLs, includes, direct URLs: where packages come from
-            continue
-        req = _requirement(line)
-        if req:
-            deps[req[0]] = req[1]
-    return deps
-
-
-def _deps(path: str, text: str | None) -> dict[str, str]:
-    if text is None:
-        return {}
-    return _pyproject_deps(text) if path.endswith("pyproject.toml") else _requirements_deps(text)
-
-
-def _license_allowed(expression: str, allowed: set[str]) -> bool:
-    """``A OR B`` needs one allowed alternative; ``A AND B`` needs all."""
-    return any(
-        all(part.strip().strip("()").lower() in allowed for part in re.split(r"\s+AND\s+", alt))
-        for alt in re.split(r"\s+OR\s+", expression)
-    )
-
-
-def dependencies(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
-    """New or changed dependencies must be on the allow list with an allowed license."""
-    rule = policy.dependencies
-    allowed = {lic.lower() for lic in rule.allowed_licenses}
-    for path, (old_text, new_text) in sorted(change.manifests.items()):
-        try:
-            old, new = _deps(path, old_text), _deps(path, new_text)
-        except (tomllib.TOMLDecodeError, AttributeError, TypeError) as exc:
-            yield Reason(
-                rule="dependency",
-                message=f"cannot read the dependencies: {exc}",
-                file=path,
-                decision=_decision(rule.unknown),
-                risk=Risk.MEDIUM,
-            )
-            continue
-        for name, spec in sorted(new.items()):
-            if old.get(name) == spec:
-                continue
-            verb = "changed" if name in old else "added"
-            license_ = rule.known.get(name)
-            if name.startswith("option ") or license_ is None:
-                what = spec if name.startswith("option ") else name
-                yield Reason(
-                    rule="dependency",
-                    message=f"{verb} {what!r}: not on the allow list (license unknown offline)",
-                    file=path,
-                    decision=_decision(rule.unknown),
-                    risk=Risk.MEDIUM,
-                )
-            elif not _license_allowed(license_, allowed):
-                yield Reason(
-                    rule="dependency-license",
-                    message=f"{verb} {name!r}: license {license_} is not allowed",
-                    file=path,
-                    decision=_decision(rule.disallowed_license),
+                    decision=Decision(rule.confusables),
                     risk=Risk.HIGH,
                 )
 
@@ -380,7 +276,7 @@ def file_kinds(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                     rule="symlink",
                     message=f"symlink to {target!r} leaves the repository",
                     file=f.path,
-                    decision=_decision(rule.symlink_outside),
+                    decision=Decision(rule.symlink_outside),
                     risk=Risk.HIGH,
                 )
             else:
@@ -388,7 +284,7 @@ def file_kinds(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                     rule="symlink",
                     message=f"symlink to {target!r}",
                     file=f.path,
-                    decision=_decision(rule.symlink_inside),
+                    decision=Decision(rule.symlink_inside),
                     risk=Risk.MEDIUM,
                 )
             continue
@@ -397,7 +293,7 @@ def file_kinds(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                 rule="submodule",
                 message="submodule added or moved",
                 file=f.path,
-                decision=_decision(rule.submodule),
+                decision=Decision(rule.submodule),
                 risk=Risk.HIGH,
             )
         if f.binary:
@@ -405,7 +301,7 @@ def file_kinds(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                 rule="binary",
                 message="binary file (its content cannot be reviewed as text)",
                 file=f.path,
-                decision=_decision(rule.binary),
+                decision=Decision(rule.binary),
                 risk=Risk.MEDIUM,
             )
         if f.exec_bit_set:
@@ -413,7 +309,7 @@ def file_kinds(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
                 rule="exec-bit",
                 message=f"made executable ({f.old_mode} -> {f.new_mode})",
                 file=f.path,
-                decision=_decision(rule.exec_bit),
+                decision=Decision(rule.exec_bit),
                 risk=Risk.MEDIUM,
             )
 

@@ -21,8 +21,6 @@ whose process was killed: refs and tree are always the old state or the new one.
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator.errors import ConflictError, GitError, UsageError
 from orchestrator.store import gitops
+from orchestrator.store.checkout import Move, checkout, guard_tree
 from orchestrator.store.gitops import ZERO, RefUpdate
 from orchestrator.store.storage import atomic_write_json, read_model
 from orchestrator.store.workspace import Workspace
@@ -40,7 +39,6 @@ from orchestrator.store.workspace import Workspace
 GEN = "refs/converge/gen/"
 FAILED = "refs/converge/failed/"
 HEAD = "refs/converge/head"
-STASH = "refs/converge/stash/"
 
 Status = Literal["current", "superseded", "failed", "rolled-back"]
 
@@ -215,90 +213,8 @@ def _remove_stale_git_locks(path: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class _Move:
-    """The working-tree side of moving from commit ``old`` to ``new``: which paths change and how."""
-
-    old: str
-    new: str
-    changes: tuple[tuple[str, str], ...]  # (status letter A/D/M/T, path)
-
-    @classmethod
-    def between(cls, path: Path, old: str, new: str) -> _Move:
-        return cls(old, new, tuple(gitops.name_status(path, old, new)))
-
-    @property
-    def paths(self) -> list[str]:
-        return [p for _, p in self.changes]
-
-    @property
-    def added(self) -> list[str]:
-        return [p for kind, p in self.changes if kind == "A"]
-
-
-def uncommitted(path: Path, move: _Move) -> list[str]:
-    """What moving the tree from ``move.old`` (the expected HEAD) to ``move.new`` would lose.
-
-    Changed tracked files, commits made on top, and untracked files where the target brings
-    a tracked file. Other untracked files survive a move untouched, so the tree is not
-    scanned for them: on a large repo that scan alone costs as much as the move.
-    """
-    out = gitops.run(path, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no")
-    files: list[str] = []
-    head = None
-    entries = iter(out.split("\0"))
-    for entry in entries:
-        if entry.startswith("# branch.oid "):
-            head = entry.removeprefix("# branch.oid ")
-        elif entry[:2] in ("1 ", "u "):
-            files.append(entry.split(" ", 8 if entry[0] == "1" else 10)[-1])
-        elif entry.startswith("2 "):
-            files.append(entry.split(" ", 9)[-1])
-            next(entries, None)  # the rename's original path
-    files += [p for p in move.added if (path / p).exists()]
-    if head != move.old:
-        files.append(f"HEAD (now {str(head)[:12]}, not the current generation {move.old[:12]})")
-    return files
-
-
-def _stash(path: Path) -> str:
-    """Save everything uncommitted (untracked files too) under refs/converge/stash/<ts>."""
-    index = path / ".git" / "converge-stash-index"
-    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
-    try:
-        import subprocess
-
-        subprocess.run(["git", "read-tree", "HEAD"], cwd=path, env=env, check=True, capture_output=True)
-        subprocess.run(["git", "add", "-A"], cwd=path, env=env, check=True, capture_output=True)
-        tree = subprocess.run(
-            ["git", "write-tree"], cwd=path, env=env, check=True, capture_output=True, text=True
-        ).stdout.strip()
-    except subprocess.CalledProcessError as exc:
-        raise GitError(f"{path}: cannot save uncommitted changes: {exc.stderr.strip()}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            index.unlink()
-    commit = gitops.run(path, "commit-tree", tree, "-p", "HEAD", "-m", "converge: saved before rollback").strip()
-    ref = f"{STASH}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
-    gitops.update_refs(path, [RefUpdate(ref, commit, ZERO)], "converge: stash")
-    return ref
-
-
-def _guard_tree(path: Path, move: _Move, force: bool) -> str | None:
-    dirty = uncommitted(path, move)
-    if not dirty:
-        return None
-    if not force:
-        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
-        raise UsageError(
-            f"{path} has uncommitted changes ({shown}); "
-            f"commit them elsewhere or pass --force to save them under {STASH}"
-        )
-    return _stash(path)
-
-
 def _apply_move(
-    ws: Workspace, repo: str, path: Path, op: str, move: _Move, updates: list[RefUpdate], clean: bool
+    ws: Workspace, repo: str, path: Path, op: str, move: Move, updates: list[RefUpdate], clean: bool
 ) -> None:
     journal = _journal_path(ws, repo)
     atomic_write_json(journal, _Journal(op=op, old=move.old, new=move.new).model_dump())
@@ -309,35 +225,8 @@ def _apply_move(
     except BaseException:
         journal.unlink()
         raise
-    _checkout(path, move, clean)
+    checkout(path, move, clean)
     journal.unlink()
-
-
-RESTORE_MAX_PATHS = 256  # past this, git's per-pathspec matching costs more than a two-way read-tree
-
-
-def _checkout(path: Path, move: _Move, clean: bool) -> None:
-    """Bring the working tree and index (and, when not clean, HEAD) from ``move.old`` to ``move.new``.
-
-    On a tree just checked clean, only the paths that differ are touched: a few of them are
-    restored by name (``restore --staged --worktree``, which reads and writes the index once
-    and nothing else); many go through a two-way ``read-tree -m -u``. Both cost far less on a
-    large repo than ``reset --hard``, which re-checks every entry. A stashed tree is reset.
-    """
-    if clean:
-        try:
-            if not move.changes:
-                return
-            if len(move.changes) <= RESTORE_MAX_PATHS:
-                restore = ["--literal-pathspecs", "restore", f"--source={move.new}", "--staged", "--worktree"]
-                restore += ["--no-overlay", "--pathspec-from-file=-", "--pathspec-file-nul"]
-                gitops.run(path, *restore, stdin="\0".join(move.paths))
-            else:
-                gitops.run(path, "read-tree", "-m", "-u", move.old, move.new)
-            return
-        except GitError:
-            pass  # nothing was lost (the tree was clean): reset below puts everything right
-    gitops.run(path, "reset", "--quiet", "--hard", move.new)
 
 
 def promote(
@@ -366,8 +255,8 @@ def promote(
             )
         if gitops.resolve(path, commit) is None:
             raise GitError(f"{commit}: no such commit in {path}")
-        move = _Move.between(path, cur.commit, commit)
-        stash = _guard_tree(path, move, force)
+        move = Move.between(path, cur.commit, commit)
+        stash = guard_tree(path, move, force)
         number = max(n for n, _, _ in statuses) + 1
         failed_numbers = _numbers(refs, FAILED)
         number = max([number, *(n + 1 for n in failed_numbers)])
@@ -412,8 +301,8 @@ def rollback(ws: Workspace, repo: str, to: int | None = None, force: bool = Fals
             target = matches[0]
             if target.number == cur.number:
                 raise UsageError(f"--to {to}: generation {to} is already current")
-        move = _Move.between(path, cur.commit, target.commit)
-        stash = _guard_tree(path, move, force)
+        move = Move.between(path, cur.commit, target.commit)
+        stash = guard_tree(path, move, force)
         abandoned = [g for g in live if g.number > target.number]
         updates = [RefUpdate(HEAD, target.commit, cur.commit)]
         updates += [RefUpdate(f"{FAILED}{g.number}", g.commit, ZERO) for g in abandoned]

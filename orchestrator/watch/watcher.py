@@ -32,7 +32,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from orchestrator.agents.repomap import FileEntry, RepoMap, repo_map_for
+from orchestrator.agents.pyparse import FileEntry
+from orchestrator.agents.repomap import RepoMap, repo_map_for
 from orchestrator.errors import ConvergeError
 from orchestrator.loop.state import Deps
 from orchestrator.store.workspace import Workspace
