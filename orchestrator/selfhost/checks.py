@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from orchestrator.errors import SandboxError, UsageError, VerificationFailed
 from orchestrator.sandbox import factory
+from orchestrator.sandbox.env import ensure_env
 from orchestrator.store import changesets, generations, gitops
 from orchestrator.store.changesets import Changeset
 from orchestrator.store.reports import CommandResult, TestReport
@@ -82,6 +83,12 @@ class NestedBackend:
             fill()
         self.started.append(spec)
         return NestedSession(spec)
+
+    def prepare_env(
+        self, ws: Workspace, repo: str, spec: Any, *, allow_network: bool, requirements: list[str] | None
+    ) -> Path:
+        """The host-built environment Docker's sandboxes mount; its interpreter runs the commands."""
+        return ensure_env(ws, repo, spec, self, allow_network=allow_network, requirements=requirements)
 
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         return []
