@@ -3,8 +3,8 @@
 For control-flow tests of everything above the sandbox (pool, gate, loop) with no engine: no
 image, no test environment, no container. :class:`PytestScript` answers pytest runs on cue (the
 command's result, then its JUnit XML), other commands (a tool agent's) with "done, no change",
-and raises a SandboxError whose turn it is. Timeouts and the output cap are applied as the
-Docker runner applies them; both backends pass ``tests/test_sandbox_contract.py``.
+and raises a SandboxError (or any exception) whose turn it is. Timeouts and the output cap
+apply as in the Docker runner; both backends pass ``tests/test_sandbox_contract.py``.
 """
 
 from __future__ import annotations
@@ -77,17 +77,18 @@ class PytestScript:
     """A script: pytest answered with ``runs`` in order (the last one again once they are spent),
     ``cat`` of the JUnit file with the XML of the latest run, anything else by ``other``.
 
-    A SandboxError among ``runs`` is raised at its turn (the sandbox broke mid-step).
+    An exception among ``runs`` is raised at its turn: a SandboxError (the sandbox broke), or
+    anything else (the process died mid-step).
     """
 
-    runs: list[PytestRun | SandboxError] = field(default_factory=lambda: [PytestRun()])
+    runs: list[PytestRun | BaseException] = field(default_factory=lambda: [PytestRun()])
     other: Script = no_change
     latest: PytestRun | None = None
 
     def __call__(self, argv: list[str]) -> CommandResult:
         if "pytest" in argv[:3]:
             cue = self.runs.pop(0) if len(self.runs) > 1 else self.runs[0]
-            if isinstance(cue, SandboxError):
+            if isinstance(cue, BaseException):
                 raise cue
             self.latest = cue
             return cue.result(argv)

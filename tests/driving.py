@@ -1,0 +1,27 @@
+"""How tests drive refinement runs: the loop's and the review's entry points, imported here only.
+
+These move as the loop and the gate are split (``Deps`` to ``orchestrator.loop.state``; ``start_run``, ``resume_run``,
+``RunResult`` to ``orchestrator.loop.driver``; approve/reject to the gate's review module): only
+the imports below change. :func:`scripted_deps` wires a run to a scripted model and sandbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orchestrator.gate.audit import check as audit_problems
+from orchestrator.gate.stages import approve, reject
+from orchestrator.loop.attempts import Deps
+from orchestrator.loop.graph import RunResult, resume_run, start_run
+from orchestrator.sandbox.scripted import ScriptedBackend as ScriptedSandbox
+from orchestrator.store.workspace import Workspace
+from tests.scripted import ScriptedBackend as ScriptedModel
+
+__all__ = ["Deps", "RunResult", "approve", "audit_problems", "reject", "resume_run", "scripted_deps", "start_run"]
+
+
+def scripted_deps(
+    ws: Workspace, model: ScriptedModel, sandbox: ScriptedSandbox, on_event: Callable[[str], None] | None = None
+) -> Deps:
+    """The dependencies of a run whose model and sandbox are scripted: nothing real but git, policy and signing."""
+    return Deps(ws=ws, model_for=model.factory(), on_event=on_event or (lambda _text: None), sandbox_backend=sandbox)
