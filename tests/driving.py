@@ -1,8 +1,9 @@
 """How tests drive refinement runs: the loop's and the review's entry points, imported here only.
 
-These move as the loop and the gate are split (``Deps`` to ``orchestrator.loop.state``; ``start_run``, ``resume_run``,
-``RunResult`` to ``orchestrator.loop.driver``; approve/reject to the gate's review module): only
-the imports below change. :func:`scripted_deps` wires a run to a scripted model and sandbox.
+They move as the loop and the gate are split (``Deps`` to ``orchestrator.loop.state``;
+``start_run``, ``resume_run``, ``RunResult`` to ``orchestrator.loop.driver``; approve and reject
+to the gate's review module): only the imports below change. :func:`scripted_deps` wires a
+run to a scripted model and a scripted sandbox.
 """
 
 from __future__ import annotations
