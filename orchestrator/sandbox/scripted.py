@@ -38,14 +38,13 @@ class PytestRun:
     failed: Sequence[str] = ()
     errored: Sequence[str] = ()
     skipped: Sequence[str] = ()
-    seconds: float = 0.0  # how long the run takes: past the command's timeout, it is reported timed out
 
     def result(self, argv: list[str]) -> CommandResult:
         """The pytest command's result: exit 1 if anything failed, 5 if nothing was collected."""
         counts = {"passed": self.passed, "failed": self.failed, "errors": self.errored, "skipped": self.skipped}
         summary = ", ".join(f"{len(ids)} {word}" for word, ids in counts.items() if ids) or "no tests ran"
         code = 1 if self.failed or self.errored else 0 if self.passed or self.skipped else 5
-        return CommandResult(argv=argv, exit_code=code, duration=self.seconds, stdout_tail=f"{summary}\n")
+        return CommandResult(argv=argv, exit_code=code, duration=0.0, stdout_tail=f"{summary}\n")
 
     def junit(self) -> str:
         """The JUnit XML (xunit1, with ``file`` attributes) pytest writes for this run."""
