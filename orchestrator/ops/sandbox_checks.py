@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.ops.doctor import Check, DoctorContext, register_check
+from orchestrator.sandbox.base import orphaned
 from orchestrator.sandbox.image import image_present, resolve
 from orchestrator.store import worktrees
 from orchestrator.store.worktrees import stale_worktrees
@@ -105,9 +106,7 @@ def _orphans(ctx: DoctorContext, client: Any) -> Check:
 
 
 def _dead(container: object) -> bool:
-    from orchestrator.sandbox.docker_backend import _orphaned
-
-    return _orphaned(getattr(container, "labels", {}))
+    return orphaned(getattr(container, "labels", {}))
 
 
 @register_check("sandbox.policy")

@@ -2,8 +2,8 @@
 
     open_sandbox(ws, repo, worktree, label=...)   context manager -> Sandbox
       ├── reap orphans of this workspace (containers whose owning process died)
-      ├── sandbox_image.resolve / ensure_image     the offline base image, cached by digest
-      ├── sandbox_env.ensure_env                   the repo's test environment, cached by digest
+      ├── image.resolve                            the offline base image's recipe, by digest
+      ├── SandboxBackend.prepare_env(...)          the repo's test environment (env.ensure_env)
       └── SandboxBackend.start(spec)               one long-lived container per candidate
     Sandbox.run(argv)        -> CommandResult      one command in the container, with timeout and output cap
     Sandbox.run_tests(ids)   -> TestReport         pytest with JUnit XML, parsed into test ids
@@ -18,6 +18,7 @@ run on the host. :class:`ScriptedBackend` is the scripted fake for control-flow 
 from __future__ import annotations
 
 import shlex
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.image import ImageSpec
 from orchestrator.store.reports import CommandResult, TestReport
+from orchestrator.store.storage import pid_alive
+from orchestrator.store.workspace import Workspace
 
 Loosening = Literal["network-deps"]
 LABEL = "converge.sandbox"
@@ -92,6 +95,13 @@ class SandboxBackend(Protocol):
         """
         ...
 
+    def prepare_env(
+        self, ws: Workspace, repo: str, spec: SandboxSpec, *, allow_network: bool, requirements: list[str] | None
+    ) -> Path | None:
+        """The test environment mounted at ``/env`` for ``spec``'s worktree (or ``requirements``),
+        built now if it is new; None for a backend whose sandboxes need none (the scripted one)."""
+        ...
+
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         """Remove sandboxes left by dead processes (of one workspace, or all); their ids."""
         ...
@@ -136,6 +146,14 @@ class Sandbox:
             return TestReport(ran=False, command=command, selection=selection)
         outcome = parse_junit(xml.stdout_tail)
         return TestReport(ran=True, command=command, selection=selection, **outcome)
+
+
+def orphaned(labels: dict[str, str]) -> bool:
+    """Whether the sandbox with these labels was left by a process of this host that is gone."""
+    if labels.get("converge.host") != socket.gethostname():
+        return False  # another machine's engine view: its owner cannot be checked from here
+    pid = labels.get("converge.pid", "")
+    return pid.isdigit() and not pid_alive(int(pid))
 
 
 def parse_junit(text: str) -> dict[str, list[str]]:

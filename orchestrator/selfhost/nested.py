@@ -17,7 +17,9 @@ from pathlib import Path
 
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import JUNIT_PATH, SandboxSpec
+from orchestrator.sandbox.env import ensure_env
 from orchestrator.store.reports import CommandResult
+from orchestrator.store.workspace import Workspace
 
 SANDBOX_MARKER = "CONVERGE_IN_SANDBOX"
 
@@ -49,6 +51,12 @@ class NestedBackend:
             fill()
         self.started.append(spec)
         return NestedSession(spec)
+
+    def prepare_env(
+        self, ws: Workspace, repo: str, spec: SandboxSpec, *, allow_network: bool, requirements: list[str] | None
+    ) -> Path | None:
+        """The host-built environment Docker's sandboxes mount; its interpreter runs the commands."""
+        return ensure_env(ws, repo, spec, self, allow_network=allow_network, requirements=requirements)
 
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         return []
