@@ -70,6 +70,9 @@ class RunConfig(Section):
     full_suite_before_promote: bool = Field(
         default=True, description="run every test, not only the selected ones, before promotion"
     )
+    on_step_failure: Literal["stop", "continue"] = Field(
+        default="stop", description="after a failed or rejected step: end the run (later steps build on it) or go on"
+    )
     reproducibility_check: bool = Field(
         default=False, description="run the full suite twice per verified attempt and record if outcomes match"
     )

@@ -111,6 +111,29 @@ def test_a_step_gives_up_when_its_attempts_are_spent(sample_ws: Workspace) -> No
     assert git(sample_ws.src / "sample", "status", "--porcelain") == ""
 
 
+STEP_TWO = ("Tidy report.py", "coder", ["inventory/report.py"])
+
+
+def test_a_failed_step_ends_the_run_by_default(sample_ws: Workspace) -> None:
+    events: list[str] = []
+    model = ScriptedModel([plan(STEP, STEP_TWO)], [GOOD, GOOD, GOOD])
+    result = _run(sample_ws, model, ScriptedSandbox(PytestScript([FAILING])), on_event=events.append)
+    assert (result.exit_code, result.record.status) == (1, "failed")
+    assert [s.step for s in result.record.steps] == [1], "step 2 builds on step 1: it is not attempted"
+    assert result.record.steps_planned == 2
+    failed_lines = [e for e in events if "attempt" in e and "failed:" in e]
+    assert len(failed_lines) == 2 and all(SKU_TEST in line for line in failed_lines), "each reason, whole"
+
+
+def test_on_step_failure_continue_goes_on_to_the_next_step(sample_ws: Workspace) -> None:
+    _set_run_budget(sample_ws, 'on_step_failure = "continue"')
+    other = edit("inventory/report.py", "import math\n", "import math\n\n")
+    model = ScriptedModel([plan(STEP, STEP_TWO)], [GOOD, GOOD, GOOD, other])
+    result = _run(sample_ws, model, ScriptedSandbox(PytestScript([FAILING, FAILING, FAILING, PASSING])))
+    assert [(s.step, s.outcome) for s in result.record.steps] == [(1, "failed"), (2, "promoted")]
+    assert result.record.status == "failed" and result.record.reason.startswith("step 1 (")
+
+
 def test_a_change_the_policy_rejects_is_fed_back(sample_ws: Workspace) -> None:
     leak = edit("inventory/stock.py", UNUSED, 'API_KEY = "sk_live_0123456789abcdefghijklmnop"\n')
     model = ScriptedModel([plan(STEP)], [leak, GOOD])

@@ -179,7 +179,8 @@ def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, rea
     failed = [d for d in done if d.outcome in ("failed", "rejected")]
     if status == "completed" and failed:  # what was promoted stays promoted; the run did not do all it planned
         first = failed[0]
-        status, reason = "failed", f"step {first.step} ({first.title}) {first.outcome}: {first.reason}"[:500]
+        why = first.reason.splitlines()[0] if first.reason else "no reason given"
+        status, reason = "failed", f"step {first.step} ({first.title}) {first.outcome}: {why}"
     elif status == "completed" and done and not promoted and not all(d.outcome == "no-change" for d in done):
         status, reason = "failed", "no step was promoted"
     updated = runs.update(

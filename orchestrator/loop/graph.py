@@ -230,7 +230,7 @@ class Nodes:
             attempts=s["attempt"],
             changeset=cs,
             generation=gen,
-            reason="" if ended == Outcome.PROMOTED else s.get("feedback", "")[:500],
+            reason="" if ended == Outcome.PROMOTED else s.get("feedback", ""),
         )
         self.deps.on_event(f"step {s['step'] + 1}: {ended.value}")
         so_far = [runs.StepOutcome.model_validate(d) for d in s.get("done", [])] + [done]
@@ -246,7 +246,8 @@ class Nodes:
         return {**reset, "done": [done.model_dump()], "outcome": Outcome.NONE}
 
     def retry(self, s: RunState) -> RunState:
-        self.deps.on_event(f"  attempt {s['attempt']} failed: {s.get('feedback', '').splitlines()[0][:200]}")
+        reason = (s.get("feedback") or "no reason given").splitlines()[0]
+        self.deps.on_event(f"  attempt {s['attempt']} failed: {reason}")
         if self.deps.sandboxes is not None:
             self.deps.sandboxes.warm(s["base"])  # ready by the time the next proposal is, unless one is on its way
         return {"attempt": s["attempt"] + 1}
@@ -357,5 +358,15 @@ def build_graph(deps: Deps) -> Any:
     g.add_edge("sign", "review")
     g.add_conditional_edges("review", _after_review(n.cards))
     g.add_edge("retry", "propose")
-    g.add_conditional_edges("advance", lambda s: "propose" if s["step"] < len(s["steps"]) else END)
+    g.add_conditional_edges("advance", _after_step(n.cfg.run.on_step_failure))
     return g
+
+
+def _after_step(on_failure: str) -> Callable[[RunState], str]:
+    def route(s: RunState) -> str:
+        last = s["done"][-1] if s.get("done") else {}
+        if on_failure == "stop" and last.get("outcome") in (Outcome.FAILED, Outcome.REJECTED):
+            return END  # later steps usually build on this one
+        return "propose" if s["step"] < len(s["steps"]) else END
+
+    return route
