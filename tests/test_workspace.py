@@ -112,7 +112,7 @@ BAD_INPUT = [
     (["generation", "list", "ghost"], "unknown repo 'ghost'"),
     (["rollback", "inv", "--to", "-1"], "generations start at 0"),
     (["rollback", "inv"], "no parent to roll back to"),
-    (["rollback", "inv", "--to", "7"], "--to 7: not a live generation"),
+    (["rollback", "inv", "--to", "7"], "--to 7: generation 7 of 'inv' does not exist"),
 ]
 
 
