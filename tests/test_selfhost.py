@@ -110,7 +110,7 @@ def test_an_approved_self_change_whose_host_stage_fails_is_not_promoted(
     patch = _patch(src, "tests/test_host.py", "assert True", "assert False, 'broken on the host'", tmp_path)
     cs = submit.submit(ws, "self", patch, "break the host test", backend=_passing_sandbox())
     _store_checks(ws, cs.id, cs.commit)
-    with pytest.raises(VerificationFailed, match="approved but not promoted: host stage failed: .*test_on_the_host"):
+    with pytest.raises(VerificationFailed, match=r"approved but not promoted: host stage failed: .*test_on_the_host"):
         review.approve(ws, cs.id)
     held = changesets.load(ws, cs.id)
     assert (held.status, held.generation) == ("approved", None) and "test_on_the_host" in str(held.reason)
