@@ -35,6 +35,7 @@ from orchestrator.loop.state import (
     Deps,
     Outcome,
     RunState,
+    RunStopped,
     attempt_file,
     attempts_allowed,
     changeset_id,
@@ -322,6 +323,17 @@ def _test_feedback(report: TestReport) -> str:
 # --- routing --------------------------------------------------------------------------------------
 
 
+def _stoppable(node: Callable[[RunState], RunState], stop: Callable[[], bool]) -> Any:
+    """``node``, unless a stop was asked for: then the run ends at the last checkpoint (resume goes on from it)."""
+
+    def run(s: RunState) -> RunState:
+        if stop():
+            raise RunStopped
+        return node(s)
+
+    return run
+
+
 def _after(node: str, cards: dict[str, LoadedCard]) -> Callable[[RunState], str]:
     nexts = {"propose": "apply", "apply": "verify", "verify": "judge", "judge": "sign"}
 
@@ -350,7 +362,7 @@ def build_graph(deps: Deps) -> Any:
     n = Nodes(deps)
     g = StateGraph(RunState)
     for name in ("plan", "propose", "apply", "verify", "judge", "sign", "review", "advance", "retry"):
-        g.add_node(name, getattr(n, name))
+        g.add_node(name, _stoppable(getattr(n, name), deps.stop_requested))
     g.add_edge(START, "plan")
     g.add_conditional_edges("plan", lambda s: END if s.get("plan_only") else "propose")
     for node in ("propose", "apply", "verify", "judge"):
