@@ -5,6 +5,7 @@ a user sees (the run record, its steps, changesets and generations)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +16,7 @@ from orchestrator.sandbox.scripted import ScriptedBackend as ScriptedSandbox
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import CommandResult
 from orchestrator.store.workspace import Workspace
-from tests.conftest import git
+from tests.conftest import converge, git
 from tests.driving import RunResult, approve, audit_problems, reject, resume_run, scripted_deps, start_run
 from tests.scripted import ScriptedBackend as ScriptedModel
 from tests.scripted import edit, plan
@@ -335,3 +336,13 @@ def test_resuming_a_finished_run_changes_nothing(sample_ws: Workspace) -> None:
     ran = len(sandbox.ran)
     _assert_finished_once(sample_ws, _resume(sample_ws, model, sandbox))
     assert len(sandbox.ran) == ran and len(model.requests) == 2
+
+
+def test_resume_takes_a_unique_prefix_of_a_run_id(sample_ws: Workspace) -> None:
+    _run(sample_ws, ScriptedModel([plan(STEP)], [GOOD]), ScriptedSandbox(PytestScript([PASSING])))
+    proc = converge("-w", str(sample_ws.root), "resume", "r-fl", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["id"] == "r-flow"
+    runs.save(sample_ws, runs.RunRecord(id="r-flat", repo="sample", goal="g", status="failed"))
+    ambiguous = converge("-w", str(sample_ws.root), "resume", "r-fl")
+    assert ambiguous.returncode == 2 and "prefix of 2 runs" in ambiguous.stderr

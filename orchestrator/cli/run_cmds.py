@@ -106,15 +106,17 @@ def register(app: typer.Typer) -> None:
     @app.command("resume")
     @handled
     def resume(
-        run_id: Annotated[str, typer.Argument(help="Run id (see `converge runs`).")], json_out: JsonFlag = False
+        run_id: Annotated[str, typer.Argument(help="Run id, or a prefix of one (see `converge runs`).")],
+        json_out: JsonFlag = False,
     ) -> None:
         """Resume an interrupted or killed run from its last checkpoint."""
         from orchestrator.loop.driver import resume_run
         from orchestrator.loop.state import Deps
+        from orchestrator.store import runs
 
         deps = _deps(json_out)
         assert isinstance(deps, Deps)
-        _render(resume_run(deps, run_id), json_out)
+        _render(resume_run(deps, runs.resolve_id(deps.ws, run_id)), json_out)
 
     @app.command("runs")
     @handled
