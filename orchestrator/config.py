@@ -58,6 +58,10 @@ class SandboxConfig(Section):
         description="repo -> hardening items loosened for it (network-deps: network for dependency setup only)",
     )
     env: dict[str, str] = Field(default_factory=dict, description="extra variables set in every sandbox command")
+    find_links: list[str] = Field(
+        default_factory=list, description="directories of wheels that test environments install from, offline"
+    )
+    index_url: str = Field(default="", description="a local package index (a directory in PEP 503 layout), offline")
 
 
 class RunConfig(Section):

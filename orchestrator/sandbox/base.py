@@ -67,6 +67,7 @@ class SandboxSpec:
     network: bool = False  # only ever true for a loosened dependency setup
     worktree_writable: bool = True
     env_writable: bool = False  # only while the env is being built
+    extra_mounts: tuple[tuple[Path, str], ...] = ()  # (host path, sandbox path), read-only: local wheels
 
 
 class SandboxSession(Protocol):

@@ -123,6 +123,7 @@ def container_config(spec: SandboxSpec, image_tag: str) -> dict[str, Any]:
     mounts += [_mount(path, path, True) for path in image.mounts]
     if spec.env_dir is not None:
         mounts.append(_mount(spec.env_dir, "/env", not spec.env_writable))
+    mounts += [_mount(src, dst, True) for src, dst in spec.extra_mounts]
     memory = spec.limits.memory
     return {
         "image": image_tag,
