@@ -176,6 +176,8 @@ def test_hostile_content_is_shown_as_text(sample_ws: Workspace, make_repo: MakeR
     assert "attestation:" in html  # the missing attestation is named, the rest still shown
     # only the page's own script tag is there
     assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js" defer>']
+    gone = client.get("/changesets/zzzz/verify")  # a fragment for the page, not a whole error page
+    assert gone.status_code == 200 and "unknown changeset" in gone.text and "<html" not in gone.text
     raw = client.get(f"/changesets/{cs.id}/diff.patch")
     assert raw.headers["content-type"].startswith("text/plain") and "sandbox" in raw.headers["content-security-policy"]
 

@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from orchestrator.errors import ConvergeError
+from orchestrator.gate import audit
 from orchestrator.loop import runs
 from orchestrator.serve import actions, diffs, progress, security, views
 from orchestrator.serve.render import environment
@@ -89,7 +90,11 @@ def changeset_show(request: Request) -> Response:
 
 
 def changeset_verify(request: Request) -> Response:
-    problems = views.verify(_settings(request).ws, request.path_params["cs_id"])
+    """A fragment for the changeset page: what does not verify now (an error is one more problem)."""
+    try:
+        problems = views.verify(_settings(request).ws, request.path_params["cs_id"])
+    except ConvergeError as exc:
+        problems = [audit.Problem("changeset", str(exc).splitlines()[0])]
     return _page(request, "verify.html", problems=problems)
 
 
