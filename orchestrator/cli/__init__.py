@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "orchestrator.cli.self_cmds",
     "orchestrator.cli.watch_cmds",
     "orchestrator.cli.mcp_cmds",
+    "orchestrator.cli.serve_cmds",
 )
 
 
