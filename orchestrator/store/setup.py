@@ -16,8 +16,6 @@ from orchestrator.config import CONFIG_FILE, dump_toml
 from orchestrator.errors import RepoError, UsageError, WorkspaceError
 from orchestrator.store import generations, gitops, keyfiles
 from orchestrator.store.storage import atomic_write
-
-CHECKOUT_BRANCH = "converge"
 from orchestrator.store.workspace import (
     LAYOUT,
     NAME_RE,
@@ -28,6 +26,8 @@ from orchestrator.store.workspace import (
     source_root,
     template_dir,
 )
+
+CHECKOUT_BRANCH = "converge"  # the branch of src/<repo>: it follows the current generation
 
 
 def init_workspace(path: Path) -> Workspace:
