@@ -53,6 +53,9 @@ class SandboxConfig(Section):
     timeout: float = Field(default=600.0, gt=0, description="wall-clock seconds per command")
     output_limit: int = Field(default=1_000_000, gt=0, description="bytes of output kept")
     tmpfs_size: str = Field(default="256m", description="size of the /tmp tmpfs")
+    disk: str = Field(
+        default="4g", description="size limit of the tree a sandbox writes (a filesystem of its own); 0: none"
+    )
     allow: dict[str, list[Literal["network-deps"]]] = Field(
         default_factory=dict,
         description="repo -> hardening items loosened for it (network-deps: network for dependency setup only)",
