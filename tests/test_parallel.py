@@ -16,9 +16,8 @@ import pytest
 from orchestrator.errors import ModelError
 from orchestrator.gate import audit
 from orchestrator.loop import runs
-from orchestrator.models import runtime
+from orchestrator.models import budget, runtime
 from orchestrator.models.llama import ModelManager
-from orchestrator.models import budget
 from orchestrator.store import changesets, generations
 from orchestrator.store.setup import add_repo
 from orchestrator.store.workspace import Workspace
@@ -191,15 +190,16 @@ print("released", time.time(), flush=True)
 @pytest.mark.model
 def test_model_managers_of_two_processes_share_the_budget(ws: Workspace) -> None:
     record = runtime.get_model(ws, runtime.DEFAULT_MODEL)
-    estimate = record.memory_estimate(1024)
-    kv = estimate - record.size
-    budget = estimate + kv // 2  # one process fits; a second copy's KV cache does not
+    placement = ModelManager(n_ctx=1024).placement(record)
+    estimate = placement.ram
+    own = placement.kv_bytes + placement.compute  # what a second process does not share (weights are mmap'd)
+    limit = estimate + own // 2  # one process fits; a second copy's KV cache and compute buffer do not
     go = ws.root / "go"
-    other = _spawn(MANAGER, str(ROOT), str(ws.root), str(go), str(budget))
+    other = _spawn(MANAGER, str(ROOT), str(ws.root), str(go), str(limit))
     assert other.stdout is not None and other.stdout.readline().strip() == "held"
     [entry] = budget.holders(ws.state)
     assert (entry.pid, entry.model, entry.bytes) == (other.pid, record.sha256, estimate)
-    with ModelManager(budget=budget, n_ctx=1024, ledger=ws.state) as manager:
+    with ModelManager(budget=limit, n_ctx=1024, ledger=ws.state) as manager:
         threading.Timer(1.0, go.touch).start()
         manager.acquire(record)
         granted = time.time()
