@@ -112,10 +112,14 @@ def ensure_lockable(nbytes: int, what: str) -> None:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))  # raising the soft limit needs no privilege
         return
     raise ModelError(
-        f"{what}: mlock needs {needed // 2**20} MiB locked but RLIMIT_MEMLOCK allows {hard // 2**20} MiB; "
+        f"{what}: mlock needs {_amount(needed)} locked but RLIMIT_MEMLOCK allows {_amount(hard)}; "
         "raise it (`ulimit -l unlimited`, memlock in /etc/security/limits.conf, `docker run --ulimit memlock=-1`) "
         "or set mlock = false for this model"
     )
+
+
+def _amount(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 else f"{n // 1024} KiB"
 
 
 def locked_now() -> int:
