@@ -22,6 +22,7 @@ from orchestrator.agents.edits import EditProposal
 from orchestrator.errors import EditError, SandboxError, UsageError
 from orchestrator.gate import candidates, stages
 from orchestrator.loop import runs
+from orchestrator.models import runtime
 from orchestrator.models.backends import CompletionRequest, ModelBackend
 from orchestrator.store import changesets, gitops
 from orchestrator.store.reports import TestReport
@@ -141,10 +142,11 @@ def edits_schema() -> dict[str, Any]:
 
 
 def repo_map(ws: Workspace, repo: str, goal: str, commit: str) -> str:
-    """The map of ``commit`` of the registered repo, ranked for ``goal`` and cut to a quarter of the context window."""
+    """The map of ``commit`` of the registered repo, ranked for ``goal`` and cut to a quarter of the context window
+    (the smaller of the planner's and the coder's: the model's own, or its server's)."""
     from orchestrator.agents.repomap import repo_map_at
 
-    budget = max(256, ws.config().models.context_length // 4)
+    budget = max(256, min(runtime.context_window(ws, role) for role in ("planner", "coder")) // 4)
     return repo_map_at(ws, repo, commit).render(goal, budget)
 
 

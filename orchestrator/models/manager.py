@@ -63,10 +63,6 @@ class Resident:
     states: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     threads: tuple[int, int] = (0, 0)  # what llama.cpp was last told: (generation, batch)
 
-    @property
-    def estimate(self) -> int:
-        return self.placement.ram
-
 
 class ModelManager:
     """Keeps llama.cpp models loaded under RAM and VRAM budgets; LRU eviction; refusal before loading."""

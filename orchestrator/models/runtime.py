@@ -88,6 +88,7 @@ FAILURE_KIND = "structured_failure"
 
 _SHARED: dict[Path, ModelManager] = {}
 _POOLS: dict[tuple[Path, str], EndpointPool] = {}  # per process, so calls in flight and health are shared
+_ENDPOINTS: dict[str, OpenAIBackend] = {}
 
 
 def call_log(ws: Workspace) -> CallLog:
@@ -128,9 +129,12 @@ def backend_for(
 
 
 def openai_backend(binding: str) -> OpenAIBackend:
-    """The backend of one ``openai:URL[#model]``."""
-    url, _, model = binding.removeprefix("openai:").partition("#")
-    return OpenAIBackend(url, model or "default")
+    """The backend of one ``openai:URL[#model]``, one per process (so a window it learned is remembered)."""
+    backend = _ENDPOINTS.get(binding)
+    if backend is None:
+        url, _, model = binding.removeprefix("openai:").partition("#")
+        backend = _ENDPOINTS[binding] = OpenAIBackend(url, model or "default")
+    return backend
 
 
 def context_window(ws: Workspace, role: str) -> int:
