@@ -179,6 +179,15 @@ def test_auto_threads_leave_the_cores_others_use(tmp_path: Path) -> None:
     assert counts.threads == 4 and counts.threads_batch == threads.fit_threads(threads.usable_cores(), 2.0)
 
 
+def test_auto_threads_are_fitted_again_during_a_long_answer() -> None:
+    applied: list[threads.ThreadCounts] = []
+    refit = threads.Refit("auto", "auto", applied.append, every=16)
+    assert not any(refit(None, None) for _ in range(40)), "it never stops generation"
+    assert len(applied) == 2 and all(c.threads >= 1 and c.threads == c.threads_batch for c in applied)
+    fixed = threads.Refit(2, 4, applied.append)
+    assert not fixed.auto and not any(fixed() for _ in range(40)) and len(applied) == 2
+
+
 def test_a_cpu_bound_process_beside_is_seen() -> None:
     before = threads.others_busy()
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

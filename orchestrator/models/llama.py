@@ -24,7 +24,7 @@ from orchestrator.models.manager import ModelManager, Resident, default_budget, 
 from orchestrator.models.promptcache import restore, snapshot
 from orchestrator.models.registry import ModelRecord
 from orchestrator.models.sampling import generate_constrained
-from orchestrator.models.threads import decide
+from orchestrator.models.threads import Refit, ThreadCounts, decide
 from orchestrator.models.window import fit
 
 __all__ = ["LlamaBackend", "ModelManager", "default_budget", "quiet_stderr"]
@@ -57,13 +57,16 @@ class LlamaBackend:
         )
         request = fitted.request
         prompt, prefix = self._tokens(resident, request)
-        _fit_threads(resident)
+        settings = resident.settings
+        _fit_threads(resident, decide(settings.threads, settings.threads_batch))
+        # and again every few tokens: a test suite that starts mid-answer takes its core back
+        refit = Refit(settings.threads, settings.threads_batch, lambda counts: _fit_threads(resident, counts))
         reused = self._prepare_prefix(resident, prefix)
         grammar = self._grammar(request)
         try:
             if grammar is not None:
                 tokens, finish = generate_constrained(
-                    llm, prompt, grammar, request.max_tokens, request.temperature, request.seed
+                    llm, prompt, grammar, request.max_tokens, request.temperature, request.seed, on_token=refit
                 )
                 text = llm.detokenize(tokens).decode("utf-8", errors="replace")
                 tokens_out = len(tokens)
@@ -74,6 +77,8 @@ class LlamaBackend:
                     temperature=request.temperature,
                     seed=request.seed,
                     stop=[resident.formatter.eos_token],
+                    # called once per token with (ids, logits), like llama-cpp-python's StoppingCriteriaList
+                    stopping_criteria=refit if refit.auto else None,
                 )
                 choice = result["choices"][0]
                 text, finish = choice["text"], str(choice.get("finish_reason") or "stop")
@@ -165,12 +170,10 @@ class LlamaBackend:
         return 0
 
 
-def _fit_threads(resident: Resident) -> None:
-    """Tell llama.cpp the thread counts for this call (``auto``: the cores free right now)."""
+def _fit_threads(resident: Resident, counts: ThreadCounts) -> None:
+    """Tell llama.cpp the thread counts (for ``auto``: the cores free right now) if they changed."""
     import llama_cpp  # lazy: the native library, loaded only with a model
 
-    settings = resident.settings
-    counts = decide(settings.threads, settings.threads_batch)
     wanted = (counts.threads, counts.threads_batch)
     if wanted != resident.threads:
         llama_cpp.llama_set_n_threads(resident.llm.ctx, *wanted)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,12 +88,33 @@ class ThreadCounts:
     threads_batch: int
 
 
-def decide(threads: int | str, threads_batch: int | str, proc: Path = PROC) -> ThreadCounts:
+def decide(threads: int | str, threads_batch: int | str, proc: Path = PROC, samples: int = SAMPLES) -> ThreadCounts:
     """Counts for this call: numbers are kept, ``auto`` fits the cores free right now (looked at once)."""
     free = 1
     if not (isinstance(threads, int) and isinstance(threads_batch, int)):
-        free = fit_threads(usable_cores(), others_busy(proc))
+        free = fit_threads(usable_cores(), others_busy(proc, samples))
     return ThreadCounts(
         threads=threads if isinstance(threads, int) else free,
         threads_batch=threads_batch if isinstance(threads_batch, int) else free,
     )
+
+
+class Refit:
+    """Called once per generated token: every ``every`` tokens, fits ``auto`` threads to the cores free then
+    and hands changed counts to ``apply`` (a test suite that starts mid-answer takes its core back)."""
+
+    def __init__(
+        self, threads: int | str, threads_batch: int | str, apply: Callable[[ThreadCounts], None], every: int = 16
+    ) -> None:
+        self.threads, self.threads_batch = threads, threads_batch
+        self.apply = apply
+        self.every = every
+        self.tokens = 0
+        self.auto = not (isinstance(threads, int) and isinstance(threads_batch, int))
+
+    def __call__(self, *_: object) -> bool:
+        """A stopping criterion of llama-cpp-python that never stops: the per-token hook it offers."""
+        self.tokens += 1
+        if self.auto and self.tokens % self.every == 0:
+            self.apply(decide(self.threads, self.threads_batch, samples=2))
+        return False
