@@ -8,6 +8,7 @@
     ├── GitError                  git refused (translated from GitPython / git)
     ├── EditError                 a search/replace edit that cannot apply
     ├── ModelError                a missing or unloadable model, malformed output
+    │   └── EndpointUnavailable   a model server that is down or died mid-call (a pool fails over)
     ├── SandboxError              no engine, no image, a container that failed to start
     ├── SignatureError            exit 1: a signature or attestation does not verify
     ├── PolicyViolation           exit 1: policy said no
@@ -54,6 +55,10 @@ class EditError(ConvergeError):
 
 class ModelError(ConvergeError):
     """A model is missing, cannot load, or answered with malformed output."""
+
+
+class EndpointUnavailable(ModelError):
+    """A model server did not answer (refused, reset, timed out, 5xx): the call may go elsewhere."""
 
 
 class SandboxError(ConvergeError):

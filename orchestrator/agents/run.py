@@ -18,6 +18,7 @@ from orchestrator.agents.edits import EditProposal, normal_path
 from orchestrator.agents.prompts import Prompt, build_prompt, check_plan
 from orchestrator.agents.repomap import repo_map_at
 from orchestrator.errors import EditError, ModelError
+from orchestrator.models import runtime
 from orchestrator.models.backends import Completion, CompletionRequest, ModelBackend
 from orchestrator.models.runtime import complete_json
 from orchestrator.store import gitops
@@ -109,8 +110,9 @@ def edits_schema() -> dict[str, Any]:
 
 
 def repo_map_text(ws: Workspace, repo: str, goal: str, commit: str) -> str:
-    """The map of ``commit`` of the registered repo, ranked for ``goal`` and cut to a quarter of the context."""
-    budget = max(256, ws.config().models.context_length // 4)
+    """The map of ``commit`` of the registered repo, ranked for ``goal`` and cut to a quarter of the context window
+    (the smaller of the planner's and the coder's: the model's own, or its server's)."""
+    budget = max(256, min(runtime.context_window(ws, role) for role in ("planner", "coder")) // 4)
     return repo_map_at(ws, repo, commit).render(goal, budget)
 
 

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 from typing import Any
 
 TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05  # llama-cpp-python's defaults, so both paths sample alike
 
 
 def generate_constrained(
-    llm: Any, prompt: list[int], grammar: Any, max_tokens: int, temperature: float, seed: int
+    llm: Any,
+    prompt: list[int],
+    grammar: Any,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    on_token: Callable[[], object] | None = None,
 ) -> tuple[list[int], str]:
-    """Generate after ``prompt`` under ``grammar`` (a LlamaGrammar); returns (tokens, finish reason)."""
+    """Generate after ``prompt`` under ``grammar`` (a LlamaGrammar); returns (tokens, finish reason).
+    ``on_token`` is called after each token (the thread refit)."""
     import llama_cpp
     from llama_cpp import _internals as internals
 
@@ -58,6 +66,8 @@ def generate_constrained(
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 return out, "stop"
             out.append(token)
+            if on_token is not None:
+                on_token()
             llm.eval([token])
         return out, "length"
     finally:

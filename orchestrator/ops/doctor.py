@@ -26,7 +26,11 @@ from orchestrator.store.workspace import Workspace
 Status = Literal["ready", "missing", "warning"]
 
 # Modules that register checks; each is imported once when checks run.
-CHECK_MODULES: tuple[str, ...] = ("orchestrator.ops.doctor", "orchestrator.ops.sandbox_checks")
+CHECK_MODULES: tuple[str, ...] = (
+    "orchestrator.ops.doctor",
+    "orchestrator.ops.sandbox_checks",
+    "orchestrator.ops.model_checks",
+)
 
 
 @dataclass(frozen=True)
