@@ -133,3 +133,33 @@ def add_repo(
 def _default_name(source: str) -> str:
     stem = source.rstrip("/").rsplit("/", 1)[-1]
     return stem.removesuffix(".git") or "repo"
+
+
+def repo_problem(ws: Workspace, name: str) -> str | None:
+    """What is wrong with the clone of registered repo ``name`` (None: nothing), with the fix."""
+    path = ws.repo_path(name)
+    fix = f"fix: `converge remove {name}` then `converge add SOURCE --name {name}`"
+    if not path.is_dir():
+        return f"{path} is missing; {fix}"
+    if gitops.resolve(path, generations.HEAD) is None:
+        return f"{path} is damaged (no refs/converge/head); {fix}"
+    return None
+
+
+def remove_repo(ws: Workspace, name: str) -> Path:
+    """Unregister ``name``; its clone (with every ref), changesets and proofs stay readable in an archive.
+
+    The clone moves to ``cache/archive/<name>-<time>/`` (the changeset records and proofs keep their
+    places); the name is free to register again. Returns the archive's path.
+    """
+    with ws.lock("registry", "the repo registry"):
+        records = ws.repos()
+        record = ws.repo(name)
+        archive = ws.cache / "archive" / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+        archive.mkdir(parents=True)
+        source = ws.repo_path(name)
+        if source.exists():
+            source.replace(archive / "src")
+        atomic_write(archive / "record.json", record.model_dump_json(indent=2) + "\n")
+        ws.save_repos([r for r in records if r.name != name])
+    return archive
