@@ -10,6 +10,7 @@ import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
 from orchestrator.errors import UsageError
+from orchestrator.models import runtime
 
 
 def _size(n: int) -> str:
@@ -28,8 +29,6 @@ def register(app: typer.Typer) -> None:
 @handled
 def list_models(json_out: JsonFlag = False) -> None:
     """Registered models and role bindings."""
-    from orchestrator.models import runtime
-
     ws = workspace()
     registry = runtime.load_registry(ws)
     roles = runtime.all_roles(ws)
@@ -64,8 +63,6 @@ def add(
     json_out: JsonFlag = False,
 ) -> None:
     """Register a GGUF file (reads its header, computes its sha256)."""
-    from orchestrator.models import runtime
-
     progress(f"reading {path} ...")
     record = runtime.add_model(workspace(), path, name)
     if json_out:
@@ -85,8 +82,6 @@ def use(
     json_out: JsonFlag = False,
 ) -> None:
     """Bind a role to a model."""
-    from orchestrator.models import runtime
-
     binding = runtime.use_model(workspace(), model, role)
     if json_out:
         emit_json({"role": role, "model": binding})
@@ -106,8 +101,6 @@ def try_model(
     json_out: JsonFlag = False,
 ) -> None:
     """One call to a model, to check it; with --schema the answer is constrained and validated."""
-    from orchestrator.models import runtime
-
     ws = workspace()
     backend = runtime.backend_for(ws, model)
     request = runtime.CompletionRequest(system=system, user=prompt, max_tokens=max_tokens, seed=seed)

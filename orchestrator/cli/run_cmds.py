@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
 from orchestrator.errors import UsageError
+from orchestrator.loop import runs
+
+if TYPE_CHECKING:
+    from orchestrator.loop.graph import Deps, RunResult
 
 
-def _deps(json_out: bool) -> object:
-    from orchestrator.loop.factory import model_factory
-    from orchestrator.loop.graph import Deps
+def _deps() -> Deps:
+    """What a run needs: the workspace, its models, and a progress line per event."""
+    from orchestrator.loop.factory import model_factory  # noqa: PLC0415  lazy: loads langgraph, models, sandbox
+    from orchestrator.loop.graph import Deps  # noqa: PLC0415  lazy: `converge runs` needs none of the loop
 
     ws = workspace()
     return Deps(ws=ws, model_for=model_factory(ws), on_event=progress)
 
 
-def _render(result: object, json_out: bool) -> None:
-    from orchestrator.loop.graph import RunResult
-
-    assert isinstance(result, RunResult)
+def _render(result: RunResult, json_out: bool) -> None:
     record = result.record
     if json_out:
         emit_json(record.to_json())
@@ -39,8 +41,7 @@ def _render(result: object, json_out: bool) -> None:
 
 def continue_run(run_id: str | None) -> None:
     """After a review decision: resume the run that waits on it (its progress goes to stderr)."""
-    from orchestrator.loop import runs
-    from orchestrator.loop.graph import Deps, resume_run
+    from orchestrator.loop.graph import resume_run  # noqa: PLC0415  lazy: the loop, as in _deps
 
     if not run_id:
         return
@@ -51,9 +52,7 @@ def continue_run(run_id: str | None) -> None:
         return  # a submitted patch, not a run
     if record.status != "waiting_review":
         return
-    deps = _deps(False)
-    assert isinstance(deps, Deps)
-    result = resume_run(deps, run_id)
+    result = resume_run(_deps(), run_id)
     progress(f"run {run_id}: {result.record.status}" + (f" ({result.record.reason})" if result.record.reason else ""))
 
 
@@ -73,11 +72,9 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """One run: plan, then propose, apply, verify, judge, sign, review and promote each step."""
-        from orchestrator.loop.graph import Deps, start_run
+        from orchestrator.loop.graph import start_run  # noqa: PLC0415  lazy: the loop, as in _deps
 
-        deps = _deps(json_out)
-        assert isinstance(deps, Deps)
-        result = start_run(deps, repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve)
+        result = start_run(_deps(), repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve)
         _render(result, json_out)
 
     @app.command("resume")
@@ -86,18 +83,14 @@ def register(app: typer.Typer) -> None:
         run_id: Annotated[str, typer.Argument(help="Run id (see `converge runs`).")], json_out: JsonFlag = False
     ) -> None:
         """Resume an interrupted or killed run from its last checkpoint."""
-        from orchestrator.loop.graph import Deps, resume_run
+        from orchestrator.loop.graph import resume_run  # noqa: PLC0415  lazy: the loop, as in _deps
 
-        deps = _deps(json_out)
-        assert isinstance(deps, Deps)
-        _render(resume_run(deps, run_id), json_out)
+        _render(resume_run(_deps(), run_id), json_out)
 
     @app.command("runs")
     @handled
     def runs_(json_out: JsonFlag = False) -> None:
         """Runs, newest first: status, steps, changesets."""
-        from orchestrator.loop import runs
-
         records = runs.list_runs(workspace())
         if json_out:
             emit_json([r.to_json() for r in records])

@@ -21,7 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ModelError
+import jinja2
+import llama_cpp
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import LlamaGrammar
+
+from orchestrator.errors import ModelError, translate
 from orchestrator.models import budget as shared_budget
 from orchestrator.models.backends import Completion, CompletionRequest, ModelIdentity
 from orchestrator.models.gguf import read_gguf
@@ -157,14 +163,11 @@ class ModelManager:
         if size != record.size:
             raise ModelError(f"{path}: changed since it was registered as {record.name!r}; run `converge model add`")
         read_gguf(path)  # a clear error for a damaged file instead of llama.cpp's
-        from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         try:
             with _quiet_stderr():
                 llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self.n_threads, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelError(f"{path}: llama.cpp cannot load it: {exc}") from exc
+            raise translate(exc, "llama", f"{path}: llama.cpp cannot load it") from exc
         template = record.chat_template or _CHATML
         eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", errors="replace")
         bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", errors="replace")
@@ -235,7 +238,7 @@ class LlamaBackend:
                 text, finish = choice["text"], str(choice.get("finish_reason") or "stop")
                 tokens_out = int(result["usage"]["completion_tokens"])
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"model {self.record.name!r}: llama.cpp failed: {exc}") from exc
+            raise translate(exc, "llama", f"model {self.record.name!r}: llama.cpp failed") from exc
         return Completion(
             text=text,
             tokens_in=len(prompt),
@@ -264,29 +267,26 @@ class LlamaBackend:
 
     def _render(self, resident: Resident, messages: list[dict[str, str]]) -> str:
         """The prompt text through the model's chat template; templates without a system role get it folded in."""
-        import jinja2
-
+        rejects = f"chat template of model {self.record.name!r} rejects the prompt"
         try:
             return str(resident.formatter(messages=messages).prompt)
         except (ValueError, jinja2.TemplateError) as first:
             if messages[0]["role"] != "system" or len(messages) < 2:
-                raise ModelError(f"chat template of model {self.record.name!r} rejects the prompt: {first}") from first
+                raise translate(first, "llama", rejects) from first
             merged = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
             try:
                 return str(resident.formatter(messages=[merged, *messages[2:]]).prompt)
             except (ValueError, jinja2.TemplateError) as exc:
-                raise ModelError(f"chat template of model {self.record.name!r} rejects the prompt: {exc}") from exc
+                raise translate(exc, "llama", rejects) from exc
 
     def _grammar(self, request: CompletionRequest) -> Any:
         if request.json_schema is None:
             return None
-        from llama_cpp.llama_grammar import LlamaGrammar
-
         try:
             with _quiet_stderr():
                 return LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise ModelError(f"JSON schema cannot be turned into a grammar: {exc}") from exc
+            raise translate(exc, "llama", "JSON schema cannot be turned into a grammar") from exc
 
     def _prepare_prefix(self, resident: Resident, prefix: list[int]) -> int:
         """Make the KV cache hold ``prefix``; returns how many prefix tokens were reused, not evaluated."""
@@ -332,8 +332,6 @@ def _prune(directory: Path, keep: int = STATES_ON_DISK) -> None:
 
 def _snapshot(llm: Any) -> bytes:
     """The context's state (KV cache of the evaluated tokens) as bytes."""
-    import llama_cpp
-
     size = llama_cpp.llama_state_get_size(llm.ctx)
     buffer = (ctypes.c_uint8 * int(size))()
     written = llama_cpp.llama_state_get_data(llm.ctx, buffer, size)
@@ -342,8 +340,6 @@ def _snapshot(llm: Any) -> bytes:
 
 def _restore(llm: Any, tokens: list[int], state: bytes) -> bool:
     """Load a snapshot taken after evaluating ``tokens``; False if llama.cpp rejects it."""
-    import llama_cpp
-
     buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
     if llama_cpp.llama_state_set_data(llm.ctx, buffer, len(state)) != len(state):
         llm.reset()

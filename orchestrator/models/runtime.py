@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,7 +35,6 @@ from orchestrator.models.backends import (
     Recorded,
     ReplayBackend,
 )
-from orchestrator.models.llama import LlamaBackend, ModelManager, default_budget
 from orchestrator.models.registry import (
     DEFAULT_MODEL,
     ModelRecord,
@@ -48,6 +47,9 @@ from orchestrator.models.registry import (
 )
 from orchestrator.store.workspace import Workspace
 
+if TYPE_CHECKING:
+    from orchestrator.models.llama import ModelManager
+
 __all__ = [
     "DEFAULT_MODEL",
     "CallLog",
@@ -56,7 +58,6 @@ __all__ = [
     "Message",
     "ModelBackend",
     "ModelIdentity",
-    "ModelManager",
     "ModelRecord",
     "add_model",
     "all_roles",
@@ -65,7 +66,6 @@ __all__ = [
     "call_log",
     "complete_json",
     "complete_structured",
-    "default_budget",
     "get_model",
     "load_registry",
     "manager_for",
@@ -88,6 +88,8 @@ def call_log(ws: Workspace) -> CallLog:
 
 def manager_for(ws: Workspace) -> ModelManager:
     """The process-wide ModelManager of a workspace, built from ``[models]`` (so role switches stay free)."""
+    from orchestrator.models.llama import ModelManager  # noqa: PLC0415  lazy: llama.cpp takes ~0.3 s to import
+
     manager = _SHARED.get(ws.root)
     if manager is None:
         config = ws.config().models
@@ -112,6 +114,8 @@ def backend_for(
     if binding.startswith("openai:"):
         url, _, model = binding.removeprefix("openai:").partition("#")
         return Recorded(OpenAIBackend(url, model or "default"), log)
+    from orchestrator.models.llama import LlamaBackend  # noqa: PLC0415  lazy: llama.cpp takes ~0.3 s to import
+
     record = get_model(ws, binding)
     return Recorded(LlamaBackend(record, manager or manager_for(ws)), log)
 
@@ -170,7 +174,7 @@ def complete_json(
 def _validator(schema_json: str) -> Any:
     """A checked validator of the schema (in canonical JSON); checking a schema costs ~20 ms, a run asks
     for the same few again and again."""
-    import jsonschema
+    import jsonschema  # noqa: PLC0415  lazy: ~0.1 s to import; only calls with a plain JSON schema use it
 
     schema = json.loads(schema_json)
     try:

@@ -13,6 +13,10 @@ import ctypes
 import math
 from typing import Any
 
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+
 TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05  # llama-cpp-python's defaults, so both paths sample alike
 
 
@@ -20,9 +24,6 @@ def generate_constrained(
     llm: Any, prompt: list[int], grammar: Any, max_tokens: int, temperature: float, seed: int
 ) -> tuple[list[int], str]:
     """Generate after ``prompt`` under ``grammar`` (a LlamaGrammar); returns (tokens, finish reason)."""
-    import llama_cpp
-    from llama_cpp import _internals as internals
-
     vocab = llm._model.vocab
     n_vocab = llm.n_vocab()
     _eval_reusing_prefix(llm, prompt)
@@ -66,8 +67,6 @@ def generate_constrained(
 
 
 def _as_array(pointer: Any, n: int) -> Any:
-    import numpy as np
-
     return np.ctypeslib.as_array(pointer, shape=(n,))
 
 

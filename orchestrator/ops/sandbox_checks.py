@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.ops.doctor import Check, DoctorContext, register_check
+from orchestrator.sandbox.docker_backend import DockerBackend, connect, orphaned
 from orchestrator.sandbox.image import image_present, resolve
 from orchestrator.store import worktrees
 from orchestrator.store.worktrees import stale_worktrees
@@ -21,8 +22,6 @@ def _config(ctx: DoctorContext) -> SandboxConfig:
 @register_check("sandbox.engine")
 def engine(ctx: DoctorContext) -> Check:
     """The backend named by the config, and whether its engine answers."""
-    from orchestrator.sandbox.docker_backend import connect
-
     cfg = _config(ctx)
     if cfg.backend != "docker":
         return Check(
@@ -43,8 +42,6 @@ def engine(ctx: DoctorContext) -> Check:
 @register_check("sandbox.image")
 def image(ctx: DoctorContext) -> Check:
     """The base image of the current recipe (built offline on first use)."""
-    from orchestrator.sandbox.docker_backend import connect
-
     spec = resolve(ctx.ws)
     try:
         client = connect()
@@ -68,8 +65,6 @@ def image(ctx: DoctorContext) -> Check:
 @register_check("sandbox.orphans")
 def orphans(ctx: DoctorContext) -> Check:
     """Containers and temporary worktrees left by crashed runs; removed with --clean."""
-    from orchestrator.sandbox.docker_backend import connect
-
     try:
         client = connect()
     except SandboxError:
@@ -79,8 +74,6 @@ def orphans(ctx: DoctorContext) -> Check:
 
 
 def _orphans(ctx: DoctorContext, client: Any) -> Check:
-    from orchestrator.sandbox.docker_backend import DockerBackend
-
     backend = DockerBackend(client)
     stale = stale_worktrees(ctx.ws) if ctx.ws is not None else []
     if ctx.clean:
@@ -105,9 +98,7 @@ def _orphans(ctx: DoctorContext, client: Any) -> Check:
 
 
 def _dead(container: object) -> bool:
-    from orchestrator.sandbox.docker_backend import _orphaned
-
-    return _orphaned(getattr(container, "labels", {}))
+    return orphaned(getattr(container, "labels", {}))
 
 
 @register_check("sandbox.policy")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from orchestrator.errors import ConflictError, GitError, UsageError
+from orchestrator.errors import ConflictError, GitError, UsageError, translate
 from orchestrator.store import gitops
 from orchestrator.store.gitops import ZERO, RefUpdate
 from orchestrator.store.storage import atomic_write_json, read_model
@@ -266,15 +267,13 @@ def _stash(path: Path) -> str:
     index = path / ".git" / "converge-stash-index"
     env = {**os.environ, "GIT_INDEX_FILE": str(index)}
     try:
-        import subprocess
-
         subprocess.run(["git", "read-tree", "HEAD"], cwd=path, env=env, check=True, capture_output=True)
         subprocess.run(["git", "add", "-A"], cwd=path, env=env, check=True, capture_output=True)
         tree = subprocess.run(
             ["git", "write-tree"], cwd=path, env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
     except subprocess.CalledProcessError as exc:
-        raise GitError(f"{path}: cannot save uncommitted changes: {exc.stderr.strip()}") from exc
+        raise translate(exc, "git", f"{path}: cannot save uncommitted changes") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             index.unlink()
