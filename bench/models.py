@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from llama_cpp import Llama
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.models.backends import CompletionRequest
@@ -41,8 +43,6 @@ def line(name: str, value: float | int) -> None:
 
 def throughput(tokens: int, rounds: int) -> None:
     """Tokens/s of the same greedy generation, direct vs through Converge, rounds interleaved (best of each)."""
-    from llama_cpp import Llama
-
     path = embedded_model_path()
     with _quiet_stderr():
         direct = Llama(model_path=str(path), n_ctx=N_CTX, verbose=False)

@@ -32,6 +32,7 @@ from orchestrator.agents.edits import EditProposal, apply_edits
 from orchestrator.errors import ConfigError, ModelError, SandboxError, UsageError
 from orchestrator.gate.candidates import Candidate
 from orchestrator.sandbox import factory
+from orchestrator.sandbox.docker_backend import DockerBackend, connect
 from orchestrator.store.reports import CommandResult
 from orchestrator.store.workspace import Workspace, source_root
 from tests.conftest import MakeRepo, git
@@ -293,8 +294,6 @@ def test_tool_agent_new_files_become_create_blocks(make_repo: MakeRepo) -> None:
 
 @pytest.mark.docker
 def test_tool_agent_runs_in_the_real_sandbox(sample_ws: Workspace) -> None:
-    from orchestrator.sandbox.docker_backend import DockerBackend, connect
-
     client = connect()
     script = "printf 'VERSION = 1\\n' > inventory/version.py && sed -i 's/^import os$//' inventory/stock.py"
     card = AgentCard.model_validate({"name": "t", "role": "tool", "kind": "tool", "command": ["sh", "-c", script]})

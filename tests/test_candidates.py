@@ -9,8 +9,8 @@ import pytest
 from orchestrator.agents.edits import EditBlock, EditProposal, apply_edits
 from orchestrator.errors import ConflictError, EditError, GitError, UsageError
 from orchestrator.gate.candidates import Candidate, candidate_ref, kept_commit
-from orchestrator.store.gitops import changed_paths, diff
 from orchestrator.store import gitops, worktrees
+from orchestrator.store.gitops import changed_paths, diff
 from tests.conftest import MakeRepo, git
 
 

@@ -13,6 +13,7 @@ import docker
 import pytest
 
 from orchestrator.errors import ModelError
+from orchestrator.models.registry import add_model, embedded_model_path, use_model
 from orchestrator.ops import doctor
 from orchestrator.ops.doctor import Check, DoctorContext, register_check, run_checks
 from orchestrator.sandbox.docker_backend import DockerBackend
@@ -131,8 +132,6 @@ def test_doctor_clean_removes_orphans_of_dead_processes(sample_ws: Workspace) ->
 
 
 def test_models_check_names_each_role_and_a_missing_file(ws: Workspace, tmp_path: Path) -> None:
-    from orchestrator.models.registry import add_model, embedded_model_path, use_model
-
     ready = {c.name: c for c in run_checks(DoctorContext(ws=ws)) if c.name.startswith("models.")}
     assert set(ready) == {"models.planner", "models.coder", "models.reviewer"}
     assert all(c.status == "ready" and c.detail.startswith("default (") for c in ready.values())

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
@@ -417,8 +418,6 @@ def test_cli_add_list_use(ws: Workspace, tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_cli_try_with_a_schema_prints_valid_json(ws: Workspace, tmp_path: Path) -> None:
-    import jsonschema
-
     schema = {
         "type": "object",
         "properties": {"language": {"type": "string", "maxLength": 20}, "year": {"type": "integer"}},

@@ -16,9 +16,8 @@ import pytest
 from orchestrator.errors import ModelError
 from orchestrator.gate import audit
 from orchestrator.loop import runs
-from orchestrator.models import runtime
+from orchestrator.models import budget, runtime
 from orchestrator.models.llama import ModelManager
-from orchestrator.models import budget
 from orchestrator.store import changesets, generations
 from orchestrator.store.setup import add_repo
 from orchestrator.store.workspace import Workspace

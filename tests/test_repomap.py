@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from orchestrator.agents import repomap
-from orchestrator.agents.repomap import build_repo_map, estimate_tokens, module_name, parse_python, repo_map_for
+from orchestrator.agents.repomap import (
+    build_repo_map,
+    build_repo_map_at,
+    estimate_tokens,
+    module_name,
+    parse_python,
+    repo_map_for,
+)
+from orchestrator.loop.attempts import with_files
 from orchestrator.store.workspace import Workspace
 from tests.conftest import MakeRepo, git
 
@@ -190,9 +198,6 @@ def test_workspace_map_is_cached_per_repo(sample_ws: Workspace) -> None:
 
 
 def test_a_commit_is_mapped_as_committed_whatever_the_checkout_holds(repo: Path, tmp_path: Path) -> None:
-    from orchestrator.agents.repomap import build_repo_map_at
-    from orchestrator.loop.attempts import with_files
-
     head = git(repo, "rev-parse", "HEAD")
     (repo / "link.py").symlink_to("broken.py")
     git(repo, "add", "link.py")

@@ -13,6 +13,7 @@ import pytest
 from orchestrator.errors import ConfigError, SignatureError
 from orchestrator.signing import keys, sshsig
 from orchestrator.store import keyfiles
+from orchestrator.store.sbom import declared_dependencies
 from orchestrator.store.setup import init_workspace
 from orchestrator.store.workspace import Workspace
 from tests.conftest import MakeRepo, git
@@ -161,8 +162,6 @@ def test_git_signs_commits_that_plain_verify_commit_accepts(ws: Workspace, make_
 
 
 def test_sbom_reads_every_requirements_file_at_the_commit(make_repo) -> None:  # type: ignore[no-untyped-def]
-    from orchestrator.store.sbom import declared_dependencies
-
     repo = make_repo(
         {
             "pyproject.toml": '[project]\nname = "x"\nversion = "1"\ndependencies = ["pydantic>=2"]\n',

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.config import load_config
 from orchestrator.errors import ConfigError, RepoError, UsageError, WorkspaceError
 from orchestrator.store import generations
 from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.storage import atomic_write_all
 from orchestrator.store.workspace import LAYOUT, find_workspace
 from tests.conftest import MakeRepo, converge, git
 
@@ -83,8 +85,6 @@ def test_corrupt_config_names_file_and_key(ws) -> None:  # type: ignore[no-untyp
 def test_env_overrides_file(ws) -> None:  # type: ignore[no-untyped-def]
     (ws.state / "converge.toml").write_text("[run]\nmax_steps = 4\n")
     assert ws.config().run.max_steps == 4
-    from orchestrator.config import load_config
-
     assert load_config(ws.state, environ={"CONVERGE_RUN__MAX_STEPS": "9"}).run.max_steps == 9
     assert load_config(ws.state, {"run": {"max_steps": 2}}, environ={"CONVERGE_RUN__MAX_STEPS": "9"}).run.max_steps == 2
 
@@ -162,8 +162,6 @@ def test_a_damaged_registry_is_named_not_a_traceback(tmp_path: Path, content: by
 
 
 def test_files_written_together_are_whole_or_absent(tmp_path: Path) -> None:
-    from orchestrator.store.storage import atomic_write_all
-
     big = bytes(range(256)) * 1000
     first, second = tmp_path / "a" / "one.json", tmp_path / "b" / "two.bin"
     atomic_write_all([(first, b"{}\n"), (second, big)], mode=0o600)
