@@ -42,8 +42,8 @@ def init_workspace(path: Path) -> Workspace:
             )
     try:
         return _lay_out(path)
-    except OSError as exc:
-        raise WorkspaceError(f"{path}: cannot create the workspace: {exc.strerror}") from exc
+    except OSError as exc:  # a full disk is DiskFull, not bad input
+        raise translate(exc, "os", f"{path}: cannot create the workspace") from exc
 
 
 def _lay_out(path: Path) -> Workspace:
