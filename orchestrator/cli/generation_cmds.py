@@ -1,4 +1,4 @@
-"""`converge generation list` and `converge rollback`."""
+"""`converge repos`, `converge generation list` and `converge rollback`: repos and their generations."""
 
 from __future__ import annotations
 
@@ -14,6 +14,32 @@ def register(app: typer.Typer) -> None:
     """Add the generation commands to ``app``."""
     group = typer.Typer(help="Generations: numbered, promoted states of a repo.", no_args_is_help=True)
     app.add_typer(group, name="generation")
+
+    @app.command("repos")
+    @handled
+    def repos(json_out: JsonFlag = False) -> None:
+        """Registered repos with their current generation."""
+        ws = workspace()
+        rows = []
+        for record in ws.repos():
+            gen = generations.current(ws, record.name)
+            rows.append(
+                {
+                    "name": record.name,
+                    "generation": gen.number,
+                    "commit": gen.commit,
+                    "source": record.source,
+                    "self": record.is_self,
+                }
+            )
+        if json_out:
+            emit_json(rows)
+        else:
+            emit_table(
+                "repos",
+                ["name", "generation", "commit", "source"],
+                [[r["name"], r["generation"], str(r["commit"])[:12], r["source"]] for r in rows],
+            )
 
     @group.command("list")
     @handled

@@ -14,6 +14,6 @@ def register(app: typer.Typer) -> None:
     @handled
     def mcp() -> None:
         """An MCP server over stdio: other agents submit patches through Converge's gate (no approving, no rollback)."""
-        from orchestrator.mcp.server import serve  # lazy: the MCP SDK loads only for this command
+        from orchestrator.mcp.server import serve  # noqa: PLC0415  lazy: the MCP SDK loads only for this command
 
         serve(workspace())

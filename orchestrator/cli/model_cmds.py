@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
 from orchestrator.errors import UsageError
+from orchestrator.models import runtime, status
 
 
 def _size(n: int) -> str:
@@ -28,10 +30,6 @@ def register(app: typer.Typer) -> None:
 @handled
 def list_models(json_out: JsonFlag = False) -> None:
     """Registered models (window, VRAM/RAM split) and role bindings; endpoints with health and speed."""
-    from dataclasses import asdict  # lazy: start-up time of the CLI
-
-    from orchestrator.models import runtime, status
-
     ws = workspace()
     registry = runtime.load_registry(ws)
     roles = runtime.all_roles(ws)
@@ -85,8 +83,6 @@ def add(
     json_out: JsonFlag = False,
 ) -> None:
     """Register a GGUF file (reads its header, places it in VRAM/RAM or refuses it, computes its sha256)."""
-    from orchestrator.models import runtime
-
     progress(f"reading {path} ...")
     ws = workspace()
     record = runtime.add_model(ws, path, name)
@@ -117,8 +113,6 @@ def use(
     json_out: JsonFlag = False,
 ) -> None:
     """Bind a role to a model."""
-    from orchestrator.models import runtime
-
     binding = runtime.use_model(workspace(), model, role)
     if json_out:
         emit_json({"role": role, "model": binding})
@@ -138,8 +132,6 @@ def try_model(
     json_out: JsonFlag = False,
 ) -> None:
     """One call to a model, to check it; with --schema the answer is constrained and validated."""
-    from orchestrator.models import runtime
-
     ws = workspace()
     backend = runtime.backend_for(ws, model)
     request = runtime.CompletionRequest(system=system, user=prompt, max_tokens=max_tokens, seed=seed)

@@ -28,6 +28,6 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Review in the browser: runs, changesets, generations, models, stats. Prints a URL with a session token."""
-        from orchestrator.serve import server  # lazy: the web stack loads only for this command
+        from orchestrator.serve import server  # noqa: PLC0415  lazy: the web stack loads only for this command
 
         server.serve(workspace(), host, port, allow_remote, announce=say, warn=progress)

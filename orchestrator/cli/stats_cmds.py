@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
+from orchestrator.ops import stats as stats_mod
 
 
 def _pct(rate: float | None) -> str:
@@ -66,8 +67,6 @@ def register(app: typer.Typer) -> None:
         test_time_trend: repo -> points (generation, status, changeset, seconds, selection; oldest first),
         median_seconds, change ((last - first) / first), regression (last > 1.2 x median).
         """
-        from orchestrator.ops import stats as stats_mod
-
         found = stats_mod.compute(workspace())
         if json_out:
             emit_json(found)

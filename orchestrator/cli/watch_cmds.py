@@ -10,12 +10,10 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, handled, progress, say, workspace
+from orchestrator.watch.watcher import Watcher, WatchReport, default_deps_factory
 
 
-def _render(report: object, json_out: bool, once: bool) -> None:
-    from orchestrator.watch.watcher import WatchReport
-
-    assert isinstance(report, WatchReport)
+def _render(report: WatchReport, json_out: bool, once: bool) -> None:
     if json_out:
         emit_json(report.model_dump())
     else:
@@ -44,8 +42,6 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """Keep repo maps fresh and run task files dropped into spec/inbox/ (until SIGINT/SIGTERM)."""
-        from orchestrator.watch.watcher import Watcher, default_deps_factory
-
         ws = workspace()
         with Watcher(ws, default_deps_factory(progress), log=progress, polling=polling) as watcher:
             if once:

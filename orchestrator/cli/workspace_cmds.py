@@ -1,4 +1,4 @@
-"""`converge init`, `converge add`, `converge repos`."""
+"""`converge init` and `converge add`: a workspace and the repos registered in it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
+from orchestrator.cli._common import JsonFlag, emit_json, handled, say, workspace
+from orchestrator.errors import UsageError
 from orchestrator.store import generations
 from orchestrator.store.setup import add_repo, init_workspace
 
@@ -38,8 +39,6 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """Register a git repo under src/NAME and record generation 0."""
-        from orchestrator.errors import UsageError
-
         if source is None and not is_self:
             raise UsageError("add: give a SOURCE path or URL, or --self")
         ws = workspace()
@@ -49,29 +48,3 @@ def register(app: typer.Typer) -> None:
             emit_json({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source})
         else:
             say(f"registered {record.name} at generation {gen.number} ({gen.commit[:12]})")
-
-    @app.command("repos")
-    @handled
-    def repos(json_out: JsonFlag = False) -> None:
-        """Registered repos with their current generation."""
-        ws = workspace()
-        rows = []
-        for record in ws.repos():
-            gen = generations.current(ws, record.name)
-            rows.append(
-                {
-                    "name": record.name,
-                    "generation": gen.number,
-                    "commit": gen.commit,
-                    "source": record.source,
-                    "self": record.is_self,
-                }
-            )
-        if json_out:
-            emit_json(rows)
-        else:
-            emit_table(
-                "repos",
-                ["name", "generation", "commit", "source"],
-                [[r["name"], r["generation"], str(r["commit"])[:12], r["source"]] for r in rows],
-            )

@@ -19,7 +19,7 @@ from mcp.types import CallToolResult, Resource, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import __version__
-from orchestrator.errors import ConvergeError
+from orchestrator.errors import BadInput, ConvergeError
 from orchestrator.mcp.actions import GateTools
 from orchestrator.mcp.background import RunTools
 from orchestrator.mcp.reads import ReadTools, changeset_view, repo_info
@@ -107,7 +107,7 @@ def _document(make: Callable[[], object]) -> str:
         value = make()
     except ConvergeError as exc:
         line = error_line(exc)
-        raise (ResourceNotFoundError(line) if exc.exit_code == 2 else ResourceError(line)) from exc
+        raise (ResourceNotFoundError(line) if isinstance(exc, BadInput) else ResourceError(line)) from exc
     data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     return json.dumps(data, indent=2, sort_keys=True)
 

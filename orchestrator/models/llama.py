@@ -17,8 +17,9 @@ from dataclasses import asdict
 from typing import Any
 
 import jinja2
+from llama_cpp.llama_grammar import LlamaGrammar
 
-from orchestrator.errors import ModelError
+from orchestrator.errors import translate
 from orchestrator.models.backends import Completion, CompletionRequest, ModelIdentity
 from orchestrator.models.manager import ModelManager, Resident, default_budget, quiet_stderr, where_to_set
 from orchestrator.models.promptcache import restore, snapshot
@@ -84,7 +85,7 @@ class LlamaBackend:
                 text, finish = choice["text"], str(choice.get("finish_reason") or "stop")
                 tokens_out = int(result["usage"]["completion_tokens"])
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"model {self.record.name!r}: llama.cpp failed: {exc}") from exc
+            raise translate(exc, "llama", f"model {self.record.name!r}: llama.cpp failed") from exc
         return Completion(
             text=text,
             tokens_in=len(prompt),
@@ -119,27 +120,26 @@ class LlamaBackend:
 
     def _render(self, resident: Resident, messages: list[dict[str, str]]) -> str:
         """The prompt text through the model's chat template; templates without a system role get it folded in."""
+        rejects = f"chat template of model {self.record.name!r} rejects the prompt"
         try:
             return str(resident.formatter(messages=messages).prompt)
         except (ValueError, jinja2.TemplateError) as first:
             if messages[0]["role"] != "system" or len(messages) < 2:
-                raise ModelError(f"chat template of model {self.record.name!r} rejects the prompt: {first}") from first
+                raise translate(first, "llama", rejects) from first
             merged = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
             try:
                 return str(resident.formatter(messages=[merged, *messages[2:]]).prompt)
             except (ValueError, jinja2.TemplateError) as exc:
-                raise ModelError(f"chat template of model {self.record.name!r} rejects the prompt: {exc}") from exc
+                raise translate(exc, "llama", rejects) from exc
 
     def _grammar(self, request: CompletionRequest) -> Any:
         if request.json_schema is None:
             return None
-        from llama_cpp.llama_grammar import LlamaGrammar  # lazy: the native library, loaded only with a model
-
         try:
             with quiet_stderr():
                 return LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise ModelError(f"JSON schema cannot be turned into a grammar: {exc}") from exc
+            raise translate(exc, "llama", "JSON schema cannot be turned into a grammar") from exc
 
     def _prepare_prefix(self, resident: Resident, prefix: list[int]) -> int:
         """Make the KV cache hold ``prefix``; returns how many prefix tokens were reused, not evaluated."""
@@ -172,7 +172,7 @@ class LlamaBackend:
 
 def _fit_threads(resident: Resident, counts: ThreadCounts) -> None:
     """Tell llama.cpp the thread counts (for ``auto``: the cores free right now) if they changed."""
-    import llama_cpp  # lazy: the native library, loaded only with a model
+    import llama_cpp  # noqa: PLC0415  lazy: the native library, loaded only with a model
 
     wanted = (counts.threads, counts.threads_batch)
     if wanted != resident.threads:

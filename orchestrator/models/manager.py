@@ -223,8 +223,8 @@ class ModelManager:
         if size != record.size:
             raise ModelError(f"{path}: changed since it was registered as {record.name!r}; run `converge model add`")
         read_gguf(path)  # a clear error for a damaged file instead of llama.cpp's
-        from llama_cpp import Llama  # lazy: the native library, loaded only with a model
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # lazy: as above
+        from llama_cpp import Llama  # noqa: PLC0415  lazy: the native library, loaded only with a model
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415  lazy: as above
 
         numa = _claim_numa(record.name, settings.numa)
         node = settings.numa if isinstance(settings.numa, int) else None

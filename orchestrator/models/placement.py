@@ -139,7 +139,7 @@ def _split(info: GGUFInfo, settings: ModelSettings, n_ctx: int, k: int) -> Place
 
 def gpu_devices() -> list[Device]:
     """The GPUs llama.cpp can offload to (none when llama-cpp-python was built for the CPU only)."""
-    import llama_cpp  # lazy: loads the native library, only needed to size VRAM
+    import llama_cpp  # noqa: PLC0415  lazy: loads the native library, only needed to size VRAM
 
     if not llama_cpp.llama_supports_gpu_offload():
         return []

@@ -90,7 +90,7 @@ class PromptCache:
 
 def snapshot(llm: Any) -> bytes:
     """The context's state (KV cache of the evaluated tokens) as bytes."""
-    import llama_cpp  # lazy: the native library, loaded only with a model
+    import llama_cpp  # noqa: PLC0415  lazy: the native library, loaded only with a model
 
     size = llama_cpp.llama_state_get_size(llm.ctx)
     buffer = (ctypes.c_uint8 * int(size))()
@@ -100,7 +100,7 @@ def snapshot(llm: Any) -> bytes:
 
 def restore(llm: Any, tokens: list[int], state: bytes) -> bool:
     """Load a snapshot taken after evaluating ``tokens``; False if llama.cpp rejects it."""
-    import llama_cpp  # lazy: the native library, loaded only with a model
+    import llama_cpp  # noqa: PLC0415  lazy: the native library, loaded only with a model
 
     buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
     if llama_cpp.llama_state_set_data(llm.ctx, buffer, len(state)) != len(state):

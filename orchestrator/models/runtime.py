@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -54,6 +54,9 @@ from orchestrator.models.registry import (
 )
 from orchestrator.store.workspace import Workspace
 
+if TYPE_CHECKING:
+    from orchestrator.models.llama import ModelManager
+
 __all__ = [
     "DEFAULT_MODEL",
     "CallLog",
@@ -62,7 +65,6 @@ __all__ = [
     "Message",
     "ModelBackend",
     "ModelIdentity",
-    "ModelManager",
     "ModelRecord",
     "add_model",
     "all_roles",
@@ -98,6 +100,8 @@ def call_log(ws: Workspace) -> CallLog:
 
 def manager_for(ws: Workspace) -> ModelManager:
     """The process-wide ModelManager of a workspace, built from ``[models]`` (so role switches stay free)."""
+    from orchestrator.models.llama import ModelManager  # noqa: PLC0415  lazy: the native library, loaded only with a model
+
     manager = _SHARED.get(ws.root)
     if manager is None:
         config = ws.config().models
@@ -216,7 +220,7 @@ def complete_json(
 def _validator(schema_json: str) -> Any:
     """A checked validator of the schema (in canonical JSON); checking a schema costs ~20 ms, a run asks
     for the same few again and again."""
-    import jsonschema
+    import jsonschema  # noqa: PLC0415  lazy: the native library, loaded only with a model
 
     schema = json.loads(schema_json)
     try:

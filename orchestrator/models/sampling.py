@@ -14,6 +14,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+
 TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05  # llama-cpp-python's defaults, so both paths sample alike
 
 
@@ -28,9 +32,6 @@ def generate_constrained(
 ) -> tuple[list[int], str]:
     """Generate after ``prompt`` under ``grammar`` (a LlamaGrammar); returns (tokens, finish reason).
     ``on_token`` is called after each token (the thread refit)."""
-    import llama_cpp
-    from llama_cpp import _internals as internals
-
     vocab = llm._model.vocab
     n_vocab = llm.n_vocab()
     _eval_reusing_prefix(llm, prompt)
@@ -76,8 +77,6 @@ def generate_constrained(
 
 
 def _as_array(pointer: Any, n: int) -> Any:
-    import numpy as np
-
     return np.ctypeslib.as_array(pointer, shape=(n,))
 
 

@@ -21,7 +21,7 @@ from orchestrator.store.workspace import Workspace
 
 def _deps_site() -> Path:
     """The site-packages that holds Converge's dependencies (shared by every installation, read-only)."""
-    import typer  # noqa: PLC0415  lazy: `converge self` subcommands other than install never need it
+    import typer  # noqa: PLC0415  lazy: only to find the shared site-packages
 
     return Path(typer.__file__).resolve().parent.parent
 

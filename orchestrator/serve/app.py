@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from orchestrator.errors import ConvergeError
+from orchestrator.errors import BadInput, ConvergeError
 from orchestrator.gate import audit
 from orchestrator.serve import actions, diffs, progress, security, views
 from orchestrator.serve.render import environment
@@ -205,7 +205,7 @@ def home(request: Request) -> Response:
 async def _converge_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ConvergeError)
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    status = 404 if message.startswith("unknown ") else 400 if exc.exit_code == 2 else 409
+    status = 404 if message.startswith("unknown ") else 400 if isinstance(exc, BadInput) else 409
     return _page(request, "error.html", status=status, status_code=status, message=message)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import git
 
 from orchestrator.config import CONFIG_FILE, dump_toml
-from orchestrator.errors import RepoError, UsageError, WorkspaceError
+from orchestrator.errors import RepoError, UsageError, WorkspaceError, translate
 from orchestrator.store import generations, gitops, keyfiles
 from orchestrator.store.storage import atomic_write
 from orchestrator.store.workspace import (
@@ -44,8 +44,8 @@ def init_workspace(path: Path) -> Workspace:
             )
     try:
         return _lay_out(path)
-    except OSError as exc:
-        raise WorkspaceError(f"{path}: cannot create the workspace: {exc.strerror}") from exc
+    except OSError as exc:  # a full disk is DiskFull, not bad input
+        raise translate(exc, "os", f"{path}: cannot create the workspace") from exc
 
 
 def _lay_out(path: Path) -> Workspace:
@@ -85,7 +85,7 @@ def add_repo(
     local = src_path.exists()
     if local:
         src_path = src_path.absolute()
-        gitops.open_repo(src_path)
+        _check_repo(src_path)
         if gitops.resolve(src_path, "HEAD") is None:
             raise RepoError(f"{src_path}: git repository has no commits yet")
     elif "://" not in source and ":" not in source:
@@ -111,8 +111,7 @@ def add_repo(
             git.Repo.clone_from(str(src_path) if local else source, dest, no_local=True)
         except git.GitCommandError as exc:
             shutil.rmtree(dest, ignore_errors=True)
-            detail = [line.strip(" '") for line in str(exc.stderr or "").splitlines() if line.strip(" '")]
-            raise RepoError(f"{source}: cannot clone: {detail[-1] if detail else exc}") from exc
+            raise translate(exc, "git", f"{source}: cannot clone") from exc
         gitops.run(dest, "config", "user.name", "Converge")
         gitops.run(dest, "config", "user.email", "converge@localhost")
         head = gitops.resolve(dest, "HEAD")
@@ -128,6 +127,14 @@ def add_repo(
         )
         ws.save_repos([*records, record])
     return record
+
+
+def _check_repo(path: Path) -> None:
+    """A git repository's top directory (not a subdirectory of one), or a RepoError saying so."""
+    try:
+        git.Repo(path).close()
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise translate(exc, "git", str(path)) from exc
 
 
 def _default_name(source: str) -> str:

@@ -31,10 +31,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from orchestrator.agents.pyparse import FileEntry
 from orchestrator.agents.repomap import RepoMap, repo_map_for
 from orchestrator.errors import ConvergeError
+from orchestrator.loop.factory import model_factory
 from orchestrator.loop.state import Deps
 from orchestrator.store.workspace import Workspace
 from orchestrator.watch.inbox import DepsFactory, Inbox, Log, TaskOutcome
@@ -209,11 +212,7 @@ class Watcher:
 
     def _new_observer(self) -> Any:
         if self._polling:
-            from watchdog.observers.polling import PollingObserver
-
             return PollingObserver(timeout=max(self.debounce, 0.1))
-        from watchdog.observers import Observer
-
         # inotify: directories made in quick succession (a checkout, a worktree's git records) can
         # be watched twice, once from each event; watchdog keeps one and warns. Harmless, not news.
         twice = "Callback with id .* already exists for watch"
@@ -423,8 +422,6 @@ def inotify_watch_limit() -> int | None:
 
 def default_deps_factory(log: Log) -> DepsFactory:
     """Deps with the workspace's real models, loaded once and reused by every task."""
-    from orchestrator.loop.factory import model_factory
-
     made: dict[Path, Any] = {}
 
     def make(ws: Workspace) -> Deps:
