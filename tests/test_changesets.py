@@ -197,8 +197,9 @@ def test_resubmitting_after_a_failure_or_a_rollback_goes_through_the_gate_again(
         src, REPORT_PY, "key=lambda item: item.unit_price", "key=lambda item: -item.unit_price", tmp_path / "b.diff"
     )
     for _ in range(2):  # the second try meets the first one's kept candidate, and still says why it fails
-        proc = converge("-w", str(ws.root), "submit", "sample", "--patch", str(broken))
+        proc = converge("-w", str(ws.root), "submit", "sample", "--patch", str(broken), "--json")
         assert proc.returncode == 1 and "tests do not pass" in proc.stderr, proc.stderr
+        assert json.loads(proc.stdout)["error"]["exit"] == 1, "--json: one document on stdout, even on failure"
     assert len(gitops_refs(ws.src / "sample", "refs/converge/failed/")) == 2
 
     doc = _doc_patch(src, tmp_path / "doc.diff")

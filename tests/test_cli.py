@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,10 @@ def test_a_sandbox_failure_is_not_a_usage_error(sample_ws: Workspace, tmp_path: 
     assert proc.returncode == 125, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("converge: error: no Docker engine:") and "make setup" in line
+
+
+def test_an_error_with_json_is_one_json_document_on_stdout(tmp_path: Path) -> None:
+    proc = converge("-w", str(tmp_path / "nowhere"), "repos", "--json")
+    assert proc.returncode == 2
+    error = json.loads(proc.stdout)["error"]
+    assert error["exit"] == 2 and error["kind"] == "WorkspaceError" and "not a Converge workspace" in error["message"]

@@ -36,6 +36,10 @@ OPTIONS = GlobalOptions()
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("workspace_cmds", "Create a workspace from the template (idempotent)."),
     "add": ("workspace_cmds", "Register a git repo under src/NAME and record generation 0."),
+    "remove": (
+        "workspace_cmds",
+        "Unregister a repo; its clone, refs, changesets and proofs stay readable in an archive.",
+    ),
     "repos": ("generation_cmds", "Registered repos with their current generation."),
     "refine": ("run_cmds", "One run: plan, then propose, apply, verify, judge, sign, review and promote each step."),
     "submit": (

@@ -51,12 +51,13 @@ def handled(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("json_out"))
         try:
             return func(*args, **kwargs)
         except ConvergeError as exc:
-            fail(exc)
+            fail(exc, as_json)
         except OSError as exc:  # a file the command read or wrote: named; a full disk is DiskFull
-            fail(translate(exc, "os"))
+            fail(translate(exc, "os"), as_json)
         except KeyboardInterrupt:
             print("converge: interrupted", file=sys.stderr)
             raise typer.Exit(INTERRUPTED) from None
@@ -64,17 +65,28 @@ def handled(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def fail(exc: ConvergeError) -> NoReturn:
-    """Report ``exc`` on one line of stderr (a traceback too with --debug) and exit with its code."""
+def fail(exc: ConvergeError, as_json: bool = False) -> NoReturn:
+    """Report ``exc`` on one line of stderr (a traceback too with --debug) and exit with its code.
+
+    With ``--json``, stdout gets one document too, unless the command printed its own already:
+    ``{"error": {"message": ..., "exit": ..., "kind": ...}}``.
+    """
     if OPTIONS.debug:
         traceback.print_exc()
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     print(f"converge: error: {message}", file=sys.stderr)
-    raise typer.Exit(exit_code(exc)) from None
+    code = exit_code(exc)
+    if as_json and not _EMITTED:
+        emit_json({"error": {"message": message, "exit": code, "kind": type(exc).__name__}})
+    raise typer.Exit(code) from None
+
+
+_EMITTED: list[bool] = []  # whether this command printed its JSON document (at most one is printed)
 
 
 def emit_json(value: Any) -> None:
     """Print one JSON document on stdout."""
+    _EMITTED.append(True)
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 

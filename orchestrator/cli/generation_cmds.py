@@ -22,23 +22,24 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         rows = []
         for record in ws.repos():
-            gen = generations.current(ws, record.name)
-            rows.append(
-                {
-                    "name": record.name,
-                    "generation": gen.number,
-                    "commit": gen.commit,
-                    "source": record.source,
-                    "self": record.is_self,
-                }
-            )
+            row: dict[str, object] = {"name": record.name, "source": record.source, "self": record.is_self}
+            broken = generations.problem(ws, record.name)  # a missing or damaged clone is listed, not fatal
+            if broken is None:
+                gen = generations.current(ws, record.name)
+                row |= {"generation": gen.number, "commit": gen.commit, "status": "ok", "problem": None}
+            else:
+                row |= {"generation": None, "commit": None, "status": "broken", "problem": broken}
+            rows.append(row)
         if json_out:
             emit_json(rows)
         else:
             emit_table(
                 "repos",
-                ["name", "generation", "commit", "source"],
-                [[r["name"], r["generation"], str(r["commit"])[:12], r["source"]] for r in rows],
+                ["name", "generation", "commit", "source", "status"],
+                [
+                    [r["name"], r["generation"], str(r["commit"] or "")[:12], r["source"], r["problem"] or "ok"]
+                    for r in rows
+                ],
             )
 
     @group.command("list")

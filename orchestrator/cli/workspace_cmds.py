@@ -1,4 +1,4 @@
-"""`converge init` and `converge add`: a workspace and the repos registered in it."""
+"""`converge init`, `add` and `remove`: a workspace and the repos registered in it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from orchestrator.cli._common import JsonFlag, emit_json, handled, say, workspace
 from orchestrator.errors import UsageError
 from orchestrator.store import generations
-from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.setup import add_repo, init_workspace, remove_repo
 
 
 def register(app: typer.Typer) -> None:
@@ -48,3 +48,13 @@ def register(app: typer.Typer) -> None:
             emit_json({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source})
         else:
             say(f"registered {record.name} at generation {gen.number} ({gen.commit[:12]})")
+
+    @app.command("remove")
+    @handled
+    def remove(repo: Annotated[str, typer.Argument(help="Registered repo name.")], json_out: JsonFlag = False) -> None:
+        """Unregister a repo; its clone, refs, changesets and proofs stay readable in an archive."""
+        archive = remove_repo(workspace(), repo)
+        if json_out:
+            emit_json({"name": repo, "archive": str(archive)})
+        else:
+            say(f"removed {repo}; its clone, refs, changesets and proofs are kept (clone in {archive})")

@@ -142,17 +142,6 @@ def _default_name(source: str) -> str:
     return stem.removesuffix(".git") or "repo"
 
 
-def repo_problem(ws: Workspace, name: str) -> str | None:
-    """What is wrong with the clone of registered repo ``name`` (None: nothing), with the fix."""
-    path = ws.repo_path(name)
-    fix = f"fix: `converge remove {name}` then `converge add SOURCE --name {name}`"
-    if not path.is_dir():
-        return f"{path} is missing; {fix}"
-    if gitops.resolve(path, generations.HEAD) is None:
-        return f"{path} is damaged (no refs/converge/head); {fix}"
-    return None
-
-
 def remove_repo(ws: Workspace, name: str) -> Path:
     """Unregister ``name``; its clone (with every ref), changesets and proofs stay readable in an archive.
 
