@@ -246,12 +246,23 @@ def load_config(
     """Load `converge.toml` from a workspace's `.converge/`, then apply env and flags."""
     path = state_dir / CONFIG_FILE
     data = read_toml(path) if path.exists() else {}
-    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    from_env = env_overrides(os.environ if environ is None else environ)
+    data = _merge(data, from_env)
     data = _merge(data, overrides or {})
     try:
         return ConvergeConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(CONFIG_FILE, exc)) from exc
+        raise ConfigError(format_validation_error(_source_of(exc, from_env, overrides or {}), exc)) from exc
+
+
+def _source_of(exc: ValidationError, from_env: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """Where the first bad value came from: a flag, a ``CONVERGE_*`` variable, or converge.toml."""
+    loc = [str(p) for p in exc.errors()[0]["loc"]]
+    if len(loc) >= 2 and loc[1] in (overrides.get(loc[0]) or {}):
+        return "command line"
+    if len(loc) >= 2 and loc[1] in (from_env.get(loc[0]) or {}):
+        return f"environment variable {ENV_PREFIX}{loc[0].upper()}__{loc[1].upper()}"
+    return CONFIG_FILE
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:

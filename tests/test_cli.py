@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import COMMANDS, module_commands
+from orchestrator.store.reports import CommandResult, TestReport
 from orchestrator.store.workspace import Workspace
 from tests.conftest import converge
 
@@ -65,3 +66,22 @@ def test_an_error_with_json_is_one_json_document_on_stdout(tmp_path: Path) -> No
     assert proc.returncode == 2
     error = json.loads(proc.stdout)["error"]
     assert error["exit"] == 2 and error["kind"] == "WorkspaceError" and "not a Converge workspace" in error["message"]
+
+
+def test_a_bad_environment_value_is_named_as_the_variable(tmp_path: Path) -> None:
+    converge("init", str(tmp_path / "w"), check=True)
+    proc = converge("-w", str(tmp_path / "w"), "repos", env={"CONVERGE_SANDBOX__TIMEOUT": "soon"})
+    assert proc.returncode == 2
+    assert "environment variable CONVERGE_SANDBOX__TIMEOUT: sandbox.timeout" in proc.stderr
+    assert "converge.toml" not in proc.stderr
+
+
+def test_model_use_refuses_a_role_no_card_runs_on(tmp_path: Path) -> None:
+    converge("init", str(tmp_path / "w"), check=True)
+    proc = converge("-w", str(tmp_path / "w"), "model", "use", "default", "--role", "wizard")
+    assert proc.returncode == 2 and "--role 'wizard'" in proc.stderr and "coder, planner" in proc.stderr
+
+
+def test_a_hung_suite_is_reported_as_timed_out() -> None:
+    command = CommandResult(argv=["python", "-m", "pytest"], exit_code=124, duration=600.0, timed_out=True)
+    assert TestReport(ran=False, command=command).summary == "tests timed out after 600s"

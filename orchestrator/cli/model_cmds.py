@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from orchestrator.agents.cards import load_cards
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
 from orchestrator.errors import UsageError
 from orchestrator.models import runtime, status
@@ -113,7 +114,12 @@ def use(
     json_out: JsonFlag = False,
 ) -> None:
     """Bind a role to a model."""
-    binding = runtime.use_model(workspace(), model, role)
+    ws = workspace()
+    cards = load_cards(ws).values()
+    known = sorted({c.card.binding()[1] for c in cards if c.card.kind == "model" and c.card.binding()[0] == "role"})
+    if role not in known:
+        raise UsageError(f"--role {role!r}: no agent card runs on that role (roles: {', '.join(known)})")
+    binding = runtime.use_model(ws, model, role)
     if json_out:
         emit_json({"role": role, "model": binding})
     else:

@@ -312,6 +312,8 @@ class Nodes:
 
 
 def _test_feedback(report: TestReport) -> str:
+    if report.command is not None and (report.command.timed_out or report.command.oom_killed):
+        return clip(f"The {report.summary}: make the change without slowing the tests down or growing memory.")
     if not report.ran:
         tail = report.command.stderr_tail if report.command else ""
         return clip(f"The tests could not run:\n{tail[-1500:]}")
