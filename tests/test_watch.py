@@ -23,7 +23,8 @@ from orchestrator.sandbox.scripted import PytestRun, PytestScript
 from orchestrator.sandbox.scripted import ScriptedBackend as ScriptedSandbox
 from orchestrator.store import generations, runs
 from orchestrator.store.workspace import Workspace
-from orchestrator.watch.watcher import Watcher, is_ignored
+from orchestrator.watch.files import is_ignored
+from orchestrator.watch.watcher import Watcher
 from tests.conftest import GIT_ENV, ROOT, converge
 from tests.scripted import ScriptedBackend, edit, plan
 
