@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "orchestrator.cli.stats_cmds",
     "orchestrator.cli.self_cmds",
     "orchestrator.cli.watch_cmds",
+    "orchestrator.cli.eval_cmds",
 )
 
 
