@@ -27,33 +27,45 @@ def register(app: typer.Typer) -> None:
 @model_app.command("list")
 @handled
 def list_models(json_out: JsonFlag = False) -> None:
-    """Registered models and role bindings."""
+    """Registered models, role bindings, and each model's latest solve rate on the built-in suite (`converge eval`)."""
+    from orchestrator.evals.store import latest_scores  # lazy: not needed by the other model commands
     from orchestrator.models import runtime
 
     ws = workspace()
     registry = runtime.load_registry(ws)
     roles = runtime.all_roles(ws)
+    scores = latest_scores(ws)
     rows = []
     for record in registry.models.values():
         doc = record.model_dump(exclude={"chat_template"})
         doc["has_chat_template"] = record.chat_template is not None
         doc["roles"] = sorted(r for r, b in roles.items() if b == record.name)
+        score = scores.get(record.name)
+        doc["eval"] = None if score is None else {"id": score.id, "complete": score.complete, **score.rate.model_dump()}
         rows.append(doc)
     if json_out:
         emit_json({"models": rows, "roles": roles})
         return
     emit_table(
         "models",
-        ["name", "arch", "quant", "context", "size", "sha256", "roles"],
+        ["name", "arch", "quant", "context", "size", "sha256", "roles", "built-in suite"],
         [
             [r["name"], r["architecture"], r["quantisation"], r["context_length"], _size(r["size"]),
-             r["sha256"][:12], ", ".join(r["roles"])]
+             r["sha256"][:12], ", ".join(r["roles"]), _score(r["eval"])]
             for r in rows
         ],
     )  # fmt: skip
     remote = {r: b for r, b in roles.items() if b not in registry.models}
     for role, binding in sorted(remote.items()):
         say(f"role {role} -> {binding}")
+
+
+def _score(found: dict[str, Any] | None) -> str:
+    """``41% (11/27) e20240101-...``: the solve rate of the newest eval of the built-in suite."""
+    if found is None or found["rate"] is None:
+        return "-"
+    partial = "" if found["complete"] else ", unfinished"
+    return f"{found['rate']:.0%} ({found['solved']}/{found['valid']}{partial}) {found['id']}"
 
 
 @model_app.command("add")

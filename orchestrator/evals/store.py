@@ -211,3 +211,20 @@ def to_json_line(result: TaskResult) -> dict[str, object]:
     """A result as the JSON contract prints it (``task``, ``solved``, ``invalid``, ``failure``, ``seconds``, ...)."""
     doc: dict[str, object] = json.loads(result.model_dump_json())
     return doc
+
+
+def latest_scores(ws: Workspace, roles: tuple[str, ...] = ("planner", "coder")) -> dict[str, Summary]:
+    """Per model binding: the summary of the newest eval of the whole built-in suite where it served one of ``roles``.
+
+    Evals of a part of the suite (``--tag``) do not count: their rates are not comparable.
+    """
+    found: dict[str, Summary] = {}
+    for spec in list_specs(ws):
+        summary = load_summary(ws, spec.id)
+        if not spec.suite.builtin or spec.tags or summary is None or summary.finished == 0:
+            continue
+        for role in roles:
+            binding = spec.models.get(role)
+            if binding is not None and binding not in found:
+                found[binding] = summary
+    return found

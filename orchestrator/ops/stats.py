@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.evals import store as eval_store
 from orchestrator.loop import runs
 from orchestrator.store import changesets, generations
 from orchestrator.store.reports import TestReport
@@ -190,4 +191,29 @@ def compute(ws: Workspace) -> dict[str, Any]:
             "mean_seconds": round(statistics.fmean(step_times), 2) if step_times else None,
         },
         "test_time_trend": {repo.name: test_trend(ws, repo.name) for repo in ws.repos()},
+        "evals": eval_history(ws),
     }
+
+
+def eval_history(ws: Workspace) -> list[dict[str, Any]]:
+    """Every eval of the workspace, newest first: suite, models, how far it got, its solve rate."""
+    found = []
+    for spec in eval_store.list_specs(ws):
+        summary = eval_store.load_summary(ws, spec.id)
+        found.append(
+            {
+                "id": spec.id,
+                "created": spec.created,
+                "suite": spec.suite.name,
+                "builtin": spec.suite.builtin,
+                "tags": spec.tags,
+                "models": spec.models,
+                "planned": len(spec.jobs()),
+                "finished": summary.finished if summary else 0,
+                "solved": summary.solved if summary else 0,
+                "valid": summary.valid if summary else 0,
+                "invalid": summary.invalid if summary else 0,
+                "rate": summary.rate.model_dump() if summary else None,
+            }
+        )
+    return found
