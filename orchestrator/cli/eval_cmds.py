@@ -13,7 +13,7 @@ from orchestrator.cli._common import JsonFlag, emit_json, emit_table, err_consol
 
 if TYPE_CHECKING:
     from orchestrator.evals.runner import EvalOutcome, OnResult
-    from orchestrator.evals.store import Rate, Summary, TaskResult
+    from orchestrator.evals.store import EvalSpec, Rate, Summary, TaskResult
 
 eval_app = typer.Typer(help="Evaluate models and agents on task suites with hidden checks.", no_args_is_help=True)
 
@@ -52,8 +52,13 @@ def run(
         suite=found, models=wiring.parse_overrides(model or []), repeat=repeat, parallel=parallel, tags=tag or []
     )
     total = len(found.select(request.tags)) * max(repeat, 1)
+
+    def on_start(spec: EvalSpec) -> None:
+        progress(f"eval {spec.id}: {total} task trial(s) of suite {spec.suite.name}; if interrupted: "
+                 f"converge eval resume {spec.id}")  # fmt: skip
+
     with _progress_bar(total) as on_result:
-        outcome = runner.start_eval(ws, request, on_result)
+        outcome = runner.start_eval(ws, request, on_result, on_start)
     _render(outcome, json_out)
     if found.broken:
         raise typer.Exit(2)
@@ -194,17 +199,23 @@ def _render(outcome: EvalOutcome, json_out: bool) -> None:
         emit_json(outcome.to_json())
         return
     summary = outcome.summary
+
+    def name(r: TaskResult) -> str:
+        return r.task + (f" #{r.trial + 1}" if outcome.spec.repeat > 1 else "")
+
     rows = [
-        [r.task + (f" #{r.trial + 1}" if outcome.spec.repeat > 1 else ""),
-         "yes" if r.solved else "invalid" if r.invalid else "no", r.failure or "", f"{r.seconds:.1f}s",
-         f"{r.tokens_in}/{r.tokens_out}", r.reason[:80]]
+        [name(r), "yes" if r.solved else "invalid" if r.invalid else "no", r.failure or "", f"{r.seconds:.1f}s",
+         f"{r.tokens_in}/{r.tokens_out}"]
         for r in outcome.results
     ]  # fmt: skip
-    emit_table(f"eval {outcome.spec.id}", ["task", "solved", "class", "time", "tokens in/out", "reason"], rows)
+    emit_table(f"eval {outcome.spec.id}", ["task", "solved", "class", "time", "tokens in/out"], rows)
+    for r in outcome.results:
+        if r.failure is not None:
+            say(f"  {name(r)}: {r.failure}: {r.reason}")
     state = "" if summary.complete else f" (unfinished: {summary.finished}/{summary.planned}; `converge eval resume`)"
     say(f"suite {summary.suite}: solved {_rate(summary.rate)}, {summary.invalid} invalid{state}")
-    for tag, r in summary.by_tag.items():
-        say(f"  {tag}: {_rate(r)}")
+    for tag, tag_rate in summary.by_tag.items():
+        say(f"  {tag}: {_rate(tag_rate)}")
     if summary.failures:
         say("failures: " + ", ".join(f"{k} {v}" for k, v in summary.failures.items()))
     tokens = f"{summary.tokens_in}/{summary.tokens_out}"

@@ -47,7 +47,7 @@ def _render(found: dict[str, Any]) -> None:
             "evals",
             ["id", "suite", "coder", "finished", "solved", "rate"],
             [
-                [e["id"], e["suite"] + (f" [{', '.join(e['tags'])}]" if e["tags"] else ""),
+                [e["id"], e["suite"] + (f" (tags: {', '.join(e['tags'])})" if e["tags"] else ""),
                  e["models"].get("coder", ""), f"{e['finished']}/{e['planned']}", f"{e['solved']}/{e['valid']}",
                  _pct(e["rate"]["rate"]) if e["rate"] else "n/a"]
                 for e in evals

@@ -24,7 +24,7 @@ from orchestrator.errors import UsageError
 from orchestrator.evals import classify, drive, sandbox_check, store, throwaway, wiring
 from orchestrator.evals.stats import summarize
 from orchestrator.evals.store import EvalSpec, FailureClass, Summary, TaskResult
-from orchestrator.evals.suite import Suite, Task, load_suite
+from orchestrator.evals.suite import BUILTIN, Suite, Task, answers_path, builtin_path, load_suite
 from orchestrator.scale.base import Executor
 from orchestrator.scale.local import LocalExecutor, bounded_workers, parse_size
 from orchestrator.store import generations
@@ -75,8 +75,16 @@ class TaskJob:
     bindings: dict[str, str]
 
 
-def start_eval(ws: Workspace, request: EvalRequest, on_result: OnResult | None = None) -> EvalOutcome:
-    """Run ``request.suite`` (its tasks carrying every tag asked for), ``repeat`` times each."""
+def start_eval(
+    ws: Workspace,
+    request: EvalRequest,
+    on_result: OnResult | None = None,
+    on_start: Callable[[EvalSpec], None] | None = None,
+) -> EvalOutcome:
+    """Run ``request.suite`` (its tasks carrying every tag asked for), ``repeat`` times each.
+
+    ``on_start`` hears of the eval once its record exists (its id is what a resume needs).
+    """
     if request.repeat < 1:
         raise UsageError(f"--repeat {request.repeat}: must be at least 1")
     if request.parallel < 1:
@@ -98,7 +106,21 @@ def start_eval(ws: Workspace, request: EvalRequest, on_result: OnResult | None =
         broken={b.name: b.error for b in request.suite.broken},
     )
     store.create(ws, spec)
+    if on_start is not None:
+        on_start(spec)
     return _run(ws, spec, {t.name: t for t in tasks}, request.parallel, on_result)
+
+
+def reference_eval(ws: Workspace, tags: list[str] | None = None, on_result: OnResult | None = None) -> EvalOutcome:
+    """The built-in suite with its reference answers as planner and coder (a replay model).
+
+    It measures Converge, not a model: the answers solve every task, so a task left unsolved
+    is the harness's or the gate's doing. What the self canary compares between two Converges.
+    """
+    binding = f"replay:{answers_path()}"
+    suite = load_suite(builtin_path(), BUILTIN, builtin=True)
+    request = EvalRequest(suite=suite, models={"planner": binding, "coder": binding}, tags=tags or [])
+    return start_eval(ws, request, on_result)
 
 
 def resume_eval(
