@@ -189,6 +189,29 @@ def test_a_result_line_torn_by_a_kill_is_dropped(ws: Workspace) -> None:
         store.load_spec(ws, "nope")
 
 
+def test_model_list_shows_each_models_latest_builtin_solve_rate(ws: Workspace) -> None:
+    def record(eval_id: str, created: str, solved: list[bool], tags: list[str] | None = None) -> None:
+        spec = _spec(eval_id, [f"t{n}" for n in range(len(solved))]).model_copy(
+            update={"created": created, "models": {"planner": "default", "coder": "default"}, "tags": tags or [],
+                    "suite": SuiteRef(name="refactor", path="/x", builtin=True)}
+        )  # fmt: skip
+        store.create(ws, spec)
+        results = [TaskResult(task=f"t{n}", solved=ok) for n, ok in enumerate(solved)]
+        store.save_summary(ws, stats.summarize(spec, results))
+
+    record("e-old", "2024-01-01T00:00:00+00:00", [True, True])
+    record("e-new", "2024-02-01T00:00:00+00:00", [True, False, False, False])
+    record("e-part", "2024-03-01T00:00:00+00:00", [True], tags=["tool"])  # a part of the suite: not a score
+    listing = json.loads(converge("-w", str(ws.root), "model", "list", "--json", check=True).stdout)
+    score = next(m for m in listing["models"] if m["name"] == "default")["eval"]
+    assert (score["id"], score["rate"], score["solved"], score["valid"]) == ("e-new", 0.25, 1, 4)
+    shown = converge("-w", str(ws.root), "model", "list", env={"COLUMNS": "200"}, check=True).stdout
+    assert "25% (1/4) e-new" in shown
+    history = json.loads(converge("-w", str(ws.root), "stats", "--json", check=True).stdout)["evals"]
+    assert [(e["id"], e["solved"], e["tags"]) for e in history] == [
+        ("e-part", 1, ["tool"]), ("e-new", 1, []), ("e-old", 2, [])]  # fmt: skip
+
+
 # --- failure classes ----------------------------------------------------------------------------------
 
 
