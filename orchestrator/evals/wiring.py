@@ -35,6 +35,7 @@ from orchestrator.store.workspace import NAME_RE, Workspace
 
 ModelFactory = Callable[[LoadedCard], ModelBackend]
 _IN_PROCESS = threading.Lock()  # one llama.cpp call at a time in this process
+_MANAGER = threading.Lock()  # two tasks starting at once must not make two managers (two copies of a model)
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -141,7 +142,9 @@ def task_models(ws: Workspace, bindings: dict[str, str], task: str, log_path: Pa
             if script is not None:
                 inner: ModelBackend = Recorded(ReplayBackend(script), log)
             else:
-                inner = runtime.backend_for(ws, binding, manager=runtime.manager_for(ws), log=log)
+                with _MANAGER:
+                    manager = runtime.manager_for(ws)
+                inner = runtime.backend_for(ws, binding, manager=manager, log=log)
             made[binding] = Metered(inner, meter)
         return made[binding]
 
