@@ -151,7 +151,6 @@ def _run(
     tasks: dict[str, Task],
     parallel: int,
     on_result: OnResult | None,
-    executor: Executor | None = None,
 ) -> EvalOutcome:
     folder = store.eval_dir(ws, spec.id)
     with file_lock(folder / "lock", f"eval {spec.id}"):
@@ -161,8 +160,8 @@ def _run(
         jobs = [TaskJob(ws.root, spec.id, tasks[name], trial, spec.models) for name, trial in spec.jobs()]
         todo = [job for job in jobs if (job.task.name, job.trial) not in done]
         if todo:
-            own = executor is None
-            pool = executor or LocalExecutor(bounded_workers(parallel, parse_size(ws.config().sandbox.memory)))
+            # the Ray executor will come in here, behind the same contract
+            pool: Executor = LocalExecutor(bounded_workers(parallel, parse_size(ws.config().sandbox.memory)))
             try:
                 for future in as_completed([pool.submit(run_task, job) for job in todo]):
                     result = future.result()
@@ -173,8 +172,7 @@ def _run(
                     if on_result is not None:
                         on_result(result, summary)
             finally:
-                if own:
-                    pool.close(wait=False)
+                pool.close(wait=False)  # on an interrupt: the queued trials never start
         summary = summarize(spec, results)
         store.save_summary(ws, summary)
     return EvalOutcome(spec, _ordered(spec, results), summary)
