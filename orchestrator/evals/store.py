@@ -11,7 +11,6 @@ that have none. A line torn by a kill is the last one, and is ignored (that tria
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
@@ -209,8 +208,7 @@ def list_specs(ws: Workspace) -> list[EvalSpec]:
 
 def to_json_line(result: TaskResult) -> dict[str, object]:
     """A result as the JSON contract prints it (``task``, ``solved``, ``invalid``, ``failure``, ``seconds``, ...)."""
-    doc: dict[str, object] = json.loads(result.model_dump_json())
-    return doc
+    return result.model_dump(mode="json")
 
 
 def latest_scores(ws: Workspace, roles: tuple[str, ...] = ("planner", "coder")) -> dict[str, Summary]:
