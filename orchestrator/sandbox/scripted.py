@@ -44,7 +44,7 @@ class _ScriptedSession:
     backend: ScriptedBackend
     closed: bool = False
 
-    def exec(self, argv: Sequence[str], timeout: float, output_limit: int) -> CommandResult:
+    def exec(self, argv: Sequence[str], timeout: float, output_limit: int, witness: bool = False) -> CommandResult:
         self.backend.ran.append(list(argv))
         started = time.monotonic()
         result = self.backend.script(list(argv))
