@@ -18,6 +18,7 @@ run on the host. :class:`ScriptedBackend` is the scripted fake for control-flow 
 from __future__ import annotations
 
 import functools
+import hashlib
 import secrets
 import shlex
 from collections.abc import Callable, Sequence
@@ -136,6 +137,8 @@ class Sandbox:
         argv += [f"--junitxml={junit}", *options, *(test_ids or [])]
         limits = self.spec.limits
         command = self._session.exec(argv, timeout or limits.timeout, limits.output_limit, witness=True)
+        shown = [_witness_name() if arg == witness_source() else arg for arg in command.argv]
+        command = command.model_copy(update={"argv": shown})  # reports and logs name the witness, not its text
         xml = self._session.exec(["cat", junit], 60.0, 64_000_000)
         text = xml.stdout_tail if xml.exit_code == 0 and xml.stdout_tail.strip() else None
         selection: Literal["all", "selected"] = "selected" if test_ids or options else "all"
@@ -151,6 +154,10 @@ def witness_command() -> list[str]:
 def witness_source() -> str:
     """The witness plugin's source, read once: it goes into the sandbox on the command line."""
     return (Path(__file__).parent / "witness.py").read_text(encoding="utf-8")
+
+
+def _witness_name() -> str:
+    return f"<converge-witness sha256:{hashlib.sha256(witness_source().encode()).hexdigest()[:16]}>"
 
 
 def parse_junit(text: str) -> dict[str, list[str]]:
