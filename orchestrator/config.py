@@ -53,11 +53,18 @@ class SandboxConfig(Section):
     timeout: float = Field(default=600.0, gt=0, description="wall-clock seconds per command")
     output_limit: int = Field(default=1_000_000, gt=0, description="bytes of output kept")
     tmpfs_size: str = Field(default="256m", description="size of the /tmp tmpfs")
+    disk: str = Field(
+        default="4g", description="size limit of the tree a sandbox writes (a filesystem of its own); 0: none"
+    )
     allow: dict[str, list[Literal["network-deps"]]] = Field(
         default_factory=dict,
         description="repo -> hardening items loosened for it (network-deps: network for dependency setup only)",
     )
     env: dict[str, str] = Field(default_factory=dict, description="extra variables set in every sandbox command")
+    find_links: list[str] = Field(
+        default_factory=list, description="directories of wheels that test environments install from, offline"
+    )
+    index_url: str = Field(default="", description="a local package index (a directory in PEP 503 layout), offline")
 
 
 class RunConfig(Section):
@@ -69,6 +76,9 @@ class RunConfig(Section):
     wall_time: float = Field(default=3600.0, gt=0, description="seconds per run")
     full_suite_before_promote: bool = Field(
         default=True, description="run every test, not only the selected ones, before promotion"
+    )
+    on_step_failure: Literal["stop", "continue"] = Field(
+        default="stop", description="after a failed or rejected step: end the run (later steps build on it) or go on"
     )
     reproducibility_check: bool = Field(
         default=False, description="run the full suite twice per verified attempt and record if outcomes match"

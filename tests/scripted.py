@@ -1,13 +1,14 @@
 """A scripted model backend for control-flow tests: answers from a queue, records every request.
 
 Like httpx's MockTransport: a function-backed fake behind the same ModelBackend protocol as
-the real llama.cpp backend, so the loop under test is the real one.
+the real llama.cpp backend, so the loop under test is the real one. An exception among the
+answers is raised at its turn (a model that fails, or a process that dies mid-call).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.agents.cards import LoadedCard
@@ -19,7 +20,9 @@ PLAN_KEY = "steps"
 class ScriptedBackend:
     """Answers plan requests from ``plans`` and edit requests from ``edits``, in order."""
 
-    def __init__(self, plans: list[dict[str, Any]], edits: list[dict[str, Any] | str]) -> None:
+    def __init__(
+        self, plans: Sequence[dict[str, Any] | BaseException], edits: Sequence[dict[str, Any] | str | BaseException]
+    ) -> None:
         self.plans = list(plans)
         self.edits = list(edits)
         self.requests: list[CompletionRequest] = []
@@ -35,6 +38,8 @@ class ScriptedBackend:
         if not queue:
             raise AssertionError(f"scripted model has no answer left for: {request.user[:200]}")
         answer = queue.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
         text = answer if isinstance(answer, str) else json.dumps(answer)
         return Completion(text=text, tokens_in=len(request.user) // 4, tokens_out=len(text) // 4, seconds=0.0)
 

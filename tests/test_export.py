@@ -49,6 +49,8 @@ def test_export_to_a_bare_origin_keeps_the_signature(ws: Workspace, make_repo: M
     verified = _verify_in(bare, ws, "converge/gen-1")
     assert verified.returncode == 0 and "converge@workspace" in verified.stderr
     assert git(bare, "rev-parse", "refs/heads/main") != commit  # nothing else moved
+    told = subprocess.run(result["verify"], shell=True, cwd=bare, capture_output=True, text=True, check=False)
+    assert told.returncode == 0, told.stderr  # the command export gives verifies the signature in the origin
 
     # exporting again is a no-op; a branch that moved on is not overwritten
     converge("-w", str(ws.root), "export", "sample", check=True)

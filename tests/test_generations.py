@@ -33,6 +33,7 @@ def test_promote_moves_head_refs_and_tree(sample_ws: Workspace) -> None:
     assert git(path, "rev-parse", "refs/converge/head") == gen.commit
     assert git(path, "rev-parse", "HEAD") == gen.commit
     assert (path / "VERSION").read_text() == "1"
+    assert git(path, "rev-parse", "converge") == gen.commit, "the checkout's branch follows the generation"
     assert _statuses(sample_ws) == [(0, "superseded", None), (1, "current", 0)]
     assert generations.lineage(sample_ws, "sample")[1].changesets == ("cs-1",)
 
@@ -58,8 +59,46 @@ def test_rollback_to_an_older_generation_abandons_everything_above(sample_ws: Wo
     path = sample_ws.src / "sample"
     assert not (path / "VERSION").exists()
     assert [s for _, s, _ in _statuses(sample_ws)] == ["current", "rolled-back", "rolled-back", "rolled-back"]
-    with pytest.raises(UsageError, match="--to 2: not a live generation"):
-        generations.rollback(sample_ws, "sample", to=2)
+    with pytest.raises(UsageError, match="--to 7: generation 7 of 'sample' does not exist"):
+        generations.rollback(sample_ws, "sample", to=7)
+
+
+def test_roll_forward_undoes_a_rollback_and_abandons_what_came_after(sample_ws: Workspace) -> None:
+    for n in "123":
+        _promote(sample_ws, n)
+    path = sample_ws.src / "sample"
+    generations.rollback(sample_ws, "sample", to=1)
+    g4 = _promote(sample_ws, "4")  # a new line of work on top of generation 1
+    assert (g4.number, g4.parent) == (4, 1)
+    forward, stash = generations.rollback(sample_ws, "sample", to=3)
+    assert (forward.number, stash) == (3, None)
+    assert (path / "VERSION").read_text() == "3"
+    assert git(path, "rev-parse", "refs/converge/head") == forward.commit
+    assert _statuses(sample_ws) == [
+        (0, "superseded", None),
+        (1, "superseded", 0),
+        (2, "superseded", 1),
+        (3, "current", 2),
+        (4, "rolled-back", 1),
+    ]
+    assert git(path, "rev-parse", "refs/converge/failed/4") == g4.commit  # nothing is lost
+    back, _ = generations.rollback(sample_ws, "sample", to=4)  # and undo can be undone again
+    assert back.number == 4 and (path / "VERSION").read_text() == "4"
+    assert [s for _, s, _ in _statuses(sample_ws)] == [
+        "superseded",
+        "superseded",
+        "rolled-back",
+        "rolled-back",
+        "current",
+    ]
+
+
+def test_roll_forward_through_the_cli(sample_ws: Workspace) -> None:
+    _promote(sample_ws, "1")
+    converge("-w", str(sample_ws.root), "rollback", "sample", check=True)
+    proc = converge("-w", str(sample_ws.root), "rollback", "sample", "--to", "1", "--json", check=True)
+    assert json.loads(proc.stdout)["number"] == 1
+    assert generations.current(sample_ws, "sample").number == 1
 
 
 def test_rollback_refuses_dirty_tree_and_force_stashes_it(sample_ws: Workspace) -> None:

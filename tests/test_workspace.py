@@ -55,6 +55,7 @@ def test_add_registers_clone_at_generation_zero(ws, make_repo: MakeRepo) -> None
     assert gen.commit == git(src, "rev-parse", "HEAD")
     assert (ws.src / "inv" / "inventory" / "stock.py").is_file()
     assert git(ws.src / "inv", "rev-parse", "refs/converge/gen/0") == gen.commit
+    assert git(ws.src / "inv", "symbolic-ref", "--short", "HEAD") == "converge", "a branch, not a detached HEAD"
 
 
 def test_add_refuses_duplicates_and_non_git(ws, make_repo: MakeRepo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -112,7 +113,8 @@ BAD_INPUT = [
     (["generation", "list", "ghost"], "unknown repo 'ghost'"),
     (["rollback", "inv", "--to", "-1"], "generations start at 0"),
     (["rollback", "inv"], "no parent to roll back to"),
-    (["rollback", "inv", "--to", "7"], "--to 7: not a live generation"),
+    (["rollback", "inv", "--to", "7"], "--to 7: generation 7 of 'inv' does not exist"),
+    (["add", "{src}", "--name", ""], "--name: give a name"),
 ]
 
 

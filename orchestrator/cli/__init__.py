@@ -32,6 +32,8 @@ COMMAND_MODULES = (
     "orchestrator.cli.stats_cmds",
     "orchestrator.cli.self_cmds",
     "orchestrator.cli.watch_cmds",
+    "orchestrator.cli.mcp_cmds",
+    "orchestrator.cli.serve_cmds",
 )
 
 

@@ -180,6 +180,7 @@ def export(
         emit_json(result)
     else:
         say(f"pushed generation {result['generation']} of {repo} to {result['remote']} as {result['branch']}")
+        say(f"its signatures verify in the origin with: {result['verify']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -58,6 +58,20 @@ def continue_run(run_id: str | None) -> None:
     progress(f"run {run_id}: {result.record.status}" + (f" ({result.record.reason})" if result.record.reason else ""))
 
 
+def _check_new_run_id(run_id: str) -> None:
+    """``--run-id``: a name (it becomes file names) that no run has yet."""
+    from orchestrator.store import runs
+    from orchestrator.store.workspace import NAME_RE
+
+    if not NAME_RE.match(run_id):
+        raise UsageError(f"--run-id {run_id!r}: letters, digits, '.', '_' and '-' only")
+    try:
+        runs.load(workspace(), run_id)
+    except UsageError:
+        return
+    raise UsageError(f"--run-id {run_id}: that run exists; `converge resume {run_id}` continues it")
+
+
 def register(app: typer.Typer) -> None:
     """Add the run commands to ``app``."""
 
@@ -71,6 +85,9 @@ def register(app: typer.Typer) -> None:
         auto_approve: Annotated[
             bool, typer.Option("--auto-approve", help="Promote what policy itself approves without asking.")
         ] = False,
+        run_id: Annotated[
+            str | None, typer.Option("--run-id", hidden=True, help="Id for the new run (chosen by its starter).")
+        ] = None,
         json_out: JsonFlag = False,
     ) -> None:
         """One run: plan, then propose, apply, verify, judge, sign, review and promote each step."""
@@ -79,21 +96,27 @@ def register(app: typer.Typer) -> None:
 
         deps = _deps(json_out)
         assert isinstance(deps, Deps)
-        result = start_run(deps, repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve)
+        if run_id is not None:
+            _check_new_run_id(run_id)
+        result = start_run(
+            deps, repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve, run_id=run_id
+        )
         _render(result, json_out)
 
     @app.command("resume")
     @handled
     def resume(
-        run_id: Annotated[str, typer.Argument(help="Run id (see `converge runs`).")], json_out: JsonFlag = False
+        run_id: Annotated[str, typer.Argument(help="Run id, or a prefix of one (see `converge runs`).")],
+        json_out: JsonFlag = False,
     ) -> None:
         """Resume an interrupted or killed run from its last checkpoint."""
         from orchestrator.loop.driver import resume_run
         from orchestrator.loop.state import Deps
+        from orchestrator.store import runs
 
         deps = _deps(json_out)
         assert isinstance(deps, Deps)
-        _render(resume_run(deps, run_id), json_out)
+        _render(resume_run(deps, runs.resolve_id(deps.ws, run_id)), json_out)
 
     @app.command("runs")
     @handled

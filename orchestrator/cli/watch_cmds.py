@@ -58,7 +58,9 @@ def register(app: typer.Typer) -> None:
                     if stops["n"] > 1:  # a second signal: quit now; the task in flight resumes next start
                         signal.signal(signum, signal.SIG_DFL)
                         os.kill(os.getpid(), signum)
-                    progress("watch: stopping after the task in progress (signal again to quit now)")
+                    progress(
+                        "watch: stopping; the run in progress stops at its next checkpoint (signal again to quit now)"
+                    )
                     watcher.stop()
 
                 signal.signal(signal.SIGINT, on_signal)

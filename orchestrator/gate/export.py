@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from orchestrator.errors import ConflictError, UsageError
-from orchestrator.store import generations, gitops
+from orchestrator.store import generations, gitops, keyfiles
 from orchestrator.store.workspace import Workspace
 
 
@@ -43,4 +43,14 @@ def export(ws: Workspace, repo: str, branch: str | None = None) -> dict[str, obj
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         reason = detail[-1] if detail else f"exit {proc.returncode}"
         raise ConflictError(f"export of {repo} to {remote} as {branch} refused: {reason}")
-    return {"repo": repo, "remote": remote, "branch": branch, "commit": gen.commit, "generation": gen.number}
+    allowed = keyfiles.allowed_signers_path(ws)
+    verify = f"git -c gpg.ssh.allowedSignersFile={allowed} verify-commit {branch}"  # run in the origin
+    return {
+        "repo": repo,
+        "remote": remote,
+        "branch": branch,
+        "commit": gen.commit,
+        "generation": gen.number,
+        "allowed_signers": str(allowed),
+        "verify": verify,
+    }

@@ -35,6 +35,7 @@ from orchestrator.loop.state import (
     Deps,
     Outcome,
     RunState,
+    RunStopped,
     attempt_file,
     attempts_allowed,
     changeset_id,
@@ -237,7 +238,7 @@ class Nodes:
             attempts=s["attempt"],
             changeset=cs,
             generation=gen,
-            reason="" if ended == Outcome.PROMOTED else s.get("feedback", "")[:500],
+            reason="" if ended == Outcome.PROMOTED else s.get("feedback", ""),
         )
         self.deps.on_event(f"step {s['step'] + 1}: {ended.value}")
         so_far = [runs.StepOutcome.model_validate(d) for d in s.get("done", [])] + [done]
@@ -253,7 +254,8 @@ class Nodes:
         return {**reset, "done": [done.model_dump()], "outcome": Outcome.NONE}
 
     def retry(self, s: RunState) -> RunState:
-        self.deps.on_event(f"  attempt {s['attempt']} failed: {s.get('feedback', '').splitlines()[0][:200]}")
+        reason = (s.get("feedback") or "no reason given").splitlines()[0]
+        self.deps.on_event(f"  attempt {s['attempt']} failed: {reason}")
         if self.deps.sandboxes is not None:
             self.deps.sandboxes.warm(s["base"])  # ready by the time the next proposal is, unless one is on its way
         return {"attempt": s["attempt"] + 1}
@@ -328,6 +330,17 @@ def _test_feedback(report: TestReport) -> str:
 # --- routing --------------------------------------------------------------------------------------
 
 
+def _stoppable(node: Callable[[RunState], RunState], stop: Callable[[], bool]) -> Any:
+    """``node``, unless a stop was asked for: then the run ends at the last checkpoint (resume goes on from it)."""
+
+    def run(s: RunState) -> RunState:
+        if stop():
+            raise RunStopped
+        return node(s)
+
+    return run
+
+
 def _after(node: str, cards: dict[str, LoadedCard]) -> Callable[[RunState], str]:
     nexts = {"propose": "apply", "apply": "verify", "verify": "judge", "judge": "sign"}
 
@@ -356,7 +369,7 @@ def build_graph(deps: Deps) -> Any:
     n = Nodes(deps)
     g = StateGraph(RunState)
     for name in ("plan", "propose", "apply", "verify", "judge", "sign", "review", "advance", "retry"):
-        g.add_node(name, getattr(n, name))
+        g.add_node(name, _stoppable(getattr(n, name), deps.stop_requested))
     g.add_edge(START, "plan")
     g.add_conditional_edges("plan", lambda s: END if s.get("plan_only") else "propose")
     for node in ("propose", "apply", "verify", "judge"):
@@ -364,5 +377,15 @@ def build_graph(deps: Deps) -> Any:
     g.add_edge("sign", "review")
     g.add_conditional_edges("review", _after_review(n.cards))
     g.add_edge("retry", "propose")
-    g.add_conditional_edges("advance", lambda s: "propose" if s["step"] < len(s["steps"]) else END)
+    g.add_conditional_edges("advance", _after_step(n.cfg.run.on_step_failure))
     return g
+
+
+def _after_step(on_failure: str) -> Callable[[RunState], str]:
+    def route(s: RunState) -> str:
+        last = s["done"][-1] if s.get("done") else {}
+        if on_failure == "stop" and last.get("outcome") in (Outcome.FAILED, Outcome.REJECTED):
+            return END  # later steps usually build on this one
+        return "propose" if s["step"] < len(s["steps"]) else END
+
+    return route

@@ -75,6 +75,11 @@ class Deps:
     on_event: Events = field(default=lambda _text: None)
     sandbox_backend: SandboxBackend | None = None  # None: the one converge.toml names
     sandboxes: SandboxPool | None = None  # the run's sandboxes started ahead (see driver)
+    stop_requested: Callable[[], bool] = field(default=lambda: False)  # checked before each node
+
+
+class RunStopped(Exception):
+    """The driver was asked to stop (SIGTERM to `converge watch`): the run ends here, checkpointed."""
 
 
 def outcome(s: RunState) -> Outcome:

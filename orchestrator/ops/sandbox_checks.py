@@ -9,8 +9,9 @@ from typing import Any
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.ops.doctor import Check, DoctorContext, register_check
+from orchestrator.sandbox.base import orphaned
 from orchestrator.sandbox.image import image_present, resolve
-from orchestrator.store import worktrees
+from orchestrator.store import diskimage, worktrees
 from orchestrator.store.worktrees import stale_worktrees
 
 
@@ -105,9 +106,7 @@ def _orphans(ctx: DoctorContext, client: Any) -> Check:
 
 
 def _dead(container: object) -> bool:
-    from orchestrator.sandbox.docker_backend import _orphaned
-
-    return _orphaned(getattr(container, "labels", {}))
+    return orphaned(getattr(container, "labels", {}))
 
 
 @register_check("sandbox.policy")
@@ -125,3 +124,16 @@ def loosened(ctx: DoctorContext) -> list[Check]:
         if items
     ]
     return found or [Check("sandbox.policy", "ready", "fully hardened: nothing loosened")]
+
+
+@register_check("sandbox.disk")
+def disk(ctx: DoctorContext) -> Check:
+    """The size limit of the tree a sandbox writes, and whether this machine can enforce it."""
+    cfg = _config(ctx)
+    size = diskimage.parse_size(cfg.disk)
+    if size == 0:
+        return Check("sandbox.disk", "warning", "no limit (sandbox.disk = 0)", 'set sandbox.disk, e.g. "4g"')
+    why = diskimage.enforced()
+    if why is not None:
+        return Check("sandbox.disk", "warning", f"{cfg.disk} asked, not enforced: {why}", "run Converge as root")
+    return Check("sandbox.disk", "ready", f"{cfg.disk} per sandbox tree (its own filesystem)")

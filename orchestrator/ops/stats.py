@@ -103,7 +103,7 @@ def _repro_figures(all_attempts: list[_Attempt]) -> dict[str, Any]:
         "verified": len(verified),
         "checked": len(checked),
         "identical": identical,
-        "rate": _rate(identical, len(verified)),
+        "rate": _rate(identical, len(checked)) if checked else None,  # unchecked builds are not irreproducible
     }
 
 

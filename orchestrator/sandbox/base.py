@@ -2,8 +2,8 @@
 
     open_sandbox(ws, repo, worktree, label=...)   context manager -> Sandbox
       ├── reap orphans of this workspace (containers whose owning process died)
-      ├── sandbox_image.resolve / ensure_image     the offline base image, cached by digest
-      ├── sandbox_env.ensure_env                   the repo's test environment, cached by digest
+      ├── image.resolve                            the offline base image's recipe, by digest
+      ├── SandboxBackend.prepare_env(...)          the repo's test environment (env.ensure_env)
       └── SandboxBackend.start(spec)               one long-lived container per candidate
     Sandbox.run(argv)        -> CommandResult      one command in the container, with timeout and output cap
     Sandbox.run_tests(ids)   -> TestReport         pytest under Converge's witness, cross-checked with JUnit
@@ -21,6 +21,7 @@ import functools
 import hashlib
 import secrets
 import shlex
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,10 @@ from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox import crosscheck
 from orchestrator.sandbox.image import ImageSpec
+from orchestrator.store import diskimage
 from orchestrator.store.reports import CommandResult, TestReport
+from orchestrator.store.storage import pid_alive
+from orchestrator.store.workspace import Workspace
 
 Loosening = Literal["network-deps"]
 LABEL = "converge.sandbox"
@@ -68,6 +72,7 @@ class SandboxSpec:
     network: bool = False  # only ever true for a loosened dependency setup
     worktree_writable: bool = True
     env_writable: bool = False  # only while the env is being built
+    extra_mounts: tuple[tuple[Path, str], ...] = ()  # (host path, sandbox path), read-only: local wheels
 
 
 class SandboxSession(Protocol):
@@ -100,6 +105,13 @@ class SandboxBackend(Protocol):
         """
         ...
 
+    def prepare_env(
+        self, ws: Workspace, repo: str, spec: SandboxSpec, *, allow_network: bool, requirements: list[str] | None
+    ) -> Path | None:
+        """The test environment mounted at ``/env`` for ``spec``'s worktree (or ``requirements``),
+        built now if it is new; None for a backend whose sandboxes need none (the scripted one)."""
+        ...
+
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         """Remove sandboxes left by dead processes (of one workspace, or all); their ids."""
         ...
@@ -121,7 +133,13 @@ class Sandbox:
         if not argv:
             raise SandboxError("empty command: give the program to run and its arguments")
         limits = self.spec.limits
-        return self._session.exec(list(argv), timeout or limits.timeout, output_limit or limits.output_limit)
+        result = self._session.exec(list(argv), timeout or limits.timeout, output_limit or limits.output_limit)
+        if not result.ok and diskimage.is_full(self.spec.worktree):
+            note = (
+                f"\nconverge: sandbox disk limit reached: {self.spec.worktree} is full (sandbox.disk in converge.toml)"
+            )
+            return result.model_copy(update={"stderr_tail": result.stderr_tail + note})
+        return result
 
     def run_tests(
         self, test_ids: Sequence[str] | None = None, timeout: float | None = None, options: Sequence[str] = ()
@@ -158,6 +176,14 @@ def witness_source() -> str:
 
 def _witness_name() -> str:
     return f"<converge-witness sha256:{hashlib.sha256(witness_source().encode()).hexdigest()[:16]}>"
+
+
+def orphaned(labels: dict[str, str]) -> bool:
+    """Whether the sandbox with these labels was left by a process of this host that is gone."""
+    if labels.get("converge.host") != socket.gethostname():
+        return False  # another machine's engine view: its owner cannot be checked from here
+    pid = labels.get("converge.pid", "")
+    return pid.isdigit() and not pid_alive(int(pid))
 
 
 def parse_junit(text: str) -> dict[str, list[str]]:

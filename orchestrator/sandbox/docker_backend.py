@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import LABEL, OutputTail, SandboxSpec
+from orchestrator.sandbox.base import LABEL, OutputTail, SandboxSpec, orphaned
+from orchestrator.sandbox.env import ensure_env
 from orchestrator.sandbox.image import ensure_image
 from orchestrator.store.reports import CommandResult
-from orchestrator.store.storage import pid_alive
+from orchestrator.store.workspace import Workspace
 
 ENGINE_FIX = "run `make setup` (installs docker.io and starts dockerd) or start dockerd yourself"
 
@@ -122,6 +123,7 @@ def container_config(spec: SandboxSpec, image_tag: str) -> dict[str, Any]:
     mounts += [_mount(path, path, True) for path in image.mounts]
     if spec.env_dir is not None:
         mounts.append(_mount(spec.env_dir, "/env", not spec.env_writable))
+    mounts += [_mount(src, dst, True) for src, dst in spec.extra_mounts]
     memory = spec.limits.memory
     return {
         "image": image_tag,
@@ -204,6 +206,12 @@ class DockerBackend:
             raise SandboxError(f"sandbox container for {spec.worktree} did not start: {exc}") from exc
         return DockerSession(self.client, container)
 
+    def prepare_env(
+        self, ws: Workspace, repo: str, spec: SandboxSpec, *, allow_network: bool, requirements: list[str] | None
+    ) -> Path:
+        """A virtual environment on the host, cached by digest, mounted read-only (see ``sandbox.env``)."""
+        return ensure_env(ws, repo, spec, self, allow_network=allow_network, requirements=requirements)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -219,7 +227,7 @@ class DockerBackend:
         removed = []
         try:
             for container in self.client.containers.list(all=True, ignore_removed=True, filters={"label": filters}):
-                if include_live or _orphaned(container.labels):
+                if include_live or orphaned(container.labels):
                     _remove(container)
                     removed.append(container.short_id)
         except docker.errors.DockerException as exc:
@@ -238,13 +246,6 @@ def _remove(container: Any) -> None:
     except docker.errors.APIError as exc:
         if exc.status_code != 409:  # 409: its removal is already in progress
             raise
-
-
-def _orphaned(labels: dict[str, str]) -> bool:
-    if labels.get("converge.host") != socket.gethostname():
-        return False  # another machine's engine view: its owner cannot be checked from here
-    pid = labels.get("converge.pid", "")
-    return pid.isdigit() and not pid_alive(int(pid))
 
 
 def _close_stream(stream: Any) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import LABEL, Limits, Sandbox, SandboxBackend, SandboxSpec
-from orchestrator.sandbox.env import ensure_env
 from orchestrator.sandbox.image import ImageSpec, resolve
 from orchestrator.store.workspace import Workspace
 
@@ -105,5 +104,5 @@ def sandbox_spec(
         environment=environment(image, cfg),
     )
     allow_network = "network-deps" in cfg.allow.get(repo, [])
-    env_dir = ensure_env(ws, repo, base, backend, allow_network=allow_network, requirements=requirements)
+    env_dir = backend.prepare_env(ws, repo, base, allow_network=allow_network, requirements=requirements)
     return replace(base, env_dir=env_dir)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import SandboxSpec
+from orchestrator.sandbox.env import ensure_env
 from orchestrator.store.reports import CommandResult
+from orchestrator.store.workspace import Workspace
 
 SANDBOX_MARKER = "CONVERGE_IN_SANDBOX"
 WITNESS_FD = "CONVERGE_WITNESS_FD"  # as the sandbox runner names the witness's pipe
@@ -51,6 +53,12 @@ class NestedBackend:
             fill()
         self.started.append(spec)
         return NestedSession(spec)
+
+    def prepare_env(
+        self, ws: Workspace, repo: str, spec: SandboxSpec, *, allow_network: bool, requirements: list[str] | None
+    ) -> Path | None:
+        """The host-built environment Docker's sandboxes mount; its interpreter runs the commands."""
+        return ensure_env(ws, repo, spec, self, allow_network=allow_network, requirements=requirements)
 
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         return []
@@ -92,9 +100,8 @@ class NestedSession:
                 pass_fds=(wit_w,) if wit_w is not None else (),
             )
         except OSError as exc:
-            for fd in (wit_r, wit_w):
-                if fd is not None:
-                    os.close(fd)
+            if wit_r is not None:
+                os.close(wit_r)
             return CommandResult(argv=list(argv), exit_code=127, duration=0.0, stderr_tail=str(exc))
         finally:
             if wit_w is not None:

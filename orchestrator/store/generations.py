@@ -53,6 +53,7 @@ class GenerationRecord(BaseModel):
     created: str
     abandoned: str | None = None
     reason: str | None = None
+    revived: list[str] = Field(default_factory=list)  # when a roll forward made it live again
 
 
 @dataclass(frozen=True)
@@ -280,37 +281,64 @@ def promote(
 
 
 def rollback(ws: Workspace, repo: str, to: int | None = None, force: bool = False) -> tuple[Generation, str | None]:
-    """Make generation ``to`` (default: the current one's parent) current; returns it and any stash ref."""
+    """Make generation ``to`` (default: the current one's parent) current; returns it and any stash ref.
+
+    ``to`` may be a rolled-back generation (roll forward): it and its rolled-back ancestors become live
+    again, and the live generations after their common ancestor are rolled back in the same transaction.
+    """
     with repo_transaction(ws, repo) as path:
-        gens = lineage(ws, repo)
-        live = [g for g in gens if g.status in ("current", "superseded")]
+        gens = {g.number: g for g in lineage(ws, repo)}
+        live = [g for g in gens.values() if g.status in ("current", "superseded")]
         cur = live[-1]
-        if to is None:
-            if cur.parent is None or len(live) < 2:
-                raise UsageError(f"repo {repo!r} is at generation {cur.number}, which has no parent to roll back to")
-            target = live[-2]
-        else:
-            if to < 0:
-                raise UsageError(f"--to {to}: generations start at 0")
-            matches = [g for g in live if g.number == to]
-            if not matches:
-                valid = ", ".join(str(g.number) for g in live[:-1]) or "none"
-                raise UsageError(
-                    f"--to {to}: not a live generation of {repo!r} below the current one (choices: {valid})"
-                )
-            target = matches[0]
-            if target.number == cur.number:
-                raise UsageError(f"--to {to}: generation {to} is already current")
+        target = _rollback_target(repo, gens, live, cur, to)
+        revive = _dead_ancestors(gens, target)
+        keep_upto = gens[revive[-1].parent].number if revive and revive[-1].parent is not None else target.number
+        abandoned = [g for g in live if g.number > keep_upto]
         move = Move.between(path, cur.commit, target.commit)
         stash = guard_tree(path, move, force)
-        abandoned = [g for g in live if g.number > target.number]
         updates = [RefUpdate(HEAD, target.commit, cur.commit)]
         updates += [RefUpdate(f"{FAILED}{g.number}", g.commit, ZERO) for g in abandoned]
+        updates += [RefUpdate(f"{FAILED}{g.number}", ZERO, g.commit) for g in revive]
         _apply_move(ws, repo, path, "rollback", move, updates, clean=stash is None)
         for g in abandoned:
             rec = _record(ws, repo, g.number, g.commit)
             _write_record(ws, repo, rec.model_copy(update={"abandoned": _now(), "reason": "rolled back"}))
+        for g in revive:
+            rec = _record(ws, repo, g.number, g.commit)
+            update = {"abandoned": None, "reason": None, "revived": [*rec.revived, _now()]}
+            _write_record(ws, repo, rec.model_copy(update=update))
         return (
             Generation(target.number, target.commit, target.parent, "current", target.changesets, target.created),
             stash,
         )
+
+
+def _rollback_target(
+    repo: str, gens: dict[int, Generation], live: list[Generation], cur: Generation, to: int | None
+) -> Generation:
+    if to is None:
+        if cur.parent is None or len(live) < 2:
+            raise UsageError(f"repo {repo!r} is at generation {cur.number}, which has no parent to roll back to")
+        return live[-2]
+    if to < 0:
+        raise UsageError(f"--to {to}: generations start at 0")
+    target = gens.get(to)
+    if target is None or target.status == "failed":
+        valid = ", ".join(str(g.number) for g in gens.values() if g.status != "failed" and g.number != cur.number)
+        why = "failed and was never promoted" if target is not None else "does not exist"
+        raise UsageError(f"--to {to}: generation {to} of {repo!r} {why} (choices: {valid or 'none'})")
+    if target.number == cur.number:
+        raise UsageError(f"--to {to}: generation {to} is already current")
+    return target
+
+
+def _dead_ancestors(gens: dict[int, Generation], target: Generation) -> list[Generation]:
+    """``target`` and its ancestors up to the first live one, when ``target`` was rolled back (newest first)."""
+    chain: list[Generation] = []
+    node: Generation | None = target
+    while node is not None and node.status == "rolled-back":
+        chain.append(node)
+        node = gens.get(node.parent) if node.parent is not None else None
+    if node is None and chain:
+        raise GitError(f"generation {target.number}: no live ancestor to roll forward from; its records are damaged")
+    return chain

@@ -335,12 +335,8 @@ def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
     (:mod:`orchestrator.store.refsession`); a transaction that moves a branch or HEAD gets its own
     git, which dies with Converge.
     """
-    lines = []
-    for u in updates:
-        if u.ref == "HEAD":
-            lines.append("option no-deref")  # move a detached HEAD itself, never what it points to
-        verb = f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}"
-        lines.append(verb)
+    # HEAD is dereferenced: the checkout's branch (`converge`) follows, or a detached HEAD moves itself
+    lines = [f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}" for u in updates]
     if all(u.ref.startswith("refs/converge/") for u in updates):
         refsession.transact(cwd, message, lines)
         return

@@ -27,6 +27,8 @@ from orchestrator.store.workspace import (
     template_dir,
 )
 
+CHECKOUT_BRANCH = "converge"  # the branch of src/<repo>: it follows the current generation
+
 
 def init_workspace(path: Path) -> Workspace:
     """Create a workspace at ``path`` from the template; idempotent on an existing workspace."""
@@ -88,6 +90,8 @@ def add_repo(
             raise RepoError(f"{src_path}: git repository has no commits yet")
     elif "://" not in source and ":" not in source:
         raise UsageError(f"{source}: no such path")
+    if name is not None and not name.strip():
+        raise UsageError("--name: give a name (letters, digits, . _ -), or leave the option out")
     name = name or _default_name(source)
     if not NAME_RE.match(name):
         raise UsageError(f"{name!r}: not a valid repo name (letters, digits, . _ -, at most 64)")
@@ -113,7 +117,8 @@ def add_repo(
         gitops.run(dest, "config", "user.email", "converge@localhost")
         head = gitops.resolve(dest, "HEAD")
         assert head is not None
-        gitops.run(dest, "checkout", "--quiet", "--detach", head)
+        # on a branch that follows the current generation (promotion and rollback move it with the refs)
+        gitops.run(dest, "checkout", "--quiet", "-B", CHECKOUT_BRANCH, head)
         generations.record_initial(ws, name, dest, head)
         record = RepoRecord(
             name=name,

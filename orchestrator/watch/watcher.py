@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
@@ -42,6 +42,7 @@ from orchestrator.watch.inbox import DepsFactory, Inbox, Log, TaskOutcome
 DEBOUNCE = 0.2
 MAX_DELAY = 2.0  # a burst of changes longer than this is applied anyway, not postponed forever
 REPO_SYNC = 2.0  # how often newly registered repos are picked up
+STOP_GRACE = 5.0  # how long a stop waits for the run in progress to reach its next checkpoint
 PERSIST_IDLE = 5.0  # refreshed parses are written to the map cache once changes pause this long
 IGNORED_DIRS = frozenset(
     {".git", "cache", "__pycache__", "build", "dist", ".pytest_cache", "node_modules", ".venv", "venv"}
@@ -146,7 +147,7 @@ class Watcher:
         self.deps_factory = deps_factory
         self.debounce = debounce
         self.log: Log = log or (lambda _text: None)
-        self.inbox = Inbox(ws, deps_factory, self.log)
+        self.inbox = Inbox(ws, self._deps, self.log)
         self.refreshed: dict[str, list[str]] = {}
         self._polling = polling
         self._maps: dict[str, RepoMap] = {}
@@ -176,8 +177,11 @@ class Watcher:
         self._stack.close()
 
     def stop(self) -> None:
-        """Ask :meth:`run_forever` to return (after the task in progress, if any)."""
+        """Ask :meth:`run_forever` to return: the run in progress stops at its next node, checkpointed."""
         self._stop.set()
+
+    def _deps(self, ws: Workspace) -> Deps:
+        return replace(self.deps_factory(ws), stop_requested=self._stop.is_set)
 
     @property
     def observer_kind(self) -> str:
@@ -373,7 +377,11 @@ class Watcher:
             if time.monotonic() >= next_sync:
                 self._sync_repos()
                 next_sync = time.monotonic() + REPO_SYNC
-        worker.join()
+        worker.join(STOP_GRACE)  # a node still in flight after this is redone when the run resumes
+        if worker.is_alive():
+            self.log(
+                f"watch: the task in progress did not reach a checkpoint in {STOP_GRACE:.0f}s; it resumes next start"
+            )
         self.flush(force=True)
         self.persist(force=True)
         return self.report()
