@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,11 @@ from orchestrator.store.workspace import Workspace
 
 Script = Callable[[list[str]], CommandResult]
 KILLED = 128 + signal.SIGKILL  # what the runner reports for a command stopped at its timeout
+
+
+def is_test_run(argv: Sequence[str]) -> bool:
+    """A pytest run: under Converge's witness (``python -I -c <witness>``), or plain."""
+    return list(argv[:3]) == ["python", "-I", "-c"] or "pytest" in argv[:3]
 
 
 def no_change(argv: list[str]) -> CommandResult:
@@ -100,7 +106,9 @@ def _case(suite: ElementTree.Element, test_id: str, outcome: str) -> None:
 @dataclass
 class PytestScript:
     """A script: pytest answered with ``runs`` in order (the last one again once they are spent),
-    ``cat`` of the JUnit file with the XML of the latest run, anything else by ``other``.
+    ``cat`` of the JUnit file with the XML of the latest run (of the asking thread), anything else
+    by ``other``. A reference sandbox (the base's run, ``sandbox.reference``) is answered with
+    ``base``: by default every test any of ``runs`` passes, passing.
 
     An exception among ``runs`` is raised at its turn: a SandboxError (the sandbox broke), or
     anything else (the process died mid-step).
@@ -108,20 +116,41 @@ class PytestScript:
 
     runs: list[PytestRun | BaseException] = field(default_factory=lambda: [PytestRun()])
     other: Script = no_change
-    latest: PytestRun | None = None
+    base: PytestRun | None = None
+    latest_of: dict[int, PytestRun] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.base is None:  # taken now: runs are used up as they are answered
+            passing = [t for run in self.runs if isinstance(run, PytestRun) for t in run.passed]
+            self.base = PytestRun(passed=list(dict.fromkeys(passing)))
+
+    @property
+    def latest(self) -> PytestRun | None:
+        return self.latest_of.get(threading.get_ident())
 
     def __call__(self, argv: list[str]) -> CommandResult:
-        if "pytest" in argv[:3] or argv[:3] == ["python", "-I", "-c"]:
-            cue = self.runs.pop(0) if len(self.runs) > 1 else self.runs[0]
+        return self._answer(argv, reference=False)
+
+    def reference(self, argv: list[str]) -> CommandResult:
+        """The answer in the base's reference sandbox."""
+        return self._answer(argv, reference=True)
+
+    def _answer(self, argv: list[str], reference: bool) -> CommandResult:
+        if is_test_run(argv):
+            if reference:
+                cue: PytestRun | BaseException = self.base or PytestRun()
+            else:
+                cue = self.runs.pop(0) if len(self.runs) > 1 else self.runs[0]
             if isinstance(cue, BaseException):
                 raise cue
-            self.latest = cue
+            self.latest_of[threading.get_ident()] = cue
             return cue.result(argv)
         if len(argv) == 2 and argv[0] == "cat" and argv[1].startswith(JUNIT_PATH.removesuffix(".xml")):
-            if self.latest is None:
+            latest = self.latest
+            if latest is None:
                 missing = f"cat: {argv[1]}: No such file or directory\n"
                 return CommandResult(argv=argv, exit_code=1, duration=0.0, stderr_tail=missing)
-            return CommandResult(argv=argv, exit_code=0, duration=0.0, stdout_tail=self.latest.junit())
+            return CommandResult(argv=argv, exit_code=0, duration=0.0, stdout_tail=latest.junit())
         return self.other(argv)
 
 
@@ -187,7 +216,9 @@ class ScriptedSession:
             raise SandboxError("sandbox already closed")
         self.backend.ran.append(list(argv))
         started = time.monotonic()
-        result = self.backend.script(list(argv))
+        script = self.backend.script
+        reference = self.spec.labels.get("converge.candidate", "").startswith("reference-")
+        result = script.reference(list(argv)) if reference and isinstance(script, PytestScript) else script(list(argv))
         duration = result.duration or time.monotonic() - started
         out = OutputTail(result.stdout_tail.encode(), len(result.stdout_tail.encode()), output_limit)
         err = OutputTail(result.stderr_tail.encode(), len(result.stderr_tail.encode()), output_limit)
