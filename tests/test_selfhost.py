@@ -14,7 +14,6 @@ from orchestrator.gate import review, submit
 from orchestrator.sandbox.scripted import PytestRun, PytestScript, ScriptedBackend
 from orchestrator.selfhost import canary, checks, host, install, nested
 from orchestrator.store import changesets, generations
-from orchestrator.store.reports import CommandResult
 from orchestrator.store.setup import add_repo
 from orchestrator.store.workspace import Workspace
 from tests.conftest import ROOT, MakeRepo, converge, git
