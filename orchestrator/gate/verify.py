@@ -113,7 +113,7 @@ def _tests_in(
         say(f"  selected tests ({len(selected)} file(s)): {first.summary}")
         if first.broken:
             return Verification(first, image)  # back to the coder: nothing to judge yet
-        if not first.ok or not full:
+        if not full:
             return Verification(first, image, baseline=_against(base, at_base, first, selected, say))
     with _reading_ahead(ws.repo_path(repo), repo, base, commit):
         report = box.run_tests()

@@ -47,6 +47,7 @@ class Events:
     collection_done: bool = False
     deselected: list[str] = field(default_factory=list)
     collect_errors: list[str] = field(default_factory=list)
+    collect_skips: list[str] = field(default_factory=list)
     made: list[Phase] = field(default_factory=list)
     logged: list[Phase] = field(default_factory=list)
     junit: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -58,7 +59,8 @@ class Events:
 
     def outcomes(self) -> dict[str, Outcome]:
         """Each test's outcome as JUnit counts it: a failed setup or teardown is an error, a skip a skip."""
-        found: dict[str, Outcome] = {test: "errored" for test in self.collect_errors}
+        found: dict[str, Outcome] = {test: "skipped" for test in self.collect_skips}
+        found |= {test: "errored" for test in self.collect_errors}
         for phase in self.made:
             outcome = (
                 _CALL.get(phase.outcome, "failed") if phase.when == "call" else _AROUND.get(phase.outcome, "passed")
@@ -94,8 +96,8 @@ def _take(ev: Events, event: dict[str, object]) -> None:
         (ev.collected if kind == "collected" else ev.deselected).extend(ids)
     elif kind == "collection_done":
         ev.collection_done = True
-    elif kind == "collect_error":
-        ev.collect_errors.append(str(event["id"]))
+    elif kind in ("collect_error", "collect_skip"):
+        (ev.collect_errors if kind == "collect_error" else ev.collect_skips).append(str(event["id"]))
         ev.junit[str(event["id"])] = _key(event["junit"])
     elif kind in ("made", "logged"):
         raised = event.get("raised")
@@ -173,9 +175,9 @@ def evidence(ev: Events, outcomes: dict[str, Outcome], junit: str | None, comman
 
 def _phases(ev: Events) -> list[str]:
     found = []
-    raised = [f"{p.test} ({p.raised})" for p in ev.made if p.when == "call" and p.outcome == "passed" and p.raised]
+    raised = [f"{p.test} ({p.outcome}, raised {p.raised})" for p in ev.made if _swallowed(p)]
     if raised:
-        found.append(_named("reported passed although the test raised", raised))
+        found.append(_named("reported as passed or skipped although the test raised", raised))
     made = {(p.test, p.when): p.outcome for p in ev.made}
     logged = {(p.test, p.when): p.outcome for p in ev.logged}
     changed = [
@@ -191,6 +193,13 @@ def _phases(ev: Events) -> list[str]:
         if unlogged:
             found.append(_named("outcome never reached the reporters", dict.fromkeys(unlogged)))
     return found
+
+
+def _swallowed(phase: Phase) -> bool:
+    """A test that raised (not a skip) yet passed, or was skipped without an xfail mark to say why."""
+    if phase.when != "call" or phase.raised is None:
+        return False
+    return phase.outcome == "passed" or (phase.outcome == "skipped" and not phase.xfail)
 
 
 def _ending(ev: Events, outcomes: dict[str, Outcome], command: CommandResult) -> list[str]:
@@ -233,7 +242,7 @@ def _against_junit(ev: Events, outcomes: dict[str, Outcome], junit: str | None, 
     ]
     if differ:
         found.append(_named("the JUnit report disagrees with what ran", differ))
-    extra = [".".join(k) for k in listed if k not in by_key]
+    extra = ["::".join(part for part in k if part) for k in listed if k not in by_key]
     if extra:
         found.append(_named("the JUnit report lists tests that never ran", extra))
     missing = [t for k, (t, _o) in by_key.items() if k not in listed]
@@ -254,7 +263,7 @@ def test_report(command: CommandResult, junit: str | None, selection: Selection)
     if not ev.started and junit is None:
         return TestReport(ran=False, command=command, selection=selection, tampered=evidence(ev, {}, None, command))
     outcomes = ev.outcomes()
-    order = {t: i for i, t in enumerate([*ev.collect_errors, *ev.collected])}
+    order = {t: i for i, t in enumerate([*ev.collect_errors, *ev.collect_skips, *ev.collected])}
     by: dict[Outcome, list[str]] = {"passed": [], "failed": [], "errored": [], "skipped": []}
     for test in sorted(outcomes, key=lambda t: order.get(t, len(order))):
         by[outcomes[test]].append(test)

@@ -32,7 +32,7 @@ import pytest
 
 FD_VARIABLE = "CONVERGE_WITNESS_FD"
 CHUNK = 500  # ids per event: lines stay short for the runner and the host
-_SKIPS = (_pytest.outcomes.Skipped, _pytest.outcomes.XFailed)
+_SKIPS = (_pytest.outcomes.Skipped, _pytest.outcomes.XFailed, unittest.SkipTest)  # pytest reports these as skips
 _JUNIT_NAMES = _pytest.junitxml.mangle_test_address  # taken now: how the JUnit file will name each test
 _MISSING = object()
 
@@ -163,8 +163,9 @@ class Witness:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
-            self.stream.send({"e": "collect_error", "id": report.nodeid, "junit": junit_key(report.nodeid)})
+        if report.failed or report.skipped:  # JUnit lists both (an error; a skipped module)
+            kind = "collect_error" if report.failed else "collect_skip"
+            self.stream.send({"e": kind, "id": report.nodeid, "junit": junit_key(report.nodeid)})
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
