@@ -26,11 +26,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
-from xml.etree import ElementTree
 
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox import crosscheck
+from orchestrator.sandbox.crosscheck import parse_junit as parse_junit  # where tests and older callers look
 from orchestrator.sandbox.image import ImageSpec
 from orchestrator.store import diskimage
 from orchestrator.store.reports import CommandResult, TestReport
@@ -184,41 +184,6 @@ def orphaned(labels: dict[str, str]) -> bool:
         return False  # another machine's engine view: its owner cannot be checked from here
     pid = labels.get("converge.pid", "")
     return pid.isdigit() and not pid_alive(int(pid))
-
-
-def parse_junit(text: str) -> dict[str, list[str]]:
-    """JUnit XML (pytest, xunit1 or xunit2) -> passed/failed/errored/skipped test ids."""
-    try:
-        root = ElementTree.fromstring(text)
-    except ElementTree.ParseError as exc:
-        raise SandboxError(f"test report is not valid JUnit XML: {exc}") from exc
-    found: dict[str, list[str]] = {"passed": [], "failed": [], "errored": [], "skipped": []}
-    for case in root.iter("testcase"):
-        test_id = _test_id(case.get("classname", ""), case.get("name", ""), case.get("file"))
-        kinds = {child.tag for child in case}
-        if "error" in kinds:
-            found["errored"].append(test_id)
-        elif "failure" in kinds:
-            found["failed"].append(test_id)
-        elif "skipped" in kinds:
-            found["skipped"].append(test_id)
-        else:
-            found["passed"].append(test_id)
-    return found
-
-
-def _test_id(classname: str, name: str, file: str | None) -> str:
-    """``tests.test_x.TestA`` + ``test_b`` (+ ``tests/test_x.py``) -> ``tests/test_x.py::TestA::test_b``."""
-    if not classname:
-        return name  # a collection error names the module in `name`
-    if file and file.endswith(".py"):
-        module = file[:-3].replace("/", ".")
-        rest = classname[len(module) + 1 :] if classname.startswith(module) else ""
-        return "::".join([file, *(p for p in rest.split(".") if p), name])
-    parts = classname.split(".")
-    classes = [p for p in parts if p[:1].isupper()]
-    modules = parts[: len(parts) - len(classes)]
-    return "::".join(["/".join(modules) + ".py", *classes, name])
 
 
 @dataclass(frozen=True)

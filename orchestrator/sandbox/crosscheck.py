@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from xml.etree import ElementTree
 
+from orchestrator.errors import SandboxError
 from orchestrator.store.reports import CommandResult, TestReport
 
 Outcome = Literal["passed", "failed", "errored", "skipped"]
@@ -282,16 +283,48 @@ def test_report(command: CommandResult, junit: str | None, selection: Selection)
     )
 
 
+def parse_junit(text: str) -> dict[str, list[str]]:
+    """JUnit XML (pytest, xunit1 or xunit2) -> passed/failed/errored/skipped test ids."""
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        raise SandboxError(f"test report is not valid JUnit XML: {exc}") from exc
+    found: dict[str, list[str]] = {"passed": [], "failed": [], "errored": [], "skipped": []}
+    for case in root.iter("testcase"):
+        test_id = _test_id(case.get("classname", ""), case.get("name", ""), case.get("file"))
+        kinds = {child.tag for child in case}
+        if "error" in kinds:
+            found["errored"].append(test_id)
+        elif "failure" in kinds:
+            found["failed"].append(test_id)
+        elif "skipped" in kinds:
+            found["skipped"].append(test_id)
+        else:
+            found["passed"].append(test_id)
+    return found
+
+
+def _test_id(classname: str, name: str, file: str | None) -> str:
+    """``tests.test_x.TestA`` + ``test_b`` (+ ``tests/test_x.py``) -> ``tests/test_x.py::TestA::test_b``."""
+    if not classname:
+        return name  # a collection error names the module in `name`
+    if file and file.endswith(".py"):
+        module = file[:-3].replace("/", ".")
+        rest = classname[len(module) + 1 :] if classname.startswith(module) else ""
+        return "::".join([file, *(p for p in rest.split(".") if p), name])
+    parts = classname.split(".")
+    classes = [p for p in parts if p[:1].isupper()]
+    modules = parts[: len(parts) - len(classes)]
+    return "::".join(["/".join(modules) + ".py", *classes, name])
+
+
 def _unwitnessed(command: CommandResult, junit: str | None, selection: Selection) -> TestReport:
     """A backend that gave no witness stream: the JUnit file's word, marked as not to be trusted."""
     why = ["no witness stream came back from the sandbox (its backend cannot open one)"]
     if junit is None:
         return TestReport(ran=False, command=command, selection=selection, tampered=why)
     try:
-        listed = junit_outcomes(junit)
-    except ElementTree.ParseError as exc:
-        return TestReport(ran=False, command=command, selection=selection, tampered=[*why, f"invalid JUnit: {exc}"])
-    by: dict[Outcome, list[str]] = {"passed": [], "failed": [], "errored": [], "skipped": []}
-    for (classname, name), outcome in listed.items():
-        by[outcome].append(f"{classname}::{name}" if classname else name)
-    return TestReport(ran=True, command=command, selection=selection, tampered=why, **by)
+        listed = parse_junit(junit)
+    except SandboxError as exc:
+        return TestReport(ran=False, command=command, selection=selection, tampered=[*why, str(exc)])
+    return TestReport(ran=True, command=command, selection=selection, tampered=why, **listed)
