@@ -30,7 +30,6 @@ from typing import Literal, Protocol
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox import crosscheck
-from orchestrator.sandbox.crosscheck import parse_junit as parse_junit  # where tests and older callers look
 from orchestrator.sandbox.image import ImageSpec
 from orchestrator.store import diskimage
 from orchestrator.store.reports import CommandResult, TestReport
