@@ -54,13 +54,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         report = _tests(tests)
         if changeset is not None:
-            from orchestrator.store import changesets
-
-            cs = changesets.load(ws, changeset)
-            if cs.repo != repo:
-                raise UsageError(f"--changeset {changeset}: belongs to repo {cs.repo!r}, not {repo!r}")
-            stored = changesets.artifact_path(ws, cs.id, changesets.REPORT)
-            result = policy_check.judge(ws, repo, cs.base, cs.commit, report or _tests(stored))
+            result = policy_check.check_changeset(ws, repo, changeset, report)
         elif patch is not None:
             result = policy_check.check_patch(ws, repo, patch, report)
         elif commit is not None:

@@ -30,6 +30,7 @@ class Judgement(BaseModel):
     risk: Risk = Risk.LOW
     reasons: list[str] = Field(default_factory=list)
     detail: dict[str, Any] = Field(default_factory=dict)
+    baseline: TestComparison | None = None  # what the candidate lost against its base, as judged
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -53,4 +54,6 @@ def judge(
     change = replace(change, baseline=baseline)
     verdict = evaluate(change, load_policies(ws, repo))
     reasons = [f"{r.rule}: {r.message}" for r in verdict.reasons if r.decision != Decision.APPROVE]
-    return Judgement(decision=verdict.verdict, risk=verdict.risk, reasons=reasons, detail=verdict.to_json())
+    return Judgement(
+        decision=verdict.verdict, risk=verdict.risk, reasons=reasons, detail=verdict.to_json(), baseline=baseline
+    )
