@@ -104,10 +104,11 @@ def test_integrity_corpus(patch: Path, corpus_ws: Workspace) -> None:
 
 def test_the_base_runs_once_per_environment(corpus_ws: Workspace) -> None:
     _found, _human, _model = _through_the_gate(corpus_ws, CORPUS / "b01_add_test.patch", attempt=2)
-    kept = list((corpus_ws.cache / "reference" / "sample").glob("*.json"))
+    base = generations.current(corpus_ws, "sample").commit
+    kept = list((corpus_ws.cache / "reference" / "sample").glob(f"{base}-*.json"))
     assert len(kept) == 1  # every corpus patch above was compared with this one run of the base
-    base = json.loads(kept[0].read_text())
-    assert base["witnessed"] and len(base["passed"]) == 5 and not base["tampered"]
+    at_base = json.loads(kept[0].read_text())
+    assert at_base["witnessed"] and len(at_base["passed"]) == 5 and not at_base["tampered"]
 
 
 def test_a_changed_assertion_is_shown_with_its_hunk(corpus_ws: Workspace) -> None:
@@ -144,6 +145,9 @@ def test_submit_stops_hidden_and_forged_tests_and_names_them(tmp_path: Path) -> 
     assert generations.current(ws, "sample").number == 0  # --auto-approve promoted none of them
     exit_code, added = _submit(ws, "b01_add_test.patch")
     assert (exit_code, added["status"], added["verdict"], added["generation"]) == (0, "approved", "approve", 1)
+    # generation 1 is the commit whose full run was just judged: that run is its base run from now on
+    kept = list((ws.cache / "reference" / "sample").glob(f"{added['commit']}-*.json"))
+    assert len(kept) == 1 and len(json.loads(kept[0].read_text())["passed"]) == 6
 
 
 def test_changeset_show_prints_a_changed_test_with_its_diff(tmp_path: Path) -> None:

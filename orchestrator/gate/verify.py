@@ -22,7 +22,7 @@ from orchestrator.policy.baseline import TestComparison, compare
 from orchestrator.policy.change import change_from_commits
 from orchestrator.sandbox.base import Sandbox, SandboxBackend
 from orchestrator.sandbox.pool import SandboxPool, pool_for
-from orchestrator.sandbox.reference import reference_report
+from orchestrator.sandbox.reference import reference_report, remember
 from orchestrator.selfhost.checks import verify_self
 from orchestrator.store import gitops, sbom
 from orchestrator.store.reports import TestReport
@@ -72,7 +72,7 @@ def verify(
     say = on_event or (lambda _text: None)
     if ws.repo(repo).is_self:
         with candidate(ws, repo, key, commit, "v") as verify_cand:
-            found = verify_self(ws, repo, base, verify_cand.path, key.label, backend)
+            found = verify_self(ws, repo, base, commit, verify_cand.path, key.label, backend)
             return Verification(found.report, found.image, baseline=found.baseline)
     # the pool outlives the helpers: the base's run (a helper) starts its sandbox through the pool's backend
     with pool_for(ws, repo, pool, backend) as boxes, ThreadPoolExecutor(2, thread_name_prefix="verify") as helpers:
@@ -117,6 +117,7 @@ def _tests_in(
             return Verification(first, image, baseline=_against(base, at_base, first, selected, say))
     with _reading_ahead(ws.repo_path(repo), repo, base, commit):
         report = box.run_tests()
+    remember(ws, repo, commit, box.spec, report)  # the next step's base, if this one is promoted
     repeat = box.run_tests() if ws.config().run.reproducibility_check else None
     if report.broken:
         return Verification(report, image, repeat)

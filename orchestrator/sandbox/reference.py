@@ -4,7 +4,8 @@ A candidate is judged against what its base passed (``policy.baseline``). The ba
 sandbox exactly like the candidate's — same image, test environment, limits and variables, over a
 fresh checkout of the base — and the report is kept at
 ``cache/reference/<repo>/<base>-<environment digest>.json``; a lock makes concurrent verifies of
-the same base wait for one run instead of starting several.
+the same base wait for one run instead of starting several. A candidate's own full run is kept the
+same way (:func:`remember`): promoted, it is the next step's base, whose run is then already there.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def cached(ws: Workspace, repo: str, base: str, spec: SandboxSpec, kind: str) ->
         return read_model(path, TestReport)
     except ConvergeError:
         return None
+
+
+def remember(ws: Workspace, repo: str, commit: str, spec: SandboxSpec, report: TestReport, kind: str = "all") -> None:
+    """Keep a full, untampered run of ``commit`` as its reference, should it become a base (first one wins)."""
+    if not report.ran or report.tampered or (kind == "all" and report.selection != "all"):
+        return
+    path = cache_path(ws, repo, commit, spec, kind)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, report.model_dump_json(indent=2))
 
 
 def reference_report(

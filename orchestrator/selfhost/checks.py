@@ -18,7 +18,7 @@ from orchestrator.errors import VerificationFailed
 from orchestrator.policy.baseline import TestComparison, compare
 from orchestrator.sandbox import factory
 from orchestrator.sandbox.base import Sandbox, SandboxBackend
-from orchestrator.sandbox.reference import reference_report
+from orchestrator.sandbox.reference import reference_report, remember
 from orchestrator.selfhost.nested import SANDBOX_MARKER
 from orchestrator.store import changesets
 from orchestrator.store.changesets import Changeset
@@ -104,7 +104,13 @@ class SelfRun:
 
 
 def verify_self(
-    ws: Workspace, repo: str, base: str, worktree: Path, label: str, backend: SandboxBackend | None = None
+    ws: Workspace,
+    repo: str,
+    base: str,
+    commit: str,
+    worktree: Path,
+    label: str,
+    backend: SandboxBackend | None = None,
 ) -> SelfRun:
     """The gate's verify for `self`: the self-test selection in a sandbox, against the base's run of it."""
     cfg = sandbox_config(ws)
@@ -112,6 +118,7 @@ def verify_self(
     try:
         with factory.open_sandbox(ws, repo, worktree, label=label, backend=chosen, config=cfg) as box:
             report = run_self_tests(box)
+            remember(ws, repo, commit, box.spec, report, REFERENCE_KIND)  # the base of what comes next
             if report.broken:
                 return SelfRun(report, box.spec.image.digest, None)
             at_base = reference_report(ws, repo, base, box.spec, chosen, run_self_tests, REFERENCE_KIND)
