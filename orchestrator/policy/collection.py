@@ -38,6 +38,7 @@ _PYTHON = (
     (re.compile(r"^pytestmark\s*[+:]?="), "module-level marks"),
     (re.compile(r"\bcollect_ignore(?:_glob)?\b"), "collect_ignore"),
 )
+_HINT = re.compile(r"test|TEST|collect_ignore")  # every pattern below needs one of these
 _PYTEST_ENV = re.compile(r"\bPYTEST_(?:ADDOPTS|PLUGINS|DISABLE_PLUGIN_AUTOLOAD)\b")
 _HOOK = re.compile(r"^\s*(?:async\s+)?def\s+pytest_\w+\s*\(")
 _OPTIONS = re.compile(
@@ -144,6 +145,8 @@ def _quoted(f: FileChange, what: str) -> Iterator[tuple[str, int | None]]:
 def _python(f: FileChange) -> Iterator[tuple[str, int | None]]:
     for sign, lines in (("+", f.added), ("-", f.removed)):
         for number, text in lines:
+            if not _HINT.search(text):
+                continue  # most lines: one cheap search instead of every pattern
             for pattern, what in _PYTHON:
                 if pattern.search(text):
                     yield f"{what}: {sign}{_quote(text)}", number if sign == "+" else None
@@ -157,7 +160,7 @@ def _command_line(f: FileChange) -> Iterator[tuple[str, int | None]]:
     command_file = bool(_COMMAND_FILE.search(f.path))
     for sign, lines in (("+", f.added), ("-", f.removed)):
         for number, text in lines:
-            if text.lstrip().startswith("#"):
+            if not _HINT.search(text) or text.lstrip().startswith("#"):
                 continue
             if _OPTIONS.search(text) or _PYTEST_ENV.search(text) or (command_file and _RUNS_PYTEST.search(text)):
                 yield f"the test command line changed: {sign}{_quote(text)}", number if sign == "+" else None

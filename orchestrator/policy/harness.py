@@ -28,6 +28,8 @@ _PATCHES = (
     re.compile(r"^\s*(?:TestCase|AssertionError)(?:\.\w+)*\s*=(?!=)"),
     re.compile(r"^\s*(?:import\s+_pytest|from\s+_pytest(?:\.\w+)*\s+import)\b"),
 )
+_HINT = re.compile(r"builtins|test|TestCase|pluggy|time|setattr|delattr|patch|sys\.|_exit|AssertionError|__eq__|__ne__")
+_NOT_CODE = ('"""', "'''", "#")
 _ALWAYS = re.compile(r"^\s*def\s+(__eq__|__ne__)\s*\(")
 _RETURNS = {
     "__eq__": re.compile(r"^\s*return\s+True\s*(?:#.*)?$"),
@@ -55,12 +57,15 @@ def harness(change: ChangeInput, policy: Policy) -> Iterator[Reason]:
 def _tampering(f: FileChange) -> Iterator[tuple[int, str]]:
     added = [(n, t) for n, t in f.added if t.strip()]
     for i, (number, text) in enumerate(added):
+        if not _HINT.search(text):
+            continue  # most lines: one cheap search instead of every pattern
         if any(p.search(text) for p in _PATCHES):
             yield number, f"patches the test harness from non-test code: {text.strip()[:160]}"
         always = _ALWAYS.match(text)
-        body = [t for _n, t in added[i + 1 : i + 4] if not t.strip().startswith(('"""', "'''", "#"))]
-        if always and body and _RETURNS[always[1]].match(body[0]):
-            yield number, f"{always[1]} that answers the same for anything: {text.strip()} {body[0].strip()}"
+        if always:
+            body = [t for _n, t in added[i + 1 : i + 4] if not t.strip().startswith(_NOT_CODE)]
+            if body and _RETURNS[always[1]].match(body[0]):
+                yield number, f"{always[1]} that answers the same for anything: {text.strip()} {body[0].strip()}"
 
 
 def test_changes(change: ChangeInput, policy: Policy) -> Iterator[Reason]:

@@ -122,6 +122,14 @@ def walk(spec: str) -> tuple[object, ...] | None:
     return None if obj is _MISSING else tuple(found)
 
 
+def _links(spec: str, found: tuple[object, ...]) -> list[tuple[str, Any, str, object]]:
+    """``spec``'s chain as (spec, holder, name, object found there), the module first."""
+    module_name, _, path = spec.partition(":")
+    objects = (sys.modules[module_name], *found)
+    holders = (sys.modules, *objects[:-1])
+    return [(spec, h, n, o) for h, n, o in zip(holders, (module_name, *path.split(".")), objects, strict=True)]
+
+
 class Stream:
     """The write end of the runner's pipe: one JSON line per event; a broken pipe ends the sending."""
 
@@ -146,17 +154,17 @@ class Witness:
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.snapshot = {spec: found for spec in WATCHED if (found := walk(spec)) is not None}
+        # each link as (holder, name, object): one lookup per link and test (the module's: in sys.modules)
+        self.links = [link for spec, found in self.snapshot.items() for link in _links(spec, found)]
         self.patched: set[str] = set()
         self.raised: dict[str, str] = {}
 
     def check(self) -> None:
         """Name what was replaced since start-up (once each)."""
         new = []
-        for spec, before in self.snapshot.items():
-            if spec in self.patched:
-                continue
-            now = walk(spec)
-            if now is None or any(a is not b for a, b in zip(now, before, strict=True)):
+        for spec, holder, name, obj in self.links:
+            found = holder.get(name, _MISSING) if holder is sys.modules else _static(holder, name)
+            if found is not obj and spec not in self.patched:
                 self.patched.add(spec)
                 new.append(spec)
         if new:
