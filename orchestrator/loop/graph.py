@@ -45,6 +45,7 @@ from orchestrator.loop.state import (
     outcome,
 )
 from orchestrator.models.backends import Completion
+from orchestrator.policy.baseline import TestComparison
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
 from orchestrator.store.storage import atomic_write, atomic_write_json, read_json
@@ -154,6 +155,8 @@ class Nodes:
             if found.repeat is not None:
                 atomic_write_json(attempt_file(self.ws, s, "repro.json"), {"identical": found.reproducible})
                 self.deps.on_event(f"  reproducible: {'yes' if found.reproducible else 'no'} ({found.repeat.summary})")
+            if found.baseline is not None:  # before the report: a report on disk means this is there too
+                atomic_write(attempt_file(self.ws, s, "baseline.json"), found.baseline.model_dump_json(indent=2))
             atomic_write(image_file, found.image)
             atomic_write(report_file, found.report.model_dump_json(indent=2))
             self._tests_event(s, found.report)
@@ -170,7 +173,11 @@ class Nodes:
             found = Judgement.model_validate_json(verdict_file.read_text())
         else:
             report = TestReport.model_validate_json(Path(s["report"]).read_text())
-            found = judge(self.ws, s["repo"], s["base"], s["commit"], report, who=self._provenance(s))
+            compared = attempt_file(self.ws, s, "baseline.json")
+            baseline = TestComparison.model_validate_json(compared.read_text()) if compared.exists() else None
+            found = judge(
+                self.ws, s["repo"], s["base"], s["commit"], report, who=self._provenance(s), baseline=baseline
+            )
             atomic_write(verdict_file, found.model_dump_json(indent=2))
             runs.run_log(self.ws, s["run_id"], "verdict", step=s["step"] + 1, attempt=s["attempt"], **found.summary)
         self.deps.on_event(f"  policy: {found.decision} (risk {found.risk})")
