@@ -10,7 +10,6 @@ import pytest
 from orchestrator.agents import repomap
 from orchestrator.agents.pyparse import Parsed, estimate_tokens, module_name, parse_python
 from orchestrator.agents.repomap import build_repo_map, build_repo_map_at, repo_map_for
-from orchestrator.agents.run import target_files
 from orchestrator.store.workspace import Workspace
 from tests.conftest import MakeRepo, git
 
@@ -210,7 +209,3 @@ def test_a_commit_is_mapped_as_committed_whatever_the_checkout_holds(repo: Path,
     assert at.tests_for(["src/shop/shipping.py"]) == ["tests/test_shipping.py"]
     assert at.import_graph() == build_repo_map_at(repo, head).import_graph()  # the cache changes nothing
     assert "link.py" not in build_repo_map_at(repo, linked).files  # links are not files, as in a checkout
-
-    notes = target_files(repo, ["src/shop/shipping.py", "../outside.py", "missing.py"], head)
-    assert notes[0].startswith("Current content of src/shop/shipping.py:") and "def zone(country)" in notes[0]
-    assert notes[1:] == []

@@ -136,13 +136,17 @@ class RepoMap:
 
     def render(self, goal: str, token_budget: int, tokens: Tokenizer = estimate_tokens) -> str:
         """The map as text for a prompt: ranked for ``goal``, at most ``token_budget`` tokens."""
+        return self.render_shown(goal, token_budget, tokens)[0]
+
+    def render_shown(self, goal: str, token_budget: int, tokens: Tokenizer = estimate_tokens) -> tuple[str, list[str]]:
+        """:meth:`render`'s text and the paths it shows, most relevant first (what a model may name)."""
         tests_of = self._tests_by_module()
         header = f"Repository map ({len(self.files)} files, most relevant first):\n"
         more = f"... and {len(self.files)} more files\n"  # the longest tail line, reserved up front
         room = token_budget - tokens(header) - tokens(more)
         if room <= 0:
-            return ""
-        out = [header]
+            return "", []
+        out, shown = [header], []
         for path, _score in self.rank(goal):
             block = self._block(path, tests_of.get(path, []))
             if tokens(block) > room:
@@ -150,11 +154,12 @@ class RepoMap:
                 if tokens(block) > room:
                     break
             out.append(block)
+            shown.append(path)
             room -= tokens(block)
-        rest = len(self.files) - (len(out) - 1)
+        rest = len(self.files) - len(shown)
         if rest:
             out.append(f"... and {rest} more files\n")
-        return "".join(out)
+        return "".join(out), shown
 
     def _block(self, path: str, tests: list[str]) -> str:
         entry = self.files[path]

@@ -58,6 +58,8 @@ class RunState(TypedDict, total=False):
     image: str
     changeset: str
     outcome: str  # an Outcome's value
+    failure: str  # why the attempt failed: a FailureClass's value ("" when it did not)
+    failures: list[str]  # the failure classes of the step's earlier attempts
     tokens: Annotated[int, operator.add]
     done: Annotated[list[dict[str, Any]], operator.add]
 

@@ -204,6 +204,11 @@ class LlamaBackend:
     def identity(self) -> ModelIdentity:
         return ModelIdentity(name=self.record.name, sha256=self.record.sha256, kind="llama")
 
+    @property
+    def context_window(self) -> int:
+        """The context the model is loaded with, in tokens."""
+        return self.manager.context_for(self.record)
+
     def complete(self, request: CompletionRequest) -> Completion:
         resident = self.manager.acquire(self.record)
         llm = resident.llm
@@ -219,7 +224,7 @@ class LlamaBackend:
         try:
             if grammar is not None:
                 tokens, finish = generate_constrained(
-                    llm, prompt, grammar, request.max_tokens, request.temperature, request.seed
+                    llm, prompt, grammar, request.max_tokens, request.temperature, request.seed, request.lookup
                 )
                 text = llm.detokenize(tokens).decode("utf-8", errors="replace")
                 tokens_out = len(tokens)
@@ -278,9 +283,12 @@ class LlamaBackend:
                 raise ModelError(f"chat template of model {self.record.name!r} rejects the prompt: {exc}") from exc
 
     def _grammar(self, request: CompletionRequest) -> Any:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        if request.grammar is not None:
+            return LlamaGrammar.from_string(request.grammar, verbose=False)
         if request.json_schema is None:
             return None
-        from llama_cpp.llama_grammar import LlamaGrammar
 
         try:
             with _quiet_stderr():

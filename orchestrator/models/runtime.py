@@ -65,6 +65,7 @@ __all__ = [
     "call_log",
     "complete_json",
     "complete_structured",
+    "context_window",
     "default_budget",
     "get_model",
     "load_registry",
@@ -121,6 +122,13 @@ def backend_for_role(
 ) -> ModelBackend:
     """The backend serving ``role``: its binding in models.json, else converge.toml, else ``default``."""
     return backend_for(ws, role_binding(ws, role), manager, log)
+
+
+def context_window(backend: ModelBackend, default: int) -> int:
+    """The context window of ``backend``'s model in tokens: the loaded one in-process, else ``default``
+    (``models.context_length``: what an endpoint serves is not ours to see)."""
+    inner = backend.inner if isinstance(backend, Recorded) else backend
+    return inner.context_window if isinstance(inner, LlamaBackend) else default
 
 
 def model_digest(ws: Workspace, role: str) -> str | None:
