@@ -35,7 +35,7 @@ from orchestrator.agents.repomap import RepoMap, repo_map_at
 from orchestrator.agents.site import Site
 from orchestrator.errors import ModelError
 from orchestrator.models.backends import Completion, CompletionRequest, ModelBackend
-from orchestrator.models.runtime import complete_json, context_window
+from orchestrator.models.runtime import backend_window, complete_json
 
 MAX_OFFERED = 400  # paths a plan may name, at most (an enumeration in the grammar)
 A = TypeVar("A", bound=BaseModel)
@@ -122,7 +122,7 @@ def plan_for(
     """The planner's plan for ``goal`` at ``site``: the map ranked for the goal, the tool agents' dry runs,
     the plan grounded in both; PlanRejected when no step of it can be carried out."""
     rmap = repo_map_at(site.ws, site.repo, site.commit)
-    window = context_window(backend, site.ws.config().models.context_length)
+    window = backend_window(backend, site.ws.config().models.context_length)
     repo_map, shown = rmap.render_shown(goal, max(256, window // 4), tokens)
     reports = findings.dry_runs(site.ws, site.repo, site.commit, cards, site.pool, site.backend)
     editors = editors_of(cards)
@@ -227,7 +227,7 @@ def propose_for(
     naming only those (or the files the step creates), searching only runs of their lines."""
     ws, repo, commit = site.ws, site.repo, site.commit
     rmap = repo_map_at(ws, repo, commit)
-    window = context_window(backend, ws.config().models.context_length)
+    window = backend_window(backend, ws.config().models.context_length)
     view = coder_view(ws, repo, commit, rmap, card.card, goal=goal, step=step, feedback=feedback, window=window)
     prompt = build_prompt(card.card, goal=goal, repo_map=view.repo_map, step=step, files=view.notes, feedback=feedback)
     files = {f.path: f.text for f in view.files}

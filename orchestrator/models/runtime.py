@@ -62,10 +62,10 @@ __all__ = [
     "all_roles",
     "backend_for",
     "backend_for_role",
+    "backend_window",
     "call_log",
     "complete_json",
     "complete_structured",
-    "context_window",
     "default_budget",
     "get_model",
     "load_registry",
@@ -124,7 +124,7 @@ def backend_for_role(
     return backend_for(ws, role_binding(ws, role), manager, log)
 
 
-def context_window(backend: ModelBackend, default: int) -> int:
+def backend_window(backend: ModelBackend, default: int) -> int:
     """The context window of ``backend``'s model in tokens: the loaded one in-process, else ``default``
     (``models.context_length``: what an endpoint serves is not ours to see)."""
     inner = backend.inner if isinstance(backend, Recorded) else backend
