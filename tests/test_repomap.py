@@ -50,7 +50,7 @@ def test_parse_python_symbols_and_imports() -> None:
         "TAX_RATE",
         "class Cart",
         "def __init__(self, owner: str) -> None",
-        "def total(self, *, with_tax: bool=True) -> float",
+        "def total(self, *, with_tax: bool = True) -> float",
     ]
     assert [s.name for s in parsed.symbols if s.kind == "method"] == ["Cart.__init__", "Cart.total"]
     assert [(i.level, i.module, i.names) for i in parsed.imports] == [(1, "pricing", ["discount"])]
@@ -105,7 +105,7 @@ def test_render_is_ranked_and_fits_the_budget(repo: Path) -> None:
     assert full.startswith("Repository map (11 files, most relevant first):\nsrc/shop/shipping.py — Shipping zones.\n")
     assert "  def zone(country)\n  tests: tests/test_shipping.py\n" in full
     assert "src/shop/cart.py — Shopping carts and their totals.\n  TAX_RATE\n  class Cart\n    def __init__" in full
-    assert "    def total(self, *, with_tax: bool=True) -> float\n  imports: src/shop/pricing.py\n" in full
+    assert "    def total(self, *, with_tax: bool = True) -> float\n  imports: src/shop/pricing.py\n" in full
     assert "_private" not in full
     assert "broken.py\n  (syntax error" in full
     for budget in (40, 80, 150):

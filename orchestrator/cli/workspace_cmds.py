@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         record = add_repo(ws, source or "", name, is_self)
         gen = generations.current(ws, record.name)
+        from orchestrator.agents import warm  # lazy: the repo map's imports, for this command only
+
+        warm.start(ws, record.name)  # the first run finds the map built
         if json_out:
             emit_json({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source})
         else:
