@@ -134,7 +134,7 @@ def test_cache_is_keyed_by_content_and_updated_incrementally(
     first = build_repo_map(repo, cache)
     assert len(parsed) == 10  # every Python file, once
     stored = json.loads((cache / repomap.CACHE_NAME).read_text())
-    assert stored["version"] == 1
+    assert stored["version"] == 1 and repomap.CACHE_NAME == "repomap-v2.json"
     assert first.files["src/shop/cart.py"].digest == git(repo, "rev-parse", "HEAD:src/shop/cart.py")
     assert set(stored["entries"]) == {e.digest for e in first.files.values() if e.is_python}
 

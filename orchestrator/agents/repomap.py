@@ -33,8 +33,8 @@ from orchestrator.agents.pyparse import (
     estimate_tokens,
     is_test_file,
     module_name,
-    parse_bounded,
     parse_in_workers,
+    parse_python,
 )
 from orchestrator.agents.ranking import goal_words, pagerank, resolve, text_score
 from orchestrator.store import gitops
@@ -277,7 +277,7 @@ def parse_all(contents: dict[str, bytes]) -> dict[str, Parsed]:
 
 
 def _parse(data: bytes) -> Parsed:
-    return parse_bounded(data, MAX_PARSE_BYTES)
+    return Parsed(error="too large to parse") if len(data) > MAX_PARSE_BYTES else parse_python(data)
 
 
 def repo_map_for(ws: Workspace, repo: str, tree: Path | None = None) -> RepoMap:
