@@ -29,6 +29,8 @@ lint: venv
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/ruff format --check orchestrator tests bench
 	$(BIN)/lint-imports
+	@big=$$(find orchestrator -name '*.py' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 400'); \
+	  if [ -n "$$big" ]; then echo "modules over 400 lines (split them along a seam):"; echo "$$big"; exit 1; fi
 
 typecheck: venv
 	$(BIN)/mypy

@@ -14,7 +14,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,17 +30,92 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+KvType = Literal["f16", "q8_0", "q4_0"]
+NumaPolicy = Literal["off", "distribute", "isolate"]
+Auto = Literal["auto"]
+Threads = Annotated[int, Field(gt=0)] | Auto
+GpuLayers = Annotated[int, Field(ge=0)] | Literal["all", "auto"]
+Numa = NumaPolicy | Annotated[int, Field(ge=0)]
+
+
+class ModelTuning(Section):
+    """How one model is run (``[models.settings.NAME]``); a key left out takes ``[models]``'s value."""
+
+    context_length: int | None = Field(default=None, gt=0, description="context window, tokens")
+    threads: Threads | None = Field(default=None, description="threads generating tokens")
+    threads_batch: Threads | None = Field(default=None, description="threads evaluating prompts")
+    gpu_layers: GpuLayers | None = Field(default=None, description="layers offloaded")
+    kv_type: KvType | None = Field(default=None, description="KV cache type")
+    flash_attn: bool | None = Field(default=None, description="flash attention")
+    mlock: bool | None = Field(default=None, description="lock the weights in RAM")
+    mmap: bool | None = Field(default=None, description="map the file instead of reading it")
+    numa: Numa | None = Field(default=None, description="NUMA placement")
+
+
+class ModelSettings(BaseModel):
+    """The settings one model is loaded with, every key resolved (see :meth:`ModelsConfig.settings_for`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    context_length: int
+    threads: Threads
+    threads_batch: Threads
+    gpu_layers: GpuLayers
+    kv_type: KvType
+    flash_attn: bool
+    mlock: bool
+    mmap: bool
+    numa: Numa
+
+
 class ModelsConfig(Section):
-    """Local models: residency budget and role bindings."""
+    """Local models: memory and VRAM budgets, how each model runs, role bindings."""
 
     memory_budget: int | None = Field(
         default=None, description="bytes of RAM models may occupy; default: 60% of available RAM"
     )
-    context_length: int = Field(default=4096, gt=0, description="default context window, tokens")
-    roles: dict[str, str] = Field(default_factory=dict, description="role name -> registered model name")
-    n_threads: int | None = Field(default=None, gt=0, description="CPU threads for llama.cpp; default: all cores")
+    vram_budget: int | None = Field(
+        default=None, ge=0, description="bytes of GPU memory models may occupy; default: the GPU's free memory"
+    )
+    context_length: int = Field(
+        default=4096, gt=0, description="context window a model is loaded with, at most what its GGUF was trained for"
+    )
+    roles: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="role -> model name or binding; a list of openai: endpoints is a pool"
+    )
+    threads: Threads = Field(
+        default="auto", description="generation threads; auto: the cores nothing else is using at each call"
+    )
+    threads_batch: Threads = Field(default="auto", description="prompt-evaluation threads; auto as for threads")
+    gpu_layers: GpuLayers = Field(
+        default="auto", description="layers offloaded to the GPU; auto: as many as fit vram_budget"
+    )
+    kv_type: KvType = Field(default="f16", description="KV cache type: f16, q8_0 or q4_0")
+    flash_attn: bool | None = Field(default=None, description="flash attention; default: on for a quantised KV cache")
+    mlock: bool = Field(default=False, description="lock weights in RAM so they are never paged out")
+    mmap: bool = Field(default=True, description="map the model file (shared page cache) instead of reading it")
+    numa: Numa = Field(default="off", description="off, distribute, isolate, or a NUMA node number")
+    settings: dict[str, ModelTuning] = Field(default_factory=dict, description="model name -> its own settings")
     prefix_cache: bool = Field(default=True, description="save prompt-prefix KV states under cache/prompt-cache/")
+    prompt_cache_bytes: int = Field(
+        default=256 * 2**20, ge=0, description="bytes of cache/prompt-cache/ kept; least recently used out first"
+    )
     structured_retries: int = Field(default=2, ge=0, description="retries of a malformed structured answer")
+
+    def settings_for(self, name: str) -> ModelSettings:
+        """The settings model ``name`` runs with: ``[models.settings.NAME]`` over ``[models]``."""
+        own = self.settings.get(name, ModelTuning())
+        resolved = {key: getattr(self, key) for key in ModelTuning.model_fields}
+        resolved.update(own.model_dump(exclude_none=True))
+        if resolved["flash_attn"] is None:
+            # llama.cpp only quantises the V cache with flash attention on
+            resolved["flash_attn"] = resolved["kv_type"] != "f16"
+        if resolved["kv_type"] != "f16" and not resolved["flash_attn"]:
+            raise ConfigError(
+                f"{CONFIG_FILE}: models.settings.{name}: kv_type = {resolved['kv_type']!r} needs flash_attn = true "
+                "(llama.cpp quantises the V cache only with flash attention)"
+            )
+        return ModelSettings.model_validate(resolved)
 
 
 class SandboxConfig(Section):
@@ -53,11 +128,18 @@ class SandboxConfig(Section):
     timeout: float = Field(default=600.0, gt=0, description="wall-clock seconds per command")
     output_limit: int = Field(default=1_000_000, gt=0, description="bytes of output kept")
     tmpfs_size: str = Field(default="256m", description="size of the /tmp tmpfs")
+    disk: str = Field(
+        default="4g", description="size limit of the tree a sandbox writes (a filesystem of its own); 0: none"
+    )
     allow: dict[str, list[Literal["network-deps"]]] = Field(
         default_factory=dict,
         description="repo -> hardening items loosened for it (network-deps: network for dependency setup only)",
     )
     env: dict[str, str] = Field(default_factory=dict, description="extra variables set in every sandbox command")
+    find_links: list[str] = Field(
+        default_factory=list, description="directories of wheels that test environments install from, offline"
+    )
+    index_url: str = Field(default="", description="a local package index (a directory in PEP 503 layout), offline")
 
 
 class RunConfig(Section):
@@ -69,6 +151,9 @@ class RunConfig(Section):
     wall_time: float = Field(default=3600.0, gt=0, description="seconds per run")
     full_suite_before_promote: bool = Field(
         default=True, description="run every test, not only the selected ones, before promotion"
+    )
+    on_step_failure: Literal["stop", "continue"] = Field(
+        default="stop", description="after a failed or rejected step: end the run (later steps build on it) or go on"
     )
     reproducibility_check: bool = Field(
         default=False, description="run the full suite twice per verified attempt and record if outcomes match"
@@ -161,12 +246,23 @@ def load_config(
     """Load `converge.toml` from a workspace's `.converge/`, then apply env and flags."""
     path = state_dir / CONFIG_FILE
     data = read_toml(path) if path.exists() else {}
-    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    from_env = env_overrides(os.environ if environ is None else environ)
+    data = _merge(data, from_env)
     data = _merge(data, overrides or {})
     try:
         return ConvergeConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(CONFIG_FILE, exc)) from exc
+        raise ConfigError(format_validation_error(_source_of(exc, from_env, overrides or {}), exc)) from exc
+
+
+def _source_of(exc: ValidationError, from_env: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """Where the first bad value came from: a flag, a ``CONVERGE_*`` variable, or converge.toml."""
+    loc = [str(p) for p in exc.errors()[0]["loc"]]
+    if len(loc) >= 2 and loc[1] in (overrides.get(loc[0]) or {}):
+        return "command line"
+    if len(loc) >= 2 and loc[1] in (from_env.get(loc[0]) or {}):
+        return f"environment variable {ENV_PREFIX}{loc[0].upper()}__{loc[1].upper()}"
+    return CONFIG_FILE
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:

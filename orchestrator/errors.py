@@ -1,96 +1,170 @@
-"""The errors Converge raises, and the loop signals that are not errors.
+"""The errors Converge raises, grouped by what the caller does about them, and the one table
+that turns docker, git and llama.cpp exceptions into them.
 
-    ConvergeError                 exit 2 unless a subclass says otherwise
-    ├── UsageError                bad flags, unknown names, paths that do not exist
-    ├── ConfigError               a bad converge.toml, agent card or policy file
-    ├── WorkspaceError            no workspace here, a foreign directory, a bad layout
-    ├── RepoError                 not a git repo, unknown or duplicate repo name
-    ├── GitError                  git refused (translated from GitPython / git)
-    ├── EditError                 a search/replace edit that cannot apply
-    ├── ModelError                a missing or unloadable model, malformed output
-    ├── SandboxError              no engine, no image, a container that failed to start
-    ├── SignatureError            exit 1: a signature or attestation does not verify
-    ├── PolicyViolation           exit 1: policy said no
-    ├── VerificationFailed        exit 1: build or tests failed
-    └── ConflictError             exit 1: another process holds the lock or won the CAS
+    ConvergeError
+    ├── BadInput                  exit 2: fix the command, file or config the message names
+    │   ├── UsageError            bad flags, unknown names, paths that do not exist
+    │   ├── ConfigError           a bad converge.toml, agent card or policy file
+    │   ├── WorkspaceError        no workspace here, a foreign directory, a damaged state file
+    │   ├── RepoError             not a git repo, unknown or duplicate repo name
+    │   ├── GitError              git refused: a commit, ref or worktree is not what the command needs
+    │   ├── EditError             a patch or search/replace edit that cannot apply
+    │   └── ModelError            a missing, damaged or oversized model, or no valid answer from it
+    │       └── EndpointUnavailable  a model server that is down or died mid-call (a pool fails over)
+    ├── Refused                   exit 1: the operation ran and said no
+    │   ├── VerificationFailed    build or tests failed
+    │   ├── PolicyViolation       policy said no
+    │   ├── SignatureError        a signature or attestation does not verify
+    │   └── ConflictError         another process holds the lock or won the compare-and-swap
+    ├── SandboxError              exit 125: the sandbox engine, image or a container failed (`converge doctor`)
+    └── DiskFull                  exit 74: no space left on a device (ENOSPC, EDQUOT); free space, retry
 
-Third-party exceptions (git, docker, llama.cpp) are translated at the boundary with
-``raise ... from exc`` so the command line can map every failure to an exit code and
-a one-line message.
+The exit codes are the CLI's (``cli._common.EXIT_CODES``). 125 is what ``docker run`` and
+``timeout`` exit with when they themselves fail, apart from the codes ``converge sandbox run``
+passes through; 74 is sysexits' EX_IOERR. Third-party exceptions are translated at their
+boundary with ``raise translate(exc, boundary, doing) from exc``.
 """
 
 from __future__ import annotations
+
+import errno
+import subprocess
+from typing import Literal, NamedTuple
 
 
 class ConvergeError(Exception):
     """Base of every error Converge reports to a user."""
 
-    exit_code: int = 2
+
+class BadInput(ConvergeError):
+    """The caller gave something Converge cannot use; the message names it and the fix."""
 
 
-class UsageError(ConvergeError):
+class UsageError(BadInput):
     """The command was given something it cannot use."""
 
 
-class ConfigError(ConvergeError):
+class ConfigError(BadInput):
     """A configuration, agent card or policy file is invalid."""
 
 
-class WorkspaceError(ConvergeError):
+class WorkspaceError(BadInput):
     """The workspace is missing, foreign or damaged."""
 
 
-class RepoError(ConvergeError):
+class RepoError(BadInput):
     """A repository is not usable: not git, unknown, or a duplicate name."""
 
 
-class GitError(ConvergeError):
-    """Git refused an operation."""
+class GitError(BadInput):
+    """Git refused an operation on the workspace's repositories."""
 
 
-class EditError(ConvergeError):
+class EditError(BadInput):
     """An edit cannot be applied; the message is written for the model."""
 
 
-class ModelError(ConvergeError):
+class ModelError(BadInput):
     """A model is missing, cannot load, or answered with malformed output."""
+
+
+class EndpointUnavailable(ModelError):
+    """A model server did not answer (refused, reset, timed out, 5xx): the call may go elsewhere."""
+
+
+class Refused(ConvergeError):
+    """The operation ran and said no."""
+
+
+class VerificationFailed(Refused):
+    """Build or tests failed."""
+
+
+class PolicyViolation(Refused):
+    """Policy rejected a change."""
+
+
+class SignatureError(Refused):
+    """A signature or attestation does not verify."""
+
+
+class ConflictError(Refused):
+    """Another process holds the lock or changed the refs first."""
 
 
 class SandboxError(ConvergeError):
     """The sandbox engine or image is not available, or a container failed."""
 
 
-class SignatureError(ConvergeError):
-    """A signature or attestation does not verify."""
-
-    exit_code = 1
+class DiskFull(ConvergeError):
+    """A write failed for lack of space or quota."""
 
 
-class PolicyViolation(ConvergeError):
-    """Policy rejected a change."""
-
-    exit_code = 1
+Boundary = Literal["docker", "git", "llama", "os"]
 
 
-class VerificationFailed(ConvergeError):
-    """Build or tests failed."""
+class Rule(NamedTuple):
+    """One row of the table: what an exception raised at a boundary becomes."""
 
-    exit_code = 1
-
-
-class ConflictError(ConvergeError):
-    """Another process holds the lock or changed the refs first."""
-
-    exit_code = 1
+    boundary: Boundary
+    raised: str  # the third-party class by import path: named, not imported, so the CLI starts without it
+    becomes: type[ConvergeError]
+    says: str = ""  # said instead of the exception's own text when that is only a path or a repr
+    fix: str = ""
 
 
-class LoopSignal(Exception):
-    """Base of control-flow signals of the refinement loop (not errors)."""
+ENGINE_FIX = "run `make setup` (installs docker.io and starts dockerd) or start dockerd yourself"
+_REPO_FIX = "give the top directory of a git repository"
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
+
+# The first rule whose class is in the exception's MRO wins; each boundary ends with its catch-all.
+TABLE: tuple[Rule, ...] = (
+    Rule("docker", "docker.errors.APIError", SandboxError, fix="see `converge doctor` and the engine's log"),
+    Rule("docker", "docker.errors.DockerException", SandboxError, fix=ENGINE_FIX),
+    Rule("docker", "requests.exceptions.RequestException", SandboxError, fix=ENGINE_FIX),
+    Rule("docker", "builtins.Exception", SandboxError),
+    Rule("git", "git.exc.InvalidGitRepositoryError", RepoError, "not a git repository", _REPO_FIX),
+    Rule("git", "git.exc.NoSuchPathError", RepoError, "no such path", _REPO_FIX),
+    Rule("git", "git.exc.GitCommandError", GitError),
+    Rule("git", "subprocess.CalledProcessError", GitError),
+    Rule("git", "builtins.Exception", GitError),
+    # llama-cpp-python raises builtins (ValueError, RuntimeError): only its boundary knows they are the model's
+    Rule("llama", "jinja2.exceptions.TemplateError", ModelError, fix="fix the model's chat template"),
+    Rule("llama", "builtins.Exception", ModelError),
+    Rule("os", "builtins.Exception", UsageError),
+)
 
 
-class BudgetExhausted(LoopSignal):
-    """A step or run used up its budget."""
+def translate(exc: Exception, boundary: Boundary, doing: str = "") -> ConvergeError:
+    """The ConvergeError for ``exc`` raised at ``boundary`` while ``doing`` (a phrase naming the object).
+
+    The message is one line: ``doing: what failed; the fix``. A full disk is DiskFull wherever it happens.
+    """
+    detail = _detail(exc)
+    where = f"{doing}: " if doing else ""
+    if getattr(exc, "errno", None) in _FULL or any(text in detail for text in _FULL_TEXT):
+        return DiskFull(f"{where}{detail}; free space on that device, then run the command again")
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+    for rule in TABLE:
+        if rule.boundary == boundary and rule.raised in names:
+            return rule.becomes(f"{where}{rule.says or detail}" + (f"; {rule.fix}" if rule.fix else ""))
+    raise AssertionError(f"no catch-all rule for boundary {boundary!r}")  # each boundary ends with one
 
 
-class NeedsReview(LoopSignal):
-    """A changeset waits for a human decision."""
+def _detail(exc: Exception) -> str:
+    """The line of ``exc`` worth showing: a command's last stderr line, the OS's reason, else its first line."""
+    stderr = getattr(exc, "stderr", None)
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    if isinstance(stderr, str):
+        # GitPython's reads "stderr: 'Cloning...\nfatal: ...\n'"
+        lines = [line.strip().removeprefix("stderr: ").strip("'").strip() for line in stderr.splitlines()]
+        if found := [line for line in lines if line]:
+            return found[-1]
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, subprocess.CalledProcessError):
+        return f"exit {exc.returncode}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

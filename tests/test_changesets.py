@@ -187,19 +187,26 @@ def test_failing_tests_make_no_changeset_and_auto_approve_promotes(tmp_path: Pat
 
 
 @pytest.mark.docker
-def test_resubmitting_after_a_failure_or_a_rollback_goes_through_the_gate_again(tmp_path: Path) -> None:
+def test_resubmitting_after_a_failure_or_a_rollback_goes_through_the_gate_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Ada Person")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "ada@example.com")
     ws, src = _setup(tmp_path)
     broken = _patch(
         src, REPORT_PY, "key=lambda item: item.unit_price", "key=lambda item: -item.unit_price", tmp_path / "b.diff"
     )
     for _ in range(2):  # the second try meets the first one's kept candidate, and still says why it fails
-        proc = converge("-w", str(ws.root), "submit", "sample", "--patch", str(broken))
+        proc = converge("-w", str(ws.root), "submit", "sample", "--patch", str(broken), "--json")
         assert proc.returncode == 1 and "tests do not pass" in proc.stderr, proc.stderr
+        assert json.loads(proc.stdout)["error"]["exit"] == 1, "--json: one document on stdout, even on failure"
     assert len(gitops_refs(ws.src / "sample", "refs/converge/failed/")) == 2
 
     doc = _doc_patch(src, tmp_path / "doc.diff")
     first = submit.submit(ws, "sample", doc, "doc", auto_approve=True)
     assert (first.status, first.generation) == ("approved", 1)
+    author = git(ws.src / "sample", "log", "-1", "--format=%an <%ae> / %cn", first.commit)
+    assert author == "Ada Person <ada@example.com> / Converge", "a person's change keeps their name"
     generations.rollback(ws, "sample")
     again = submit.submit(ws, "sample", doc, "doc", auto_approve=True)
     assert again.id != first.id and (again.status, again.generation) == ("approved", 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_export_to_a_bare_origin_keeps_the_signature(ws: Workspace, make_repo: M
     verified = _verify_in(bare, ws, "converge/gen-1")
     assert verified.returncode == 0 and "converge@workspace" in verified.stderr
     assert git(bare, "rev-parse", "refs/heads/main") != commit  # nothing else moved
+    told = subprocess.run(result["verify"], shell=True, cwd=bare, capture_output=True, text=True, check=False)
+    assert told.returncode == 0, told.stderr  # the command export gives verifies the signature in the origin
 
     # exporting again is a no-op; a branch that moved on is not overwritten
     converge("-w", str(ws.root), "export", "sample", check=True)
@@ -83,3 +86,18 @@ def test_export_rejects_a_bad_branch_name(ws: Workspace, make_repo: MakeRepo) ->
     proc = converge("-w", str(ws.root), "export", "sample", "--branch", "bad..name")
     assert proc.returncode == 2 and "bad..name" in proc.stderr
     assert converge("-w", str(ws.root), "export", "nope").returncode == 2
+
+
+def test_export_to_a_deleted_origin_says_why_and_json_gets_one_document(
+    ws: Workspace, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(make_repo(name="src")), str(bare))
+    add_repo(ws, str(bare), "sample")
+    _signed_generation(ws, "sample")
+    shutil.rmtree(bare)
+    proc = converge("-w", str(ws.root), "export", "sample", "--json")
+    assert proc.returncode == 1
+    error = json.loads(proc.stdout)["error"]
+    assert error["exit"] == 1 and "does not appear to be a git repository" in error["message"], error
+    assert "refused: and the repository exists" not in proc.stderr

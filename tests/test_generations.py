@@ -33,6 +33,7 @@ def test_promote_moves_head_refs_and_tree(sample_ws: Workspace) -> None:
     assert git(path, "rev-parse", "refs/converge/head") == gen.commit
     assert git(path, "rev-parse", "HEAD") == gen.commit
     assert (path / "VERSION").read_text() == "1"
+    assert git(path, "rev-parse", "converge") == gen.commit, "the checkout's branch follows the generation"
     assert _statuses(sample_ws) == [(0, "superseded", None), (1, "current", 0)]
     assert generations.lineage(sample_ws, "sample")[1].changesets == ("cs-1",)
 

@@ -5,6 +5,7 @@ a user sees (the run record, its steps, changesets and generations)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +16,7 @@ from orchestrator.sandbox.scripted import ScriptedBackend as ScriptedSandbox
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import CommandResult
 from orchestrator.store.workspace import Workspace
-from tests.conftest import git
+from tests.conftest import converge, git
 from tests.driving import RunResult, approve, audit_problems, reject, resume_run, scripted_deps, start_run
 from tests.scripted import ScriptedBackend as ScriptedModel
 from tests.scripted import edit, plan
@@ -109,6 +110,29 @@ def test_a_step_gives_up_when_its_attempts_are_spent(sample_ws: Workspace) -> No
     assert len(_refs(sample_ws, "refs/converge/failed/r-flow/")) == 3
     assert changesets.list_changesets(sample_ws) == []
     assert git(sample_ws.src / "sample", "status", "--porcelain") == ""
+
+
+STEP_TWO = ("Tidy report.py", "coder", ["inventory/report.py"])
+
+
+def test_a_failed_step_ends_the_run_by_default(sample_ws: Workspace) -> None:
+    events: list[str] = []
+    model = ScriptedModel([plan(STEP, STEP_TWO)], [GOOD, GOOD, GOOD])
+    result = _run(sample_ws, model, ScriptedSandbox(PytestScript([FAILING])), on_event=events.append)
+    assert (result.exit_code, result.record.status) == (1, "failed")
+    assert [s.step for s in result.record.steps] == [1], "step 2 builds on step 1: it is not attempted"
+    assert result.record.steps_planned == 2
+    failed_lines = [e for e in events if "attempt" in e and "failed:" in e]
+    assert len(failed_lines) == 2 and all(SKU_TEST in line for line in failed_lines), "each reason, whole"
+
+
+def test_on_step_failure_continue_goes_on_to_the_next_step(sample_ws: Workspace) -> None:
+    _set_run_budget(sample_ws, 'on_step_failure = "continue"')
+    other = edit("inventory/report.py", "import math\n", "import math\n\n")
+    model = ScriptedModel([plan(STEP, STEP_TWO)], [GOOD, GOOD, GOOD, other])
+    result = _run(sample_ws, model, ScriptedSandbox(PytestScript([FAILING, FAILING, FAILING, PASSING])))
+    assert [(s.step, s.outcome) for s in result.record.steps] == [(1, "failed"), (2, "promoted")]
+    assert result.record.status == "failed" and result.record.reason.startswith("step 1 (")
 
 
 def test_a_change_the_policy_rejects_is_fed_back(sample_ws: Workspace) -> None:
@@ -313,3 +337,13 @@ def test_resuming_a_finished_run_changes_nothing(sample_ws: Workspace) -> None:
     ran = len(sandbox.ran)
     _assert_finished_once(sample_ws, _resume(sample_ws, model, sandbox))
     assert len(sandbox.ran) == ran and len(model.requests) == 2
+
+
+def test_resume_takes_a_unique_prefix_of_a_run_id(sample_ws: Workspace) -> None:
+    _run(sample_ws, ScriptedModel([plan(STEP)], [GOOD]), ScriptedSandbox(PytestScript([PASSING])))
+    proc = converge("-w", str(sample_ws.root), "resume", "r-fl", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["id"] == "r-flow"
+    runs.save(sample_ws, runs.RunRecord(id="r-flat", repo="sample", goal="g", status="failed"))
+    ambiguous = converge("-w", str(sample_ws.root), "resume", "r-fl")
+    assert ambiguous.returncode == 2 and "prefix of 2 runs" in ambiguous.stderr

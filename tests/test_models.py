@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field
 
 from orchestrator.errors import ModelError, UsageError
 from orchestrator.models import runtime
-from orchestrator.models.backends import CallLog, Completion, CompletionRequest, OpenAIBackend, ReplayBackend
+from orchestrator.models.backends import CallLog, Completion, CompletionRequest, ReplayBackend
 from orchestrator.models.gguf import read_gguf
 from orchestrator.models.llama import LlamaBackend, ModelManager
+from orchestrator.models.openai import OpenAIBackend
 from orchestrator.models.registry import embedded_model_path
 from orchestrator.store.storage import atomic_write
 from orchestrator.store.workspace import Workspace
@@ -281,10 +282,10 @@ def test_prefix_state_is_reused_in_memory_and_from_disk(
 def test_models_are_refused_before_loading_and_evicted_least_recent_first(
     smol_record: runtime.ModelRecord, tmp_path: Path
 ) -> None:
-    estimate = smol_record.memory_estimate(N_CTX)
+    estimate = ModelManager(n_ctx=N_CTX).placement(smol_record).ram
     with ModelManager(budget=estimate // 2, n_ctx=N_CTX) as tiny:
         with pytest.raises(
-            ModelError, match=r"needs about \d+ MiB \(weights \d+ MiB \+ KV cache .*smaller quantisation"
+            ModelError, match=r"needs about \d+ MiB of RAM \(weights \d+ MiB \+ KV cache .*smaller quantisation"
         ):
             tiny.acquire(smol_record)
         assert tiny.resident() == []
@@ -441,8 +442,12 @@ def test_cli_try_with_a_schema_prints_valid_json(ws: Workspace, tmp_path: Path) 
         "model", "try", "default", "--prompt", "hi", env={**env, "CONVERGE_MODELS__MEMORY_BUDGET": "50000000"}
     )
     assert proc.returncode == 2
-    assert "needs about 116 MiB (weights 94 MiB + KV cache 22 MiB for 1024 tokens)" in proc.stderr
-    assert "more than the memory budget of 48 MiB; use a smaller quantisation than Q4_1" in proc.stderr
+    assert (
+        "needs about 222 MiB of RAM (weights 92 MiB + KV cache 22 MiB (f16) for 1024 tokens + compute 105 MiB)"
+        in proc.stderr
+    )
+    assert "more than the memory budget of 48 MiB and VRAM budget of 0 MiB" in proc.stderr
+    assert "a shorter context ([models.settings.default] context_length" in proc.stderr
 
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(SMOL.read_bytes()[:3_000_000])

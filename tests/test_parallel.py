@@ -190,9 +190,10 @@ print("released", time.time(), flush=True)
 @pytest.mark.model
 def test_model_managers_of_two_processes_share_the_budget(ws: Workspace) -> None:
     record = runtime.get_model(ws, runtime.DEFAULT_MODEL)
-    estimate = record.memory_estimate(1024)
-    kv = estimate - record.size
-    limit = estimate + kv // 2  # one process fits; a second copy's KV cache does not
+    placement = ModelManager(n_ctx=1024).placement(record)
+    estimate = placement.ram
+    own = placement.kv_bytes + placement.compute  # what a second process does not share (weights are mmap'd)
+    limit = estimate + own // 2  # one process fits; a second copy's KV cache and compute buffer do not
     go = ws.root / "go"
     other = _spawn(MANAGER, str(ROOT), str(ws.root), str(go), str(limit))
     assert other.stdout is not None and other.stdout.readline().strip() == "held"

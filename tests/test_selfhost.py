@@ -12,7 +12,7 @@ import pytest
 from orchestrator.errors import PolicyViolation, SandboxError, UsageError, VerificationFailed
 from orchestrator.gate import review, submit
 from orchestrator.sandbox.scripted import ScriptedBackend
-from orchestrator.selfhost import canary, checks, install, nested
+from orchestrator.selfhost import canary, checks, host, install, nested
 from orchestrator.store import changesets, generations
 from orchestrator.store.reports import CommandResult
 from orchestrator.store.setup import add_repo
@@ -53,6 +53,7 @@ def tiny_self(ws: Workspace, make_repo: MakeRepo, tmp_path: Path) -> tuple[Works
         {
             "orchestrator/__init__.py": '"""stand-in."""\nVERSION = "1"\n',
             "tests/test_x.py": "def test_ok():\n    assert True\n",
+            "tests/test_host.py": "import pytest\n\n\n@pytest.mark.docker\ndef test_on_the_host():\n    assert True\n",
             "pyproject.toml": '[project]\nname = "tiny"\nversion = "0"\ndependencies = []\n',
         },
         name="tiny-self",
@@ -97,6 +98,48 @@ def test_self_changeset_is_never_auto_approved_and_needs_passing_checks(
     assert generations.current(ws, "self").commit == cs.commit
 
 
+def _store_checks(ws: Workspace, cs_id: str, commit: str) -> None:
+    for name in (checks.SELF_TESTS, checks.CANARY):
+        changesets.write_artifact(ws, cs_id, name, json.dumps({"commit": commit, "ok": True}).encode())
+
+
+def test_an_approved_self_change_whose_host_stage_fails_is_not_promoted(
+    tiny_self: tuple[Workspace, Path], tmp_path: Path
+) -> None:
+    ws, src = tiny_self
+    patch = _patch(src, "tests/test_host.py", "assert True", "assert False, 'broken on the host'", tmp_path)
+    cs = submit.submit(ws, "self", patch, "break the host test", backend=_passing_sandbox())
+    _store_checks(ws, cs.id, cs.commit)
+    with pytest.raises(VerificationFailed, match=r"approved but not promoted: host stage failed: .*test_on_the_host"):
+        review.approve(ws, cs.id)
+    held = changesets.load(ws, cs.id)
+    assert (held.status, held.generation) == ("approved", None) and "test_on_the_host" in str(held.reason)
+    assert generations.current(ws, "self").number == 0, "the generation is untouched"
+    result = host.HostTests.model_validate_json(changesets.artifact_path(ws, cs.id, host.HOST_TESTS).read_text())
+    assert not result.ok and result.report.failed and result.commit == cs.commit
+    with pytest.raises(VerificationFailed, match="host stage did not pass"):
+        review.promote(ws, cs.id, decided_by=held.decided_by or "")
+    refused = converge("-w", str(ws.root), "changeset", "approve", cs.id)  # tried again: fails again, says why
+    assert refused.returncode == 1 and "test_on_the_host" in refused.stderr
+
+
+def test_an_approved_self_change_whose_host_stage_passes_is_promoted(
+    tiny_self: tuple[Workspace, Path], tmp_path: Path
+) -> None:
+    ws, src = tiny_self
+    patch = _patch(src, "orchestrator/__init__.py", 'VERSION = "1"', 'VERSION = "2"', tmp_path)
+    cs = submit.submit(ws, "self", patch, "bump", backend=_passing_sandbox())
+    _store_checks(ws, cs.id, cs.commit)
+    done = review.approve(ws, cs.id)
+    assert (done.status, done.generation) == ("approved", 1)
+    result = host.HostTests.model_validate_json(changesets.artifact_path(ws, cs.id, host.HOST_TESTS).read_text())
+    assert result.ok and result.report.passed == ["tests/test_host.py::test_on_the_host"]
+    assert result.user  # who ran them: nobody where the machine allows it, else this user, and why
+    changesets.artifact_path(ws, cs.id, host.HOST_TESTS).unlink()
+    with pytest.raises(VerificationFailed, match="host stage has not run"):
+        install.upgrade(ws)  # `self upgrade` installs no generation whose host stage has not passed
+
+
 def test_canary_outcomes_are_compared_strictly() -> None:
     same = canary.CanaryOutcome(status="completed", steps=["promoted"], tree="a" * 40, generation=1)
     other = same.model_copy(update={"tree": "b" * 40})
@@ -135,6 +178,14 @@ def _converge_copy(dest: Path) -> Path:
         "    assert result.exit_code == 0\n"
         "    assert 'Converge' in result.output\n"
     )
+    (dest / "tests" / "test_engine.py").write_text(  # the host stage runs the docker-marked ones
+        "import pytest\n\nfrom orchestrator.sandbox.docker_backend import connect\n\n\n"
+        "@pytest.mark.docker\n"
+        "def test_the_engine_answers():\n"
+        "    client = connect()\n"
+        "    assert client.ping()\n"
+        "    client.close()\n"
+    )
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", "converge")
@@ -168,7 +219,7 @@ def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace
     assert "no self-tests result" in refused.stderr
 
     checked = converge("-w", str(ws.root), "self", "check", cs.id, "--json")
-    assert checked.returncode == 0, checked.stderr
+    assert checked.returncode == 0, checked.stderr + checked.stdout[-3000:]
     doc = json.loads(checked.stdout)
     assert doc["self_tests"]["ok"] and doc["self_tests"]["report"]["passed"]
     canary = doc["canary"]
@@ -179,6 +230,8 @@ def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace
     assert stored["commit"] == cs.commit
 
     converge("-w", str(ws.root), "changeset", "approve", cs.id, check=True)
+    stage = host.HostTests.model_validate_json(changesets.artifact_path(ws, cs.id, host.HOST_TESTS).read_text())
+    assert stage.ok and stage.report.passed == ["tests/test_engine.py::test_the_engine_answers"]
     up = converge("-w", str(ws.root), "self", "upgrade", "--json", check=True)
     state = json.loads(up.stdout)
     assert state["changed"] and state["current"]["generation"] == 1

@@ -56,7 +56,7 @@ def test_stats_of_passing_failing_and_rolled_back_runs(sample_ws: Workspace) -> 
     }
     # verified attempts: 2 (run 1) + 3 (run 2) + 1 (run 3); the full suite ran twice for the three that
     # passed their selected tests (run 2's attempts stopped at the failing selected tests)
-    assert found["reproducible_builds"] == {"verified": 6, "checked": 3, "identical": 3, "rate": 0.5}
+    assert found["reproducible_builds"] == {"verified": 6, "checked": 3, "identical": 3, "rate": 1.0}
     repro = sorted(p.name for p in (ws.cache / "runs" / first.id).glob("*.repro.json"))
     assert repro == ["1-1.repro.json", "1-2.repro.json"]
     assert set(found["policy_rejections"]) == {"secret"}

@@ -19,9 +19,12 @@ import pytest
 from orchestrator.agents.pyparse import blob_digest
 from orchestrator.errors import ConflictError
 from orchestrator.loop.state import Deps
+from orchestrator.sandbox.scripted import PytestRun, PytestScript
+from orchestrator.sandbox.scripted import ScriptedBackend as ScriptedSandbox
 from orchestrator.store import generations, runs
 from orchestrator.store.workspace import Workspace
-from orchestrator.watch.watcher import Watcher, is_ignored
+from orchestrator.watch.files import is_ignored
+from orchestrator.watch.watcher import Watcher
 from tests.conftest import GIT_ENV, ROOT, converge
 from tests.scripted import ScriptedBackend, edit, plan
 
@@ -234,6 +237,8 @@ from orchestrator.agents.pyparse import blob_digest
 from orchestrator.watch.watcher import Watcher
 from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
+from orchestrator.sandbox.scripted import PytestRun, PytestScript
+from orchestrator.sandbox.scripted import ScriptedBackend as ScriptedSandbox
 def on_event(text):
     if "  applied" in text:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -274,3 +279,41 @@ def test_a_task_in_flight_resumes_after_the_watcher_restarts(sample_ws: Workspac
     assert not list((inbox / "running").iterdir())
     assert [g.number for g in generations.lineage(sample_ws, "sample")] == [0, 1]
     assert "import os" not in (sample_ws.src / "sample" / "inventory" / "stock.py").read_text()
+
+
+def test_a_stop_ends_the_run_in_progress_at_its_next_checkpoint_and_it_resumes(sample_ws: Workspace) -> None:
+    inbox = sample_ws.spec / "inbox"
+    inbox.mkdir(exist_ok=True)
+    (inbox / "tidy.toml").write_text(TASK)
+    planned = threading.Event()
+
+    class SlowPlanner(ScriptedBackend):
+        def complete(self, request: Any) -> Any:  # the planner answers, then the stop arrives mid-run
+            answer = super().complete(request)
+            planned.set()
+            time.sleep(0.5)
+            return answer
+
+    model = SlowPlanner([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
+    sandbox = ScriptedSandbox(PytestScript([PytestRun(passed=["tests/test_stock.py::test_value_sums_prices"])]))
+
+    def deps(ws: Workspace) -> Deps:
+        return Deps(ws=ws, model_for=model.factory(), sandbox_backend=sandbox)
+
+    with Watcher(sample_ws, deps) as watcher:
+        worker = threading.Thread(target=watcher.run_forever)
+        worker.start()
+        assert planned.wait(30)
+        watcher.stop()
+        worker.join(30)
+        assert not worker.is_alive()
+    claimed = json.loads((inbox / "running" / "tidy.run.json").read_text())
+    record = runs.load(sample_ws, claimed["run_id"])
+    assert record.status == "interrupted" and (inbox / "running" / "tidy.toml").is_file()
+    assert generations.current(sample_ws, "sample").number == 0, "the stop did not wait for the whole task"
+    assert record.steps == [] and len(model.requests) == 1
+
+    with Watcher(sample_ws, deps) as watcher:  # the next start finishes it from its checkpoint
+        [task] = watcher.run_once().tasks
+    assert (task.status, task.run_id, task.resumed, task.run_status) == ("done", claimed["run_id"], True, "completed")
+    assert len(model.requests) == 2, "the plan was not asked for again"

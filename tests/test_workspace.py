@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from orchestrator.errors import ConfigError, RepoError, UsageError, WorkspaceErr
 from orchestrator.store import generations
 from orchestrator.store.setup import add_repo, init_workspace
 from orchestrator.store.storage import atomic_write_all
-from orchestrator.store.workspace import LAYOUT, find_workspace
+from orchestrator.store.workspace import LAYOUT, Workspace, find_workspace
 from tests.conftest import MakeRepo, converge, git
 
 
@@ -55,6 +56,7 @@ def test_add_registers_clone_at_generation_zero(ws, make_repo: MakeRepo) -> None
     assert gen.commit == git(src, "rev-parse", "HEAD")
     assert (ws.src / "inv" / "inventory" / "stock.py").is_file()
     assert git(ws.src / "inv", "rev-parse", "refs/converge/gen/0") == gen.commit
+    assert git(ws.src / "inv", "symbolic-ref", "--short", "HEAD") == "converge", "a branch, not a detached HEAD"
 
 
 def test_add_refuses_duplicates_and_non_git(ws, make_repo: MakeRepo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -112,7 +114,8 @@ BAD_INPUT = [
     (["generation", "list", "ghost"], "unknown repo 'ghost'"),
     (["rollback", "inv", "--to", "-1"], "generations start at 0"),
     (["rollback", "inv"], "no parent to roll back to"),
-    (["rollback", "inv", "--to", "7"], "--to 7: not a live generation"),
+    (["rollback", "inv", "--to", "7"], "--to 7: generation 7 of 'inv' does not exist"),
+    (["add", "{src}", "--name", ""], "--name: give a name"),
 ]
 
 
@@ -159,7 +162,8 @@ def test_a_damaged_registry_is_named_not_a_traceback(tmp_path: Path, content: by
     proc = converge("-w", str(w), "repos", "--json")
     assert proc.returncode == 2
     assert proc.stderr.startswith("converge: error: ") and "repos.json: corrupt" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert json.loads(proc.stdout)["error"]["kind"] == "WorkspaceError"  # --json: one document, even now
 
 
 def test_files_written_together_are_whole_or_absent(tmp_path: Path) -> None:
@@ -175,3 +179,27 @@ def test_files_written_together_are_whole_or_absent(tmp_path: Path) -> None:
         atomic_write_all([(first, b"new\n"), (tmp_path / "blocked" / "x", b"y")])
     assert first.read_bytes() == b"{}\n"  # nothing renamed: the second could not even be written
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["blocked", "one.json", "two.bin"]
+
+
+def test_a_missing_clone_is_listed_as_broken_and_remove_archives_the_repo(sample_ws: Workspace) -> None:
+    shutil.rmtree(sample_ws.src / "sample")
+    proc = converge("-w", str(sample_ws.root), "repos", "--json")
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads(proc.stdout)
+    assert row["status"] == "broken" and "converge remove sample" in row["problem"]
+    stats = converge("-w", str(sample_ws.root), "stats", "--json")
+    assert stats.returncode == 0 and "sample" in json.loads(stats.stdout)["broken_repos"]
+    removed = converge("-w", str(sample_ws.root), "remove", "sample", "--json", check=True)
+    assert json.loads(converge("-w", str(sample_ws.root), "repos", "--json", check=True).stdout) == []
+    assert (Path(json.loads(removed.stdout)["archive"]) / "record.json").is_file()
+
+
+def test_remove_keeps_the_clone_with_its_refs(sample_ws: Workspace) -> None:
+    head = git(sample_ws.src / "sample", "rev-parse", "refs/converge/head")
+    archive = Path(
+        json.loads(converge("-w", str(sample_ws.root), "remove", "sample", "--json", check=True).stdout)["archive"]
+    )
+    assert git(archive / "src", "rev-parse", "refs/converge/gen/0") == head
+    assert not (sample_ws.src / "sample").exists()
+    again = converge("-w", str(sample_ws.root), "remove", "sample")
+    assert again.returncode == 2 and "unknown repo 'sample'" in again.stderr

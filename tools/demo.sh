@@ -38,3 +38,6 @@ if [ -n "$latest" ]; then
   echo "Verify it:    CONVERGE_WORKSPACE=$WS $CONVERGE changeset verify $latest"
   echo "Roll it back: CONVERGE_WORKSPACE=$WS $CONVERGE rollback sample"
 fi
+echo
+echo "Review in the browser (prints a URL with a session token; Ctrl-C stops it):"
+echo "  CONVERGE_WORKSPACE=$WS $CONVERGE serve"

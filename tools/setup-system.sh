@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install and start what Converge needs from the system: git, the Docker engine, bubblewrap.
+# Install and start what Converge needs from the system: git, the Docker engine, bubblewrap,
+# and Chromium with its driver (the review page's browser test).
 # Idempotent: a second run only checks. Runs as root (or with sudo available).
 set -euo pipefail
 
@@ -11,6 +12,8 @@ command -v git >/dev/null || need+=(git)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   $SUDO apt-get update -qq

@@ -34,8 +34,10 @@ from orchestrator.agents.prompts import Prompt, build_prompt
 from orchestrator.agents.repomap import RepoMap, repo_map_at
 from orchestrator.agents.site import Site
 from orchestrator.errors import ModelError
+from orchestrator.models import runtime
 from orchestrator.models.backends import Completion, CompletionRequest, ModelBackend
-from orchestrator.models.runtime import backend_window, complete_json
+from orchestrator.models.runtime import complete_json
+from orchestrator.store.workspace import Workspace
 
 MAX_OFFERED = 400  # paths a plan may name, at most (an enumeration in the grammar)
 A = TypeVar("A", bound=BaseModel)
@@ -105,6 +107,13 @@ def _ask(
         raise ModelError(f"Your answer does not match the schema: {where}: {err['msg']}") from exc
 
 
+def window_of(ws: Workspace, card: LoadedCard) -> int:
+    """The context window ``card``'s prompts must fit: its role's model's (``context_length`` for a card
+    bound to a model by name)."""
+    kind, name = card.card.binding()
+    return runtime.context_window(ws, name) if kind == "role" else ws.config().models.context_length
+
+
 # --- the planner ------------------------------------------------------------------------------------
 
 
@@ -122,7 +131,7 @@ def plan_for(
     """The planner's plan for ``goal`` at ``site``: the map ranked for the goal, the tool agents' dry runs,
     the plan grounded in both; PlanRejected when no step of it can be carried out."""
     rmap = repo_map_at(site.ws, site.repo, site.commit)
-    window = backend_window(backend, site.ws.config().models.context_length)
+    window = window_of(site.ws, card)
     repo_map, shown = rmap.render_shown(goal, max(256, window // 4), tokens)
     reports = findings.dry_runs(site.ws, site.repo, site.commit, cards, site.pool, site.backend)
     editors = editors_of(cards)
@@ -227,7 +236,7 @@ def propose_for(
     naming only those (or the files the step creates), searching only runs of their lines."""
     ws, repo, commit = site.ws, site.repo, site.commit
     rmap = repo_map_at(ws, repo, commit)
-    window = backend_window(backend, ws.config().models.context_length)
+    window = window_of(ws, card)
     view = coder_view(ws, repo, commit, rmap, card.card, goal=goal, step=step, feedback=feedback, window=window)
     prompt = build_prompt(card.card, goal=goal, repo_map=view.repo_map, step=step, files=view.notes, feedback=feedback)
     files = {f.path: f.text for f in view.files}

@@ -10,9 +10,6 @@ import typer
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.cli.run_cmds import continue_run
 from orchestrator.errors import ConvergeError, SignatureError
-from orchestrator.gate import audit, review
-from orchestrator.gate.export import export as export_generation
-from orchestrator.gate.submit import submit as submit_patch
 from orchestrator.store import changesets, keyfiles
 from orchestrator.store.storage import read_json
 from orchestrator.store.workspace import Workspace
@@ -67,6 +64,8 @@ def submit(
     json_out: JsonFlag = False,
 ) -> None:
     """Send a person's patch through the gate: apply, sandbox verify, policy, sign, review."""
+    from orchestrator.gate.submit import submit as submit_patch  # noqa: PLC0415  lazy: the gate loads policy, sandbox, docker
+
     cs = submit_patch(workspace(), repo, patch, message, auto_approve=auto_approve)
     if json_out:
         emit_json(cs.to_json())
@@ -123,6 +122,8 @@ def show(cs_id: IdArg, json_out: JsonFlag = False) -> None:
 @handled
 def verify(cs_id: IdArg, json_out: JsonFlag = False) -> None:
     """Re-check the commit signature and the attestation against git and the stored reports."""
+    from orchestrator.gate import audit  # noqa: PLC0415  lazy: the gate loads policy, sandbox, docker
+
     ws = workspace()
     cs = changesets.load(ws, cs_id)
     problems = audit.check(ws, cs)
@@ -143,6 +144,8 @@ def verify(cs_id: IdArg, json_out: JsonFlag = False) -> None:
 @handled
 def approve(cs_id: IdArg, json_out: JsonFlag = False) -> None:
     """Sign the changeset with your key and promote it (a new generation)."""
+    from orchestrator.gate import review  # noqa: PLC0415  lazy: the gate loads policy, sandbox, docker
+
     cs = review.approve(workspace(), cs_id)
     if json_out:
         emit_json(cs.to_json())
@@ -158,6 +161,8 @@ def reject(
     json_out: JsonFlag = False,
 ) -> None:
     """Reject the changeset; its commit stays under refs/converge/failed/cs-<id>."""
+    from orchestrator.gate import review  # noqa: PLC0415  lazy: the gate loads policy, sandbox, docker
+
     cs = review.reject(workspace(), cs_id, reason)
     if json_out:
         emit_json(cs.to_json())
@@ -175,11 +180,14 @@ def export(
     json_out: JsonFlag = False,
 ) -> None:
     """Push the current generation to the repo's origin as a branch (never its checked-out branch)."""
+    from orchestrator.gate.export import export as export_generation  # noqa: PLC0415  lazy: the gate loads policy, sandbox, docker
+
     result = export_generation(workspace(), repo, branch)
     if json_out:
         emit_json(result)
     else:
         say(f"pushed generation {result['generation']} of {repo} to {result['remote']} as {result['branch']}")
+        say(f"its signatures verify in the origin with: {result['verify']}")
 
 
 def register(app: typer.Typer) -> None:

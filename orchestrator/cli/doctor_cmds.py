@@ -19,7 +19,11 @@ def register(app: typer.Typer) -> None:
     @handled
     def doctor(
         clean: Annotated[
-            bool, typer.Option("--clean", help="Remove orphan sandbox containers and stale sandbox worktrees.")
+            bool,
+            typer.Option(
+                "--clean",
+                help="Remove orphan sandbox containers and stale sandbox worktrees; trim the prompt cache to size.",
+            ),
         ] = False,
         json_out: JsonFlag = False,
     ) -> None:

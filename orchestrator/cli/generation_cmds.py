@@ -1,4 +1,4 @@
-"""`converge generation list` and `converge rollback`."""
+"""`converge repos`, `converge generation list` and `converge rollback`: repos and their generations."""
 
 from __future__ import annotations
 
@@ -14,6 +14,33 @@ def register(app: typer.Typer) -> None:
     """Add the generation commands to ``app``."""
     group = typer.Typer(help="Generations: numbered, promoted states of a repo.", no_args_is_help=True)
     app.add_typer(group, name="generation")
+
+    @app.command("repos")
+    @handled
+    def repos(json_out: JsonFlag = False) -> None:
+        """Registered repos with their current generation."""
+        ws = workspace()
+        rows = []
+        for record in ws.repos():
+            row: dict[str, object] = {"name": record.name, "source": record.source, "self": record.is_self}
+            broken = generations.problem(ws, record.name)  # a missing or damaged clone is listed, not fatal
+            if broken is None:
+                gen = generations.current(ws, record.name)
+                row |= {"generation": gen.number, "commit": gen.commit, "status": "ok", "problem": None}
+            else:
+                row |= {"generation": None, "commit": None, "status": "broken", "problem": broken}
+            rows.append(row)
+        if json_out:
+            emit_json(rows)
+        else:
+            emit_table(
+                "repos",
+                ["name", "generation", "commit", "source", "status"],
+                [
+                    [r["name"], r["generation"], str(r["commit"] or "")[:12], r["source"], r["problem"] or "ok"]
+                    for r in rows
+                ],
+            )
 
     @group.command("list")
     @handled

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from orchestrator.agents.cards import load_cards
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
 from orchestrator.errors import UsageError
+from orchestrator.models import runtime, status
 
 
 def _size(n: int) -> str:
@@ -27,30 +30,47 @@ def register(app: typer.Typer) -> None:
 @model_app.command("list")
 @handled
 def list_models(json_out: JsonFlag = False) -> None:
-    """Registered models and role bindings."""
-    from orchestrator.models import runtime
-
+    """Registered models (window, VRAM/RAM split) and role bindings; endpoints with health and speed."""
     ws = workspace()
     registry = runtime.load_registry(ws)
     roles = runtime.all_roles(ws)
+    statuses = status.model_statuses(ws)
     rows = []
     for record in registry.models.values():
         doc = record.model_dump(exclude={"chat_template"})
         doc["has_chat_template"] = record.chat_template is not None
         doc["roles"] = sorted(r for r, b in roles.items() if b == record.name)
+        placed = statuses[record.name]
+        doc["window"] = placed.window
+        doc["placement"] = {k: getattr(placed, k) for k in ("gpu_layers", "n_layer", "vram", "ram", "kv_type")}
+        doc["problem"] = placed.problem
         rows.append(doc)
+    endpoints = status.endpoint_statuses(ws)
     if json_out:
-        emit_json({"models": rows, "roles": roles})
+        emit_json({"models": rows, "roles": roles, "endpoints": [asdict(e) for e in endpoints]})
         return
     emit_table(
         "models",
-        ["name", "arch", "quant", "context", "size", "sha256", "roles"],
+        ["name", "arch", "quant", "window", "trained", "size", "where", "sha256", "roles"],
         [
-            [r["name"], r["architecture"], r["quantisation"], r["context_length"], _size(r["size"]),
-             r["sha256"][:12], ", ".join(r["roles"])]
+            [r["name"], r["architecture"], r["quantisation"], r["window"], r["context_length"], _size(r["size"]),
+             statuses[r["name"]].split, r["sha256"][:12], ", ".join(r["roles"])]
             for r in rows
         ],
     )  # fmt: skip
+    for r in rows:
+        if r["problem"]:
+            say(f"{r['name']}: {r['problem']}")
+    if endpoints:
+        emit_table(
+            "endpoints",
+            ["url", "roles", "health", "window", "calls", "latency", "tok/s", "failovers"],
+            [
+                [e.url, ", ".join(e.roles), "up" if e.up else "down", e.window or "?", e.calls,
+                 f"{e.latency_s:.2f}s" if e.latency_s is not None else "-", e.tokens_per_s or "-", e.failures]
+                for e in endpoints
+            ],
+        )  # fmt: skip
     remote = {r: b for r, b in roles.items() if b not in registry.models}
     for role, binding in sorted(remote.items()):
         say(f"role {role} -> {binding}")
@@ -63,31 +83,43 @@ def add(
     name: Annotated[str, typer.Option("--name", help="Name to register it under.")],
     json_out: JsonFlag = False,
 ) -> None:
-    """Register a GGUF file (reads its header, computes its sha256)."""
-    from orchestrator.models import runtime
-
+    """Register a GGUF file (reads its header, places it in VRAM/RAM or refuses it, computes its sha256)."""
     progress(f"reading {path} ...")
-    record = runtime.add_model(workspace(), path, name)
+    ws = workspace()
+    record = runtime.add_model(ws, path, name)
+    placement = runtime.placement_of(ws, record)
     if json_out:
-        emit_json(record.model_dump(exclude={"chat_template"}))
+        doc = record.model_dump(exclude={"chat_template"})
+        doc["window"] = placement.n_ctx
+        doc["placement"] = {
+            "gpu_layers": placement.gpu_layers, "n_layer": placement.n_layer, "vram": placement.vram,
+            "ram": placement.ram, "kv_type": placement.kv_type,
+        }  # fmt: skip
+        emit_json(doc)
     else:
         say(
             f"registered {record.name}: {record.architecture} {record.quantisation}, "
-            f"context {record.context_length}, {_size(record.size)}, sha256 {record.sha256[:12]}"
+            f"window {placement.n_ctx} of {record.context_length}, {_size(record.size)}, {placement.split()}, "
+            f"sha256 {record.sha256[:12]}"
         )
 
 
 @model_app.command("use")
 @handled
 def use(
-    model: Annotated[str, typer.Argument(help="A registered model, openai:URL[#model] or replay:FILE.")],
+    model: Annotated[
+        str, typer.Argument(help="A registered model, openai:URL[#model] (comma-separated: a pool) or replay:FILE.")
+    ],
     role: Annotated[str, typer.Option("--role", help="Role to bind (planner, coder, reviewer, ...).")],
     json_out: JsonFlag = False,
 ) -> None:
     """Bind a role to a model."""
-    from orchestrator.models import runtime
-
-    binding = runtime.use_model(workspace(), model, role)
+    ws = workspace()
+    cards = load_cards(ws).values()
+    known = sorted({c.card.binding()[1] for c in cards if c.card.kind == "model" and c.card.binding()[0] == "role"})
+    if role not in known:
+        raise UsageError(f"--role {role!r}: no agent card runs on that role (roles: {', '.join(known)})")
+    binding = runtime.use_model(ws, model, role)
     if json_out:
         emit_json({"role": role, "model": binding})
     else:
@@ -106,8 +138,6 @@ def try_model(
     json_out: JsonFlag = False,
 ) -> None:
     """One call to a model, to check it; with --schema the answer is constrained and validated."""
-    from orchestrator.models import runtime
-
     ws = workspace()
     backend = runtime.backend_for(ws, model)
     request = runtime.CompletionRequest(system=system, user=prompt, max_tokens=max_tokens, seed=seed)

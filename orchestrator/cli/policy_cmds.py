@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.errors import UsageError
 from orchestrator.policy import check as policy_check
+from orchestrator.store import changesets
 from orchestrator.store.reports import TestReport
 
 
@@ -54,8 +55,6 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         report = _tests(tests)
         if changeset is not None:
-            from orchestrator.store import changesets
-
             cs = changesets.load(ws, changeset)
             if cs.repo != repo:
                 raise UsageError(f"--changeset {changeset}: belongs to repo {cs.repo!r}, not {repo!r}")

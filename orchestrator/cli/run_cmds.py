@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
 from orchestrator.errors import UsageError
+from orchestrator.store import runs
+from orchestrator.store.workspace import NAME_RE
 
-
-def _deps(json_out: bool) -> object:
-    from orchestrator.loop.factory import model_factory
+if TYPE_CHECKING:
+    from orchestrator.loop.driver import RunResult
     from orchestrator.loop.state import Deps
+
+
+def _deps() -> Deps:
+    """What a run needs: the workspace, its models, and a progress line per event."""
+    from orchestrator.loop.factory import model_factory  # noqa: PLC0415  lazy: the loop loads langgraph, models, sandbox
+    from orchestrator.loop.state import Deps  # noqa: PLC0415  lazy: the loop loads langgraph, models, sandbox
 
     ws = workspace()
     return Deps(ws=ws, model_for=model_factory(ws), on_event=progress)
 
 
-def _render(result: object, json_out: bool) -> None:
-    from orchestrator.loop.driver import RunResult
-
-    assert isinstance(result, RunResult)
+def _render(result: RunResult, json_out: bool) -> None:
     record = result.record
     if json_out:
         emit_json(record.to_json())
@@ -39,9 +43,7 @@ def _render(result: object, json_out: bool) -> None:
 
 def continue_run(run_id: str | None) -> None:
     """After a review decision: resume the run that waits on it (its progress goes to stderr)."""
-    from orchestrator.loop.driver import resume_run
-    from orchestrator.loop.state import Deps
-    from orchestrator.store import runs
+    from orchestrator.loop.driver import resume_run  # noqa: PLC0415  lazy: the loop loads langgraph, models, sandbox
 
     if not run_id:
         return
@@ -52,10 +54,19 @@ def continue_run(run_id: str | None) -> None:
         return  # a submitted patch, not a run
     if record.status != "waiting_review":
         return
-    deps = _deps(False)
-    assert isinstance(deps, Deps)
-    result = resume_run(deps, run_id)
+    result = resume_run(_deps(), run_id)
     progress(f"run {run_id}: {result.record.status}" + (f" ({result.record.reason})" if result.record.reason else ""))
+
+
+def _check_new_run_id(run_id: str) -> None:
+    """``--run-id``: a name (it becomes file names) that no run has yet."""
+    if not NAME_RE.match(run_id):
+        raise UsageError(f"--run-id {run_id!r}: letters, digits, '.', '_' and '-' only")
+    try:
+        runs.load(workspace(), run_id)
+    except UsageError:
+        return
+    raise UsageError(f"--run-id {run_id}: that run exists; `converge resume {run_id}` continues it")
 
 
 def register(app: typer.Typer) -> None:
@@ -71,36 +82,37 @@ def register(app: typer.Typer) -> None:
         auto_approve: Annotated[
             bool, typer.Option("--auto-approve", help="Promote what policy itself approves without asking.")
         ] = False,
+        run_id: Annotated[
+            str | None, typer.Option("--run-id", hidden=True, help="Id for the new run (chosen by its starter).")
+        ] = None,
         json_out: JsonFlag = False,
     ) -> None:
         """One run: plan, then propose, apply, verify, judge, sign, review and promote each step."""
-        from orchestrator.loop.driver import start_run
-        from orchestrator.loop.state import Deps
+        from orchestrator.loop.driver import start_run  # noqa: PLC0415  lazy: the loop loads langgraph, models, sandbox
 
-        deps = _deps(json_out)
-        assert isinstance(deps, Deps)
-        result = start_run(deps, repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve)
+        if run_id is not None:
+            _check_new_run_id(run_id)
+        result = start_run(
+            _deps(), repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve, run_id=run_id
+        )
         _render(result, json_out)
 
     @app.command("resume")
     @handled
     def resume(
-        run_id: Annotated[str, typer.Argument(help="Run id (see `converge runs`).")], json_out: JsonFlag = False
+        run_id: Annotated[str, typer.Argument(help="Run id, or a prefix of one (see `converge runs`).")],
+        json_out: JsonFlag = False,
     ) -> None:
         """Resume an interrupted or killed run from its last checkpoint."""
-        from orchestrator.loop.driver import resume_run
-        from orchestrator.loop.state import Deps
+        from orchestrator.loop.driver import resume_run  # noqa: PLC0415  lazy: the loop loads langgraph, models, sandbox
 
-        deps = _deps(json_out)
-        assert isinstance(deps, Deps)
-        _render(resume_run(deps, run_id), json_out)
+        deps = _deps()
+        _render(resume_run(deps, runs.resolve_id(deps.ws, run_id)), json_out)
 
     @app.command("runs")
     @handled
     def runs_(json_out: JsonFlag = False) -> None:
         """Runs, newest first: status, steps, changesets."""
-        from orchestrator.store import runs
-
         records = runs.list_runs(workspace())
         if json_out:
             emit_json([r.to_json() for r in records])

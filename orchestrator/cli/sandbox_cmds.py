@@ -10,6 +10,8 @@ import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, handled, progress, say, workspace
 from orchestrator.sandbox import base, factory
+from orchestrator.sandbox.docker_backend import connect
+from orchestrator.sandbox.image import ensure_image, resolve
 from orchestrator.store import worktrees
 
 
@@ -51,9 +53,6 @@ def register(app: typer.Typer) -> None:
     @handled
     def image(json_out: JsonFlag = False) -> None:
         """Build the sandbox base image of the workspace's recipe (offline) unless it exists."""
-        from orchestrator.sandbox.docker_backend import connect
-        from orchestrator.sandbox.image import ensure_image, resolve
-
         spec = resolve(workspace())
         with contextlib.closing(connect()) as client:
             tag = ensure_image(client, spec)

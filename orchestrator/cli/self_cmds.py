@@ -7,6 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, handled, progress, say, workspace
+from orchestrator.errors import VerificationFailed
+from orchestrator.selfhost import checks, install
 
 
 def _describe(doc: dict[str, Any]) -> None:
@@ -31,11 +33,9 @@ def register(app: typer.Typer) -> None:
         changeset: Annotated[str, typer.Argument(help="Changeset id on `self`.")], json_out: JsonFlag = False
     ) -> None:
         """Run the self-tests and the canary of a `self` changeset in the sandbox; store the results."""
-        from orchestrator.errors import VerificationFailed
-        from orchestrator.selfhost import canary as self_canary
-        from orchestrator.selfhost.checks import TEST_MARKERS
+        from orchestrator.selfhost import canary as self_canary  # noqa: PLC0415  lazy: the canary loads the loop
 
-        progress(f"self check of {changeset}: tests ({TEST_MARKERS}) and canary, in the sandbox")
+        progress(f"self check of {changeset}: tests ({checks.TEST_MARKERS}) and canary, in the sandbox")
         tests, canary = self_canary.check(workspace(), changeset)
         if json_out:
             emit_json({"changeset": changeset, "self_tests": tests.model_dump(), "canary": canary.model_dump()})
@@ -51,8 +51,6 @@ def register(app: typer.Typer) -> None:
     @handled
     def upgrade(json_out: JsonFlag = False) -> None:
         """Switch the installation to the newest approved generation of `self` (the previous one is kept)."""
-        from orchestrator.selfhost import install
-
         doc = install.upgrade(workspace())
         if json_out:
             emit_json(doc)
@@ -64,8 +62,6 @@ def register(app: typer.Typer) -> None:
     @handled
     def rollback(json_out: JsonFlag = False) -> None:
         """Switch back to the previous installation (a link swap: nothing is rebuilt)."""
-        from orchestrator.selfhost import install
-
         doc = install.rollback(workspace())
         if json_out:
             emit_json(doc)
@@ -77,8 +73,6 @@ def register(app: typer.Typer) -> None:
     @handled
     def status(json_out: JsonFlag = False) -> None:
         """The current and previous installations and the launcher path."""
-        from orchestrator.selfhost import install
-
         doc = install.status(workspace())
         if json_out:
             emit_json(doc)

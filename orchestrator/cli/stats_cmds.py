@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
+from orchestrator.ops import stats as stats_mod
 
 
 def _pct(rate: float | None) -> str:
@@ -20,10 +21,10 @@ def _render(found: dict[str, Any]) -> None:
         f"{r['total']} in all"
     )
     say(f"steps: {s['promoted']}/{s['total']} promoted ({_pct(s['success_rate'])})")
-    say(
-        f"reproducible builds: {rb['identical']}/{rb['verified']} verified attempts ({_pct(rb['rate'])}); "
-        f"{rb['checked']} checked twice"
-    )
+    if rb["checked"]:
+        say(f"reproducible builds: {rb['identical']}/{rb['checked']} checked twice ({_pct(rb['rate'])})")
+    else:
+        say(f"reproducible builds: not checked ({rb['verified']} verified attempts; see run.reproducibility_check)")
     mean = t["mean_seconds"]
     say(f"time per step: {'n/a' if mean is None else f'{mean:.1f}s'} mean over {t['steps_measured']} step(s)")
     rules = found["policy_rejections"]
@@ -55,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
         steps: total, promoted, outcomes, success_rate (promoted / steps).
 
-        reproducible_builds: verified, checked, identical, rate (identical / verified attempts).
+        reproducible_builds: verified, checked, identical, rate (identical / checked attempts; null if none checked).
 
         policy_rejections: rule id -> reject, review, total (verdict reasons that asked for more than approval).
 
@@ -66,8 +67,6 @@ def register(app: typer.Typer) -> None:
         test_time_trend: repo -> points (generation, status, changeset, seconds, selection; oldest first),
         median_seconds, change ((last - first) / first), regression (last > 1.2 x median).
         """
-        from orchestrator.ops import stats as stats_mod
-
         found = stats_mod.compute(workspace())
         if json_out:
             emit_json(found)

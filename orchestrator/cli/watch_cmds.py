@@ -10,12 +10,10 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli._common import JsonFlag, emit_json, handled, progress, say, workspace
+from orchestrator.watch.watcher import Watcher, WatchReport, default_deps_factory
 
 
-def _render(report: object, json_out: bool, once: bool) -> None:
-    from orchestrator.watch.watcher import WatchReport
-
-    assert isinstance(report, WatchReport)
+def _render(report: WatchReport, json_out: bool, once: bool) -> None:
     if json_out:
         emit_json(report.model_dump())
     else:
@@ -44,8 +42,6 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """Keep repo maps fresh and run task files dropped into spec/inbox/ (until SIGINT/SIGTERM)."""
-        from orchestrator.watch.watcher import Watcher, default_deps_factory
-
         ws = workspace()
         with Watcher(ws, default_deps_factory(progress), log=progress, polling=polling) as watcher:
             if once:
@@ -58,7 +54,9 @@ def register(app: typer.Typer) -> None:
                     if stops["n"] > 1:  # a second signal: quit now; the task in flight resumes next start
                         signal.signal(signum, signal.SIG_DFL)
                         os.kill(os.getpid(), signum)
-                    progress("watch: stopping after the task in progress (signal again to quit now)")
+                    progress(
+                        "watch: stopping; the run in progress stops at its next checkpoint (signal again to quit now)"
+                    )
                     watcher.stop()
 
                 signal.signal(signal.SIGINT, on_signal)

@@ -1,4 +1,4 @@
-"""`converge init`, `converge add`, `converge repos`."""
+"""`converge init`, `add` and `remove`: a workspace and the repos registered in it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
+from orchestrator.agents import warm
+from orchestrator.cli._common import JsonFlag, emit_json, handled, say, workspace
+from orchestrator.errors import UsageError
 from orchestrator.store import generations
-from orchestrator.store.setup import add_repo, init_workspace
+from orchestrator.store.setup import add_repo, init_workspace, remove_repo
 
 
 def register(app: typer.Typer) -> None:
@@ -38,43 +40,23 @@ def register(app: typer.Typer) -> None:
         json_out: JsonFlag = False,
     ) -> None:
         """Register a git repo under src/NAME and record generation 0."""
-        from orchestrator.errors import UsageError
-
         if source is None and not is_self:
             raise UsageError("add: give a SOURCE path or URL, or --self")
         ws = workspace()
         record = add_repo(ws, source or "", name, is_self)
         gen = generations.current(ws, record.name)
-        from orchestrator.agents import warm  # lazy: the repo map's imports, for this command only
-
         warm.start(ws, record.name)  # the first run finds the map built
         if json_out:
             emit_json({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source})
         else:
             say(f"registered {record.name} at generation {gen.number} ({gen.commit[:12]})")
 
-    @app.command("repos")
+    @app.command("remove")
     @handled
-    def repos(json_out: JsonFlag = False) -> None:
-        """Registered repos with their current generation."""
-        ws = workspace()
-        rows = []
-        for record in ws.repos():
-            gen = generations.current(ws, record.name)
-            rows.append(
-                {
-                    "name": record.name,
-                    "generation": gen.number,
-                    "commit": gen.commit,
-                    "source": record.source,
-                    "self": record.is_self,
-                }
-            )
+    def remove(repo: Annotated[str, typer.Argument(help="Registered repo name.")], json_out: JsonFlag = False) -> None:
+        """Unregister a repo; its clone, refs, changesets and proofs stay readable in an archive."""
+        archive = remove_repo(workspace(), repo)
         if json_out:
-            emit_json(rows)
+            emit_json({"name": repo, "archive": str(archive)})
         else:
-            emit_table(
-                "repos",
-                ["name", "generation", "commit", "source"],
-                [[r["name"], r["generation"], str(r["commit"])[:12], r["source"]] for r in rows],
-            )
+            say(f"removed {repo}; its clone, refs, changesets and proofs are kept (clone in {archive})")

@@ -59,11 +59,34 @@ def _git_apply(cwd: Path, patch: bytes, source: str, *flags: str) -> str:
 
 
 def commit_signed(
-    ws: Workspace, cand: Candidate, message: str, cs_id: str | None = None, paths: Sequence[str] | None = None
+    ws: Workspace,
+    cand: Candidate,
+    message: str,
+    cs_id: str | None = None,
+    paths: Sequence[str] | None = None,
+    author: str | None = None,
 ) -> str:
     """Commit the worktree (only ``paths``, when given), SSH-signed by the workspace key."""
     sign, body = _signed_message(ws, cand.repo, message, cs_id)
-    return cand.commit(body, sign=sign, paths=paths)
+    return cand.commit(body, sign=sign, paths=paths, author=author)
+
+
+def person() -> str | None:
+    """The person's git identity (``Name <email>``: their environment, then their git configuration), if any.
+
+    Read outside any registered repo: Converge's clones carry its own identity in their configuration.
+    """
+    proc = subprocess.run(
+        ["git", "var", "GIT_AUTHOR_IDENT"],
+        cwd=Path.home() if Path.home().is_dir() else "/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ident = proc.stdout.strip()
+    if proc.returncode != 0 or "<" not in ident:
+        return None
+    return ident[: ident.rindex(">") + 1]
 
 
 def commit_proposal(

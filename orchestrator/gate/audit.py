@@ -43,7 +43,7 @@ def _signature_problems(ws: Workspace, cs: Changeset, env: dict[str, Any], repo_
     try:
         keys.verify_envelope(env, allowed, keyfiles.WORKSPACE_PRINCIPAL)
     except SignatureError as exc:
-        problems.append(Problem("attestation signature", str(exc)))
+        problems.append(Problem("attestation signature", str(exc).removeprefix("attestation signature: ")))
     if cs.status == "approved" and cs.decided_by not in (None, changesets.AUTO):
         if cs.decided_by == keyfiles.WORKSPACE_PRINCIPAL:
             problems.append(Problem("approval signature", "approved by the workspace key, not a person"))
@@ -51,7 +51,7 @@ def _signature_problems(ws: Workspace, cs: Changeset, env: dict[str, Any], repo_
             try:
                 keys.verify_envelope(env, allowed, cs.decided_by)
             except SignatureError as exc:
-                problems.append(Problem("approval signature", str(exc)))
+                problems.append(Problem("approval signature", str(exc).removeprefix("attestation signature: ")))
     return problems
 
 

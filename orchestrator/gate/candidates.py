@@ -143,6 +143,7 @@ class Candidate:
         sign: Signature | None = None,
         date: str | None = None,
         paths: Sequence[str] | None = None,
+        author: str | None = None,
     ) -> str:
         """Commit everything in the worktree on top of ``base``; returns the commit id.
 
@@ -153,6 +154,7 @@ class Candidate:
         (ISO 8601) fixes author and committer dates, so a resumed attempt that makes the same
         edits makes the same commit. The message is cleaned up as ``git commit`` cleans it.
         ``paths``: the only paths written since ``base`` (the rest of a large tree is not scanned).
+        ``author`` (``Name <email>``): a person's change keeps their name; Converge stays the committer.
         """
         if not self.path.exists():
             raise GitError(f"{self.path}: the candidate worktree does not exist; enter the Candidate first")
@@ -160,7 +162,7 @@ class Candidate:
             gitops.run(self.path, "add", "--all")
         else:
             gitops.run(self.path, "--literal-pathspecs", "add", "--all", "--", *paths)
-        return self._commit_tree(gitops.run(self.path, "write-tree").strip(), message, sign, date)
+        return self._commit_tree(gitops.run(self.path, "write-tree").strip(), message, sign, date, author=author)
 
     def commit_edits(
         self, proposal: EditProposal, message: str, *, sign: Signature | None = None, date: str | None = None
@@ -188,7 +190,14 @@ class Candidate:
         return self._commit_tree(tree, message, sign, date, direct=True), applied
 
     def _commit_tree(
-        self, tree: str, message: str, sign: Signature | None, date: str | None, *, direct: bool = False
+        self,
+        tree: str,
+        message: str,
+        sign: Signature | None,
+        date: str | None,
+        *,
+        direct: bool = False,
+        author: str | None = None,
     ) -> str:
         header = gitops.commit_header(self.repo, self.base)
         if header is None:
@@ -196,7 +205,8 @@ class Candidate:
         if tree == header[0]:
             raise EditError("The edits leave every file as it was; there is nothing to commit.")
         ident = f"{IDENTITY_NAME} <{IDENTITY_EMAIL}> {_git_date(date)}"
-        text = f"tree {tree}\nparent {self.base}\nauthor {ident}\ncommitter {ident}\n\n{_cleanup(message)}"
+        by = f"{author} {_git_date(date)}" if author else ident
+        text = f"tree {tree}\nparent {self.base}\nauthor {by}\ncommitter {ident}\n\n{_cleanup(message)}"
         raw = text.encode("utf-8")
         if sign is not None:
             raw = sshsig.signed_commit(raw, sign(raw))

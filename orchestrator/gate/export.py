@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from orchestrator.errors import ConflictError, UsageError
-from orchestrator.store import generations, gitops
+from orchestrator.store import generations, gitops, keyfiles
 from orchestrator.store.workspace import Workspace
 
 
@@ -40,7 +40,18 @@ def export(ws: Workspace, repo: str, branch: str | None = None) -> dict[str, obj
         check=False,
     )
     if proc.returncode != 0:
-        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        reason = detail[-1] if detail else f"exit {proc.returncode}"
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        said = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(("fatal:", "error:"))]
+        reason = "; ".join(said) if said else (lines[-1] if lines else f"git push exited {proc.returncode}")
         raise ConflictError(f"export of {repo} to {remote} as {branch} refused: {reason}")
-    return {"repo": repo, "remote": remote, "branch": branch, "commit": gen.commit, "generation": gen.number}
+    allowed = keyfiles.allowed_signers_path(ws)
+    verify = f"git -c gpg.ssh.allowedSignersFile={allowed} verify-commit {branch}"  # run in the origin
+    return {
+        "repo": repo,
+        "remote": remote,
+        "branch": branch,
+        "commit": gen.commit,
+        "generation": gen.number,
+        "allowed_signers": str(allowed),
+        "verify": verify,
+    }

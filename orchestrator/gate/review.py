@@ -7,10 +7,11 @@ closed: the commit signature and every digest of the attestation are checked aga
 
 from __future__ import annotations
 
-from orchestrator.errors import PolicyViolation, UsageError
+from orchestrator.errors import PolicyViolation, UsageError, VerificationFailed
 from orchestrator.gate import audit
 from orchestrator.gate.sign import keep_ref
 from orchestrator.selfhost.checks import require_checks
+from orchestrator.selfhost.host import require_host_stage, run_host_stage
 from orchestrator.signing import keys
 from orchestrator.store import changesets, generations, sbom
 from orchestrator.store.changesets import Changeset
@@ -59,9 +60,12 @@ def approve(ws: Workspace, cs_id: str) -> Changeset:
             return cs
         audit.verify(ws, cs)  # never countersign what does not verify as it stands
         signer = keys.user_signer(ws)
-        _self_gate(ws, cs, signer.principal)
+        _self_gate(ws, cs, signer.principal, host_stage=False)
         proof = changesets.attestation_path(ws, cs.repo, cs.id)
-        changesets.write_envelope(proof, keys.add_signature(changesets.read_envelope(proof), signer))
+        if cs.status == "pending":  # a self changeset approved before (its host stage failed) is signed already
+            changesets.write_envelope(proof, keys.add_signature(changesets.read_envelope(proof), signer))
+        if ws.repo(cs.repo).is_self:
+            _host_stage(ws, cs, signer.principal)
         return promote(ws, cs.id, decided_by=signer.principal)
 
 
@@ -87,8 +91,9 @@ def reject(ws: Workspace, cs_id: str, reason: str, by: str | None = None) -> Cha
         return done
 
 
-def _self_gate(ws: Workspace, cs: Changeset, decided_by: str) -> None:
-    """A `self` changeset: a person decides (never auto-approval), after passing self-tests and canary."""
+def _self_gate(ws: Workspace, cs: Changeset, decided_by: str, *, host_stage: bool = True) -> None:
+    """A `self` changeset: a person decides (never auto-approval), after passing self-tests and canary,
+    and is promoted only once its host stage passed."""
     if not ws.repo(cs.repo).is_self:
         return
     if decided_by == changesets.AUTO:
@@ -96,3 +101,17 @@ def _self_gate(ws: Workspace, cs: Changeset, decided_by: str) -> None:
             f"changeset {cs.id} changes Converge itself: a person approves it (`converge changeset approve`)"
         )
     require_checks(ws, cs)
+    if host_stage:
+        require_host_stage(ws, cs)
+
+
+def _host_stage(ws: Workspace, cs: Changeset, decided_by: str) -> None:
+    """Run the approved self changeset's Docker tests on the host; when they fail it stays approved, unpromoted."""
+    result = run_host_stage(ws, cs)
+    if result.ok:
+        return
+    failing = ", ".join((result.report.failed + result.report.errored)[:5]) or result.summary
+    reason = f"host stage failed: {failing}"
+    held = cs.model_copy(update={"status": "approved", "decided_by": decided_by, "reason": reason})
+    changesets.save(ws, held)
+    raise VerificationFailed(f"changeset {cs.id} on self is approved but not promoted: {reason}")

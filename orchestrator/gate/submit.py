@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.errors import UsageError, VerificationFailed
-from orchestrator.gate.apply import apply_patch, candidate, commit_signed
+from orchestrator.gate.apply import apply_patch, candidate, commit_signed, person
 from orchestrator.gate.candidates import kept_commit
 from orchestrator.gate.judge import judge
 from orchestrator.gate.provenance import SUBMIT_RUN, AttemptKey, Provenance
@@ -45,7 +45,7 @@ def submit(
     key = AttemptKey(SUBMIT_RUN, cs_id, _next_attempt(ws.repo_path(repo), cs_id))
     with candidate(ws, repo, key, base.commit) as cand:
         apply_patch(cand, patch, f"--patch {patch_path}")
-        commit = commit_signed(ws, cand, message, cs_id)
+        commit = commit_signed(ws, cand, message, cs_id, author=person())
         cand.keep("candidates")
     found = verify(ws, repo, base.commit, commit, key, backend=backend)
     report = found.report

@@ -38,6 +38,6 @@ def write_adr(ws: Workspace, record: runs.RunRecord) -> None:
             if done.generation is not None:
                 line += f"; generation {done.generation}"
             if done.reason:
-                line += f" — {done.reason.splitlines()[0][:200]}"
+                line += f" — {done.reason.splitlines()[0]}"
             lines.append(line)
     atomic_write(adr_path(ws, record.id), "\n".join(lines) + "\n")

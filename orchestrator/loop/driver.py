@@ -23,7 +23,7 @@ from orchestrator.agents.cards import load_cards
 from orchestrator.errors import ConvergeError, UsageError
 from orchestrator.loop import adr
 from orchestrator.loop.graph import build_graph
-from orchestrator.loop.state import Deps, RunState
+from orchestrator.loop.state import Deps, RunState, RunStopped
 from orchestrator.sandbox.pool import SandboxPool
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.storage import file_lock
@@ -150,6 +150,9 @@ def _drive(deps: Deps, run_id: str, state: RunState | None) -> RunResult:
             payload = Command(resume="decided") if pending else None
         try:
             graph.invoke(payload, config, durability="sync")
+        except RunStopped:
+            record = runs.update(ws, run_id, status="interrupted", pid=None, reason="stopped; resume goes on")
+            return RunResult(record=record, exit_code=1)
         except ConvergeError as exc:
             return _finish(ws, run_id, graph.get_state(config).values, "failed", str(exc))
         snapshot = graph.get_state(config)
@@ -179,7 +182,8 @@ def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, rea
     failed = [d for d in done if d.outcome in ("failed", "rejected")]
     if status == "completed" and failed:  # what was promoted stays promoted; the run did not do all it planned
         first = failed[0]
-        status, reason = "failed", f"step {first.step} ({first.title}) {first.outcome}: {first.reason}"[:500]
+        why = first.reason.splitlines()[0] if first.reason else "no reason given"
+        status, reason = "failed", f"step {first.step} ({first.title}) {first.outcome}: {why}"
     elif status == "completed" and done and not promoted and not all(d.outcome == "no-change" for d in done):
         status, reason = "failed", "no step was promoted"
     updated = runs.update(

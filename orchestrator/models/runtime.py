@@ -1,15 +1,18 @@
 """Local models: what the rest of Converge calls.
 
-    backend_for_role(ws, role)   -> ModelBackend    role -> binding -> llama.cpp / openai: / replay:
+    backend_for_role(ws, role)   -> ModelBackend    role -> binding -> llama.cpp / openai: (pool) / replay:
     backend_for(ws, binding)     -> ModelBackend    a model name or binding directly
+    context_window(ws, role)     -> tokens          the window prompts of a role must fit (repo map budgets)
+    add_model(ws, path, name)    -> ModelRecord     refused before registering if it fits in no memory
+    placement_of(ws, record)     -> Placement       its VRAM/RAM split with its settings
     complete_structured(backend, request, PydanticModel) -> (instance, Completion)
     complete_json(backend, request, schema)          -> (parsed JSON, Completion)
     model_digest(ws, role)       -> sha256 of the model file a role uses (for attestations)
 
-The pieces live beside this module: ``model_gguf`` (GGUF header reader), ``model_registry``
-(``.converge/models.json``, role bindings, the embedded default), ``model_backends`` (the
-protocol, call log, replay and OpenAI backends) and ``model_llama`` (residency under a memory
-budget, prefix-state reuse, the in-process backend).
+The pieces live beside this module: ``gguf`` (header reader), ``registry`` (``.converge/models.json``,
+role bindings, the embedded default), ``backends`` (the protocol, call log, replay), ``openai`` and
+``pool`` (servers), ``manager`` (residency under RAM and VRAM budgets, with ``placement``,
+``threads``, ``memory``), ``llama`` (the in-process backend), ``promptcache`` and ``window``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import ModelError
+from orchestrator.models import registry
 from orchestrator.models.backends import (
     CallLog,
     Completion,
@@ -31,15 +35,17 @@ from orchestrator.models.backends import (
     Message,
     ModelBackend,
     ModelIdentity,
-    OpenAIBackend,
     Recorded,
     ReplayBackend,
 )
+from orchestrator.models.gguf import read_gguf
 from orchestrator.models.llama import LlamaBackend, ModelManager, default_budget
+from orchestrator.models.openai import OpenAIBackend
+from orchestrator.models.placement import Placement
+from orchestrator.models.pool import EndpointPool
 from orchestrator.models.registry import (
     DEFAULT_MODEL,
     ModelRecord,
-    add_model,
     all_roles,
     get_model,
     load_registry,
@@ -47,6 +53,9 @@ from orchestrator.models.registry import (
     use_model,
 )
 from orchestrator.store.workspace import Workspace
+
+if TYPE_CHECKING:
+    from orchestrator.models.llama import ModelManager
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -56,21 +65,21 @@ __all__ = [
     "Message",
     "ModelBackend",
     "ModelIdentity",
-    "ModelManager",
     "ModelRecord",
     "add_model",
     "all_roles",
     "backend_for",
     "backend_for_role",
-    "backend_window",
     "call_log",
     "complete_json",
     "complete_structured",
+    "context_window",
     "default_budget",
     "get_model",
     "load_registry",
     "manager_for",
     "model_digest",
+    "placement_of",
     "role_binding",
     "use_model",
 ]
@@ -80,6 +89,8 @@ M = TypeVar("M", bound=BaseModel)
 FAILURE_KIND = "structured_failure"
 
 _SHARED: dict[Path, ModelManager] = {}
+_POOLS: dict[tuple[Path, str], EndpointPool] = {}  # per process, so calls in flight and health are shared
+_ENDPOINTS: dict[str, OpenAIBackend] = {}
 
 
 def call_log(ws: Workspace) -> CallLog:
@@ -89,15 +100,13 @@ def call_log(ws: Workspace) -> CallLog:
 
 def manager_for(ws: Workspace) -> ModelManager:
     """The process-wide ModelManager of a workspace, built from ``[models]`` (so role switches stay free)."""
+    from orchestrator.models.llama import ModelManager  # noqa: PLC0415  lazy: the native library, loaded only with a model
+
     manager = _SHARED.get(ws.root)
     if manager is None:
         config = ws.config().models
         manager = ModelManager(
-            budget=config.memory_budget,
-            n_ctx=config.context_length,
-            n_threads=config.n_threads,
-            cache_dir=ws.cache / "prompt-cache" if config.prefix_cache else None,
-            ledger=ws.state,
+            config=config, cache_dir=ws.cache / "prompt-cache" if config.prefix_cache else None, ledger=ws.state
         )
         _SHARED[ws.root] = manager
     return manager
@@ -106,15 +115,55 @@ def manager_for(ws: Workspace) -> ModelManager:
 def backend_for(
     ws: Workspace, binding: str, manager: ModelManager | None = None, log: CallLog | None = None
 ) -> ModelBackend:
-    """A backend for a registered model name, ``openai:URL[#model]`` or ``replay:FILE``; real ones are recorded."""
+    """A backend for a registered model name, ``openai:URL[#model]`` (comma-separated: a pool) or
+    ``replay:FILE``; real ones are recorded."""
     log = log or call_log(ws)
     if binding.startswith("replay:"):
         return ReplayBackend(Path(binding.removeprefix("replay:")))
     if binding.startswith("openai:"):
-        url, _, model = binding.removeprefix("openai:").partition("#")
-        return Recorded(OpenAIBackend(url, model or "default"), log)
+        urls = registry.endpoints(binding)
+        if len(urls) == 1:
+            return Recorded(openai_backend(urls[0]), log)
+        pool = _POOLS.get((ws.root, binding))
+        if pool is None:
+            pool = _POOLS[(ws.root, binding)] = EndpointPool([openai_backend(u) for u in urls], log=log)
+        return Recorded(pool, log)
     record = get_model(ws, binding)
     return Recorded(LlamaBackend(record, manager or manager_for(ws)), log)
+
+
+def openai_backend(binding: str) -> OpenAIBackend:
+    """The backend of one ``openai:URL[#model]``, one per process (so a window it learned is remembered)."""
+    backend = _ENDPOINTS.get(binding)
+    if backend is None:
+        url, _, model = binding.removeprefix("openai:").partition("#")
+        backend = _ENDPOINTS[binding] = OpenAIBackend(url, model or "default")
+    return backend
+
+
+def context_window(ws: Workspace, role: str) -> int:
+    """The context window prompts of ``role`` must fit: the loaded model's (its GGUF's, capped by
+    ``context_length``), or what its server reports; ``[models] context_length`` where nothing says."""
+    binding = role_binding(ws, role)
+    if binding.startswith("replay:"):
+        return ws.config().models.context_length
+    if binding.startswith("openai:"):
+        windows = [w for w in (openai_backend(u).window() for u in registry.endpoints(binding)) if w]
+        return min(windows) if windows else ws.config().models.context_length
+    return manager_for(ws).context_for(get_model(ws, binding))
+
+
+def add_model(ws: Workspace, path: Path, name: str) -> ModelRecord:
+    """Register the GGUF at ``path`` as ``name``; a model that fits in neither VRAM nor RAM is refused
+    from its header, before its digest is computed or anything is registered."""
+    path = path.expanduser().absolute()
+    manager_for(ws).place(name, read_gguf(path))
+    return registry.save_model(ws, registry.describe(path, name))
+
+
+def placement_of(ws: Workspace, record: ModelRecord) -> Placement:
+    """Where ``record`` goes with its settings (VRAM and RAM); a ModelError if it fits in neither."""
+    return manager_for(ws).placement(record)
 
 
 def backend_for_role(
@@ -122,13 +171,6 @@ def backend_for_role(
 ) -> ModelBackend:
     """The backend serving ``role``: its binding in models.json, else converge.toml, else ``default``."""
     return backend_for(ws, role_binding(ws, role), manager, log)
-
-
-def backend_window(backend: ModelBackend, default: int) -> int:
-    """The context window of ``backend``'s model in tokens: the loaded one in-process, else ``default``
-    (``models.context_length``: what an endpoint serves is not ours to see)."""
-    inner = backend.inner if isinstance(backend, Recorded) else backend
-    return inner.context_window if isinstance(inner, LlamaBackend) else default
 
 
 def model_digest(ws: Workspace, role: str) -> str | None:
@@ -178,7 +220,7 @@ def complete_json(
 def _validator(schema_json: str) -> Any:
     """A checked validator of the schema (in canonical JSON); checking a schema costs ~20 ms, a run asks
     for the same few again and again."""
-    import jsonschema
+    import jsonschema  # noqa: PLC0415  lazy: the native library, loaded only with a model
 
     schema = json.loads(schema_json)
     try:

@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
 
 TOP_K, TOP_P, MIN_P = 40, 0.95, 0.05  # llama-cpp-python's defaults, so both paths sample alike
 NGRAM_MAX, NGRAM_MIN = 4, 2  # longest and shortest run of tokens looked up for a draft
@@ -25,14 +30,20 @@ DRAFT_START = 4  # a batch of n tokens costs about n/2 single ones on a CPU: dra
 
 
 def generate_constrained(
-    llm: Any, prompt: list[int], grammar: Any, max_tokens: int, temperature: float, seed: int, lookup: int = 0
+    llm: Any,
+    prompt: list[int],
+    grammar: Any,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    on_token: Callable[[], object] | None = None,
+    lookup: int = 0,
 ) -> tuple[list[int], str]:
     """Generate after ``prompt`` under ``grammar`` (a LlamaGrammar); returns (tokens, finish reason).
 
-    ``lookup``: draft up to that many tokens by prompt lookup (greedy decoding only; 0: never).
+    ``on_token`` is called after each token (the thread refit); ``lookup``: draft up to that many tokens
+    by prompt lookup (greedy decoding only; 0: never).
     """
-    import llama_cpp
-
     vocab = llm._model.vocab
     _eval_reusing_prefix(llm, prompt)
     rules = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode(), grammar._root.encode())
@@ -49,6 +60,8 @@ def generate_constrained(
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 return out, "stop"
             out.append(token)
+            if on_token is not None:
+                on_token()
             if len(out) == max_tokens:
                 break
             draft = find_draft(prompt + out, min(size, max_tokens - len(out))) if drafts else []
@@ -62,6 +75,8 @@ def generate_constrained(
                     break
                 llama_cpp.llama_sampler_accept(rules, token)
                 out.append(token)
+                if on_token is not None:
+                    on_token()
                 if len(out) == max_tokens:
                     _forget(llm, len(draft) - n)
                     return out, "length"
@@ -76,8 +91,6 @@ class _Picker:
     """Draws the next token from one output row of the last batch: free draw first, the grammar only on rejection."""
 
     def __init__(self, llm: Any, rules: Any, temperature: float, seed: int) -> None:
-        from llama_cpp import _internals as internals
-
         self.llm, self.rules = llm, rules
         self.n_vocab = llm.n_vocab()
         sampler_class: Any = internals.LlamaSampler
@@ -95,8 +108,6 @@ class _Picker:
         self.full = internals.LlamaTokenDataArray(n_vocab=self.n_vocab)
 
     def pick(self, row: int) -> int:
-        import llama_cpp
-
         logits = llama_cpp.llama_get_logits_ith(self.llm.ctx, row)
         token = int(self.chain.sample(self.llm._ctx, row))
         single = self.single
@@ -150,8 +161,6 @@ def _forget(llm: Any, count: int) -> None:
 
 
 def _as_array(pointer: Any, n: int) -> Any:
-    import numpy as np
-
     return np.ctypeslib.as_array(pointer, shape=(n,))
 
 

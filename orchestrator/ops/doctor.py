@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.errors import ConvergeError
+from orchestrator.models.registry import get_model, role_binding
 from orchestrator.store.workspace import Workspace
 
 Status = Literal["ready", "missing", "warning"]
 
 # Modules that register checks; each is imported once when checks run.
-CHECK_MODULES: tuple[str, ...] = ("orchestrator.ops.doctor", "orchestrator.ops.sandbox_checks")
+CHECK_MODULES: tuple[str, ...] = (
+    "orchestrator.ops.doctor",
+    "orchestrator.ops.sandbox_checks",
+    "orchestrator.ops.model_checks",
+)
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,6 @@ def _models(ctx: DoctorContext) -> list[Check]:
     """Each role the shipped agent cards use, the model it resolves to, and whether its file is there."""
     if ctx.ws is None:
         return [Check("models", "missing", "no workspace", "run `converge init PATH`")]
-    from orchestrator.models.registry import get_model, role_binding
-
     checks = []
     for role in ("planner", "coder", "reviewer"):
         binding = role_binding(ctx.ws, role)

@@ -10,8 +10,9 @@ from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.ops.doctor import Check, DoctorContext, register_check
 from orchestrator.sandbox.base import orphaned
+from orchestrator.sandbox.docker_backend import DockerBackend, connect
 from orchestrator.sandbox.image import image_present, resolve
-from orchestrator.store import worktrees
+from orchestrator.store import diskimage, worktrees
 from orchestrator.store.worktrees import stale_worktrees
 
 
@@ -22,8 +23,6 @@ def _config(ctx: DoctorContext) -> SandboxConfig:
 @register_check("sandbox.engine")
 def engine(ctx: DoctorContext) -> Check:
     """The backend named by the config, and whether its engine answers."""
-    from orchestrator.sandbox.docker_backend import connect
-
     cfg = _config(ctx)
     if cfg.backend != "docker":
         return Check(
@@ -44,8 +43,6 @@ def engine(ctx: DoctorContext) -> Check:
 @register_check("sandbox.image")
 def image(ctx: DoctorContext) -> Check:
     """The base image of the current recipe (built offline on first use)."""
-    from orchestrator.sandbox.docker_backend import connect
-
     spec = resolve(ctx.ws)
     try:
         client = connect()
@@ -69,8 +66,6 @@ def image(ctx: DoctorContext) -> Check:
 @register_check("sandbox.orphans")
 def orphans(ctx: DoctorContext) -> Check:
     """Containers and temporary worktrees left by crashed runs; removed with --clean."""
-    from orchestrator.sandbox.docker_backend import connect
-
     try:
         client = connect()
     except SandboxError:
@@ -80,8 +75,6 @@ def orphans(ctx: DoctorContext) -> Check:
 
 
 def _orphans(ctx: DoctorContext, client: Any) -> Check:
-    from orchestrator.sandbox.docker_backend import DockerBackend
-
     backend = DockerBackend(client)
     stale = stale_worktrees(ctx.ws) if ctx.ws is not None else []
     if ctx.clean:
@@ -124,3 +117,16 @@ def loosened(ctx: DoctorContext) -> list[Check]:
         if items
     ]
     return found or [Check("sandbox.policy", "ready", "fully hardened: nothing loosened")]
+
+
+@register_check("sandbox.disk")
+def disk(ctx: DoctorContext) -> Check:
+    """The size limit of the tree a sandbox writes, and whether this machine can enforce it."""
+    cfg = _config(ctx)
+    size = diskimage.parse_size(cfg.disk)
+    if size == 0:
+        return Check("sandbox.disk", "warning", "no limit (sandbox.disk = 0)", 'set sandbox.disk, e.g. "4g"')
+    why = diskimage.enforced()
+    if why is not None:
+        return Check("sandbox.disk", "warning", f"{cfg.disk} asked, not enforced: {why}", "run Converge as root")
+    return Check("sandbox.disk", "ready", f"{cfg.disk} per sandbox tree (its own filesystem)")

@@ -103,7 +103,7 @@ def _repro_figures(all_attempts: list[_Attempt]) -> dict[str, Any]:
         "verified": len(verified),
         "checked": len(checked),
         "identical": identical,
-        "rate": _rate(identical, len(verified)),
+        "rate": _rate(identical, len(checked)) if checked else None,  # unchecked builds are not irreproducible
     }
 
 
@@ -130,10 +130,13 @@ def _step_seconds(ws: Workspace, record: runs.RunRecord, folder: Path, attempts:
     return found
 
 
+def _healthy(ws: Workspace) -> list[str]:
+    """The registered repos whose clone is whole (a broken one is left out of the figures, not fatal)."""
+    return [repo.name for repo in ws.repos() if generations.problem(ws, repo.name) is None]
+
+
 def _rollback_figures(ws: Workspace) -> dict[str, int]:
-    return {
-        repo.name: sum(g.status == "rolled-back" for g in generations.lineage(ws, repo.name)) for repo in ws.repos()
-    }
+    return {name: sum(g.status == "rolled-back" for g in generations.lineage(ws, name)) for name in _healthy(ws)}
 
 
 def test_trend(ws: Workspace, repo: str) -> dict[str, Any]:
@@ -188,5 +191,6 @@ def compute(ws: Workspace) -> dict[str, Any]:
             "steps_measured": len(step_times),
             "mean_seconds": round(statistics.fmean(step_times), 2) if step_times else None,
         },
-        "test_time_trend": {repo.name: test_trend(ws, repo.name) for repo in ws.repos()},
+        "test_time_trend": {name: test_trend(ws, name) for name in _healthy(ws)},
+        "broken_repos": {repo.name: why for repo in ws.repos() if (why := generations.problem(ws, repo.name))},
     }

@@ -71,8 +71,6 @@ class Secrets(_Table):
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
-        import re
-
         for name, pattern in value.items():
             try:
                 re.compile(pattern)

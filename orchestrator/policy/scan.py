@@ -21,6 +21,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+from detect_secrets.filters import heuristic
+from detect_secrets.plugins.keyword import DENYLIST
+from detect_secrets.settings import transient_settings
+
 # --- secrets ------------------------------------------------------------------------------
 
 # name -> (regex, needles): the regex runs only where one of the (lower-case) needles occurs.
@@ -94,8 +99,6 @@ class SecretScanner:
                 found.setdefault(number, Hit(name, path, number))
         if not self._plugins:
             return list(found.values())
-        from detect_secrets.filters import heuristic
-
         for plugin, trigger, needles in self._plugins:
             # Slow plugins only see the lines that hold what any of their matches must contain.
             if needles and not text.has_any(needles):
@@ -153,8 +156,6 @@ def _settings(active: bool) -> Iterator[None]:
     if not active:
         yield
         return
-    from detect_secrets.settings import transient_settings
-
     with transient_settings({"plugins_used": [], "filters_used": []}):
         yield
 
@@ -162,9 +163,6 @@ def _settings(active: bool) -> Iterator[None]:
 @functools.cache
 def _detect_secrets_plugins() -> tuple[tuple[Any, re.Pattern[str] | None, tuple[str, ...]], ...]:
     """Every detect-secrets plugin but the skipped ones, with its line trigger (None: all lines) and needles."""
-    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-    from detect_secrets.plugins.keyword import DENYLIST
-
     plugins = []
     classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
     for cls in classes:

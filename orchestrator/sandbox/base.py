@@ -28,6 +28,7 @@ from xml.etree import ElementTree
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.image import ImageSpec
+from orchestrator.store import diskimage
 from orchestrator.store.reports import CommandResult, TestReport
 from orchestrator.store.storage import pid_alive
 from orchestrator.store.workspace import Workspace
@@ -67,6 +68,7 @@ class SandboxSpec:
     network: bool = False  # only ever true for a loosened dependency setup
     worktree_writable: bool = True
     env_writable: bool = False  # only while the env is being built
+    extra_mounts: tuple[tuple[Path, str], ...] = ()  # (host path, sandbox path), read-only: local wheels
 
 
 class SandboxSession(Protocol):
@@ -123,7 +125,13 @@ class Sandbox:
         if not argv:
             raise SandboxError("empty command: give the program to run and its arguments")
         limits = self.spec.limits
-        return self._session.exec(list(argv), timeout or limits.timeout, output_limit or limits.output_limit)
+        result = self._session.exec(list(argv), timeout or limits.timeout, output_limit or limits.output_limit)
+        if not result.ok and diskimage.is_full(self.spec.worktree):
+            note = (
+                f"\nconverge: sandbox disk limit reached: {self.spec.worktree} is full (sandbox.disk in converge.toml)"
+            )
+            return result.model_copy(update={"stderr_tail": result.stderr_tail + note})
+        return result
 
     def run_tests(self, test_ids: Sequence[str] | None = None, timeout: float | None = None) -> TestReport:
         """Run pytest (all tests, or the given ids) and parse its JUnit XML into a TestReport."""

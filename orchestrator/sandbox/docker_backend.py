@@ -12,7 +12,7 @@ a ``docker exec``. The runner enforces the timeout (``kill -KILL -1`` of everyth
 itself), caps the output and reads OOM kills from the memory cgroup's counter. Closing
 a session only ends that stream: the runner exits, and the engine removes the container
 by itself (auto-remove), so nothing waits for a container to go; a Converge killed
-mid-run ends the stream too. docker-py exceptions become :class:`SandboxError` here.
+mid-run ends the stream too. docker-py exceptions become :class:`SandboxError` here (``errors.translate``).
 """
 
 from __future__ import annotations
@@ -32,14 +32,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
-from orchestrator.errors import SandboxError
+import docker
+import docker.errors
+import requests
+from docker.constants import MINIMUM_DOCKER_API_VERSION
+from docker.types import Mount
+
+from orchestrator.errors import ENGINE_FIX, SandboxError, translate
 from orchestrator.sandbox.base import LABEL, OutputTail, SandboxSpec, orphaned
 from orchestrator.sandbox.env import ensure_env
 from orchestrator.sandbox.image import ensure_image
 from orchestrator.store.reports import CommandResult
 from orchestrator.store.workspace import Workspace
-
-ENGINE_FIX = "run `make setup` (installs docker.io and starts dockerd) or start dockerd yourself"
 
 
 def connect() -> Any:
@@ -49,11 +53,6 @@ def connect() -> Any:
     detection asks ``/version``, which the engine answers by querying containerd and runc
     (~15 ms, more under load), and each sandbox pool connects once, before its first container.
     """
-    import docker
-    import docker.errors
-    import requests
-    from docker.constants import MINIMUM_DOCKER_API_VERSION
-
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
         raise SandboxError(f"no Docker engine: {host} does not exist; {ENGINE_FIX}")
@@ -70,7 +69,7 @@ def connect() -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()  # docker-py leaks the socket of a refused connection; release it quietly
-        raise SandboxError(f"no Docker engine answers ({exc.__class__.__name__}: {exc}); {ENGINE_FIX}") from exc
+        raise translate(exc, "docker", f"no Docker engine answers ({exc.__class__.__name__})") from exc
 
 
 def git_mounts(worktree: Path) -> list[tuple[Path, str]]:
@@ -110,8 +109,6 @@ def share_worktree(worktree: Path, gid: int) -> None:
 
 
 def _mount(source: Path | str, target: str, read_only: bool) -> Any:
-    from docker.types import Mount
-
     return Mount(target=target, source=str(source), type="bind", read_only=read_only)
 
 
@@ -123,6 +120,7 @@ def container_config(spec: SandboxSpec, image_tag: str) -> dict[str, Any]:
     mounts += [_mount(path, path, True) for path in image.mounts]
     if spec.env_dir is not None:
         mounts.append(_mount(spec.env_dir, "/env", not spec.env_writable))
+    mounts += [_mount(src, dst, True) for src, dst in spec.extra_mounts]
     memory = spec.limits.memory
     return {
         "image": image_tag,
@@ -192,8 +190,6 @@ class DockerBackend:
         return session
 
     def _started(self, spec: SandboxSpec, tag: str) -> DockerSession:
-        import docker.errors
-
         container = None
         try:
             container = self.client.containers.create(**container_config(spec, tag))
@@ -202,7 +198,7 @@ class DockerBackend:
             if container is not None:
                 with contextlib.suppress(docker.errors.DockerException):
                     container.remove(force=True)
-            raise SandboxError(f"sandbox container for {spec.worktree} did not start: {exc}") from exc
+            raise translate(exc, "docker", f"sandbox container for {spec.worktree} did not start") from exc
         return DockerSession(self.client, container)
 
     def prepare_env(
@@ -218,8 +214,6 @@ class DockerBackend:
 
     def reap(self, workspace: Path | None, include_live: bool = False) -> list[str]:
         """Remove containers whose owning process is gone (or all of them with ``include_live``)."""
-        import docker.errors
-
         filters = [f"{LABEL}=1"]
         if workspace is not None:
             filters.append(f"converge.workspace={workspace}")
@@ -230,14 +224,12 @@ class DockerBackend:
                     _remove(container)
                     removed.append(container.short_id)
         except docker.errors.DockerException as exc:
-            raise SandboxError(f"cannot list or remove sandbox containers: {exc}; {ENGINE_FIX}") from exc
+            raise translate(exc, "docker", "cannot list or remove sandbox containers") from exc
         return removed
 
 
 def _remove(container: Any) -> None:
     """Remove a container, unless it is gone already or the engine is removing it (auto-remove)."""
-    import docker.errors
-
     try:
         container.remove(force=True)
     except docker.errors.NotFound:
@@ -276,13 +268,11 @@ class DockerSession:
         self._pending = b""
         self._runner_err = bytearray()
         self.closed = False
-        import docker.errors
-
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
         try:
             attached = client.api.attach_socket(container.id, params=params)
         except docker.errors.DockerException as exc:
-            raise SandboxError(f"cannot attach to sandbox container {container.short_id}: {exc}") from exc
+            raise translate(exc, "docker", f"cannot attach to sandbox container {container.short_id}") from exc
         self._attached = attached
         self._sock: socket.socket = getattr(attached, "_sock", attached)
 

@@ -30,7 +30,7 @@ import sys
 import tomllib
 import venv
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,9 +186,10 @@ def _closure(names: tuple[str, ...], _stamp: tuple[int, ...]) -> tuple[dict[str,
     return found, sorted(set(missing))
 
 
-def env_digest(requirements: list[str], seeded: dict[str, str], allow_network: bool) -> str:
+def env_digest(requirements: list[str], seeded: dict[str, str], allow_network: bool, sources: str = "") -> str:
     """sha256 of what the environment is made from."""
     doc = {
+        "sources": sources,
         "version": ENV_VERSION,
         "python": sys.version,
         "base": sys.base_prefix,
@@ -253,12 +254,14 @@ def ensure_env(
     wanted, missing = host_closure(requirements)
     dists = {**seed, **wanted}
     seeded = {key: _version(dist) for key, dist in sorted(dists.items())}
-    if missing and not allow_network:
+    local = local_sources(ws) if missing else LocalSources()
+    if missing and not allow_network and not local.mounts:
         raise SandboxError(
-            f"repo {repo}: dependencies {', '.join(missing)} are not available offline; allow network for "
-            f'dependency setup with `[sandbox.allow] {repo} = ["network-deps"]` in .converge/converge.toml'
+            f"repo {repo}: dependencies {', '.join(missing)} are not available offline; name a wheelhouse "
+            f'(`[sandbox] find_links = ["DIR"]`) or a local index (`index_url`), or allow network for dependency '
+            f'setup with `[sandbox.allow] {repo} = ["network-deps"]`, in .converge/converge.toml'
         )
-    digest = env_digest(requirements, seeded, allow_network and bool(missing))
+    digest = env_digest(requirements, seeded, allow_network and bool(missing), local.digest())
     final = ws.cache / "envs" / digest[:16]
     if (final / MANIFEST).is_file():
         return final
@@ -272,7 +275,7 @@ def ensure_env(
         for dist in dists.values():
             copy_distribution(dist, site)
         if missing:
-            _pip_install(tmp, missing, spec, backend, repo)
+            _pip_install(tmp, missing, spec, backend, repo, local, network=allow_network and not local.mounts)
         atomic_write_json(
             tmp / MANIFEST,
             {"digest": digest, "requirements": requirements, "copied": seeded, "installed": missing},
@@ -282,15 +285,61 @@ def ensure_env(
     return final
 
 
-def _pip_install(env: Path, missing: list[str], spec: SandboxSpec, backend: SandboxBackend, repo: str) -> None:
-    """pip, inside a sandbox with network (the one loosened item), into the env mounted writable."""
+@dataclass(frozen=True)
+class LocalSources:
+    """Wheelhouses and a local index the user named, as pip options and read-only mounts of the sandbox."""
+
+    pip_args: tuple[str, ...] = ()
+    mounts: tuple[tuple[Path, str], ...] = ()
+
+    def digest(self) -> str:
+        """What the sources hold (names and sizes of their files): a changed wheelhouse makes a new environment."""
+        listing = [f"{p.relative_to(src)}:{p.stat().st_size}" for src, _ in self.mounts for p in sorted(src.rglob("*"))]
+        return hashlib.sha256("\n".join([*self.pip_args, *listing]).encode()).hexdigest() if self.mounts else ""
+
+
+def local_sources(ws: Workspace) -> LocalSources:
+    """``[sandbox] find_links`` and ``index_url``: each must be a directory; pip then uses nothing else."""
+    cfg = ws.config().sandbox
+    args: list[str] = []
+    mounts: list[tuple[Path, str]] = []
+    named = [(f"find_links[{i}]", d) for i, d in enumerate(cfg.find_links)] + [("index_url", cfg.index_url)]
+    for key, value in named:
+        if not value:
+            continue
+        path = Path(value.removeprefix("file://")).expanduser()
+        path = path if path.is_absolute() else ws.root / path
+        if not path.is_dir():
+            raise SandboxError(f"converge.toml: sandbox.{key}: {path} is not a directory of packages")
+        inside = f"/packages/{len(mounts)}"
+        mounts.append((path, inside))
+        args += ["--index-url", f"file://{inside}"] if key == "index_url" else ["--find-links", inside]
+    if mounts and not cfg.index_url:
+        args.insert(0, "--no-index")
+    return LocalSources(tuple(args), tuple(mounts))
+
+
+def _pip_install(
+    env: Path,
+    missing: list[str],
+    spec: SandboxSpec,
+    backend: SandboxBackend,
+    repo: str,
+    local: LocalSources,
+    *,
+    network: bool,
+) -> None:
+    """pip, inside a sandbox, into the env mounted writable: from the local sources the user named (no
+    network), else with network (the one loosened item)."""
     (env / "converge-requirements.txt").write_text("\n".join(missing) + "\n", encoding="utf-8")
     if os.getuid() == 0:
         for top, _dirs, files in os.walk(env):
             os.chown(top, spec.image.uid, spec.image.gid)
             for name in files:
                 os.lchown(Path(top) / name, spec.image.uid, spec.image.gid)
-    build = replace(spec, env_dir=env, env_writable=True, network=True, worktree_writable=False)
+    build = replace(
+        spec, env_dir=env, env_writable=True, network=network, worktree_writable=False, extra_mounts=local.mounts
+    )
     session = backend.start(build)
     try:
         for argv in (
@@ -302,6 +351,7 @@ def _pip_install(env: Path, missing: list[str], spec: SandboxSpec, backend: Sand
                 "install",
                 "--no-cache-dir",
                 "--disable-pip-version-check",
+                *local.pip_args,
                 "-r",
                 "/env/converge-requirements.txt",
             ],

@@ -14,6 +14,7 @@ from pathlib import Path
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
 from orchestrator.sandbox.base import LABEL, Limits, Sandbox, SandboxBackend, SandboxSpec
+from orchestrator.sandbox.docker_backend import DockerBackend
 from orchestrator.sandbox.image import ImageSpec, resolve
 from orchestrator.store.workspace import Workspace
 
@@ -38,8 +39,6 @@ def labels(ws: Workspace, repo: str, label: str) -> dict[str, str]:
 def backend_for(cfg: SandboxConfig) -> SandboxBackend:
     """The backend ``sandbox.backend`` names; only Docker gives every guarantee."""
     if cfg.backend == "docker":
-        from orchestrator.sandbox.docker_backend import DockerBackend
-
         return DockerBackend()
     raise SandboxError(
         f"sandbox.backend = {cfg.backend!r}: not available (bubblewrap does not give the same guarantees "

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config import format_validation_error, read_toml
-from orchestrator.errors import ConfigError, SandboxError
+from orchestrator.errors import ConfigError, SandboxError, translate
 from orchestrator.store.storage import file_lock
 from orchestrator.store.workspace import Workspace, template_dir
 
@@ -195,21 +196,17 @@ def rootfs_tar(spec: ImageSpec) -> bytes:
 
 def image_present(client: Any, spec: ImageSpec) -> bool:
     """Whether the engine already holds the image of this recipe."""
-    import docker.errors
-
     try:
         client.images.get(spec.tag)
     except docker.errors.ImageNotFound:
         return False
     except docker.errors.DockerException as exc:
-        raise SandboxError(f"docker engine refused to list images: {exc}") from exc
+        raise translate(exc, "docker", "docker engine refused to list images") from exc
     return True
 
 
 def ensure_image(client: Any, spec: ImageSpec, lock_dir: Path | None = None) -> str:
     """Build the image of ``spec`` unless the engine has it; return its tag. Offline, ~1 s."""
-    import docker.errors
-
     if image_present(client, spec):
         return spec.tag
     lock_path = (lock_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"converge-image-{spec.digest[:12]}.lock"
@@ -221,7 +218,8 @@ def ensure_image(client: Any, spec: ImageSpec, lock_dir: Path | None = None) -> 
         try:
             client.api.import_image_from_data(rootfs_tar(spec), repository=repo, tag=tag, changes=changes)
         except docker.errors.DockerException as exc:
-            raise SandboxError(f"cannot build the sandbox image {spec.tag} from {spec.recipe_path}: {exc}") from exc
+            building = f"cannot build the sandbox image {spec.tag} from {spec.recipe_path}"
+            raise translate(exc, "docker", building) from exc
     if not image_present(client, spec):
         raise SandboxError(f"docker import did not produce {spec.tag}; check `docker images` and the engine log")
     return spec.tag

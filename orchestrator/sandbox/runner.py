@@ -18,6 +18,7 @@ mid-command, and exits; the engine then removes the container.
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -49,8 +50,6 @@ def oom_kills() -> int:
 def not_dumpable() -> None:
     """PR_SET_DUMPABLE 0: /proc/1/fd and /proc/1/mem become root's, out of the commands' reach."""
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
 
 

@@ -111,7 +111,7 @@ def run_canary(inputs: Path, work: Path, backend: SandboxBackend | None = None) 
 
 
 def _canary_in(box: Sandbox, pythonpath: str, name: str) -> tuple[CanaryOutcome | None, str]:
-    argv = ["env", f"PYTHONPATH={pythonpath}", "python", "-m", "orchestrator.selfhost.checks", "canary"]
+    argv = ["env", f"PYTHONPATH={pythonpath}", "python", "-m", "orchestrator.selfhost.canary", "canary"]
     argv += [f"/src/{SCRATCH}", f"/tmp/canary-{name}"]
     result = box.run(argv, CANARY_TIMEOUT)
     lines = [ln for ln in result.stdout_tail.strip().splitlines() if ln.startswith("{")]

@@ -14,21 +14,17 @@ changeset is approved only after ``selfhost.check`` passed.
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import venv
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.errors import ConflictError, UsageError, VerificationFailed
+from orchestrator.errors import ConflictError, UsageError
+from orchestrator.selfhost.env import build_env
+from orchestrator.selfhost.host import require_host_stage
 from orchestrator.store import changesets, generations
-from orchestrator.store.storage import atomic_write, atomic_write_json, file_lock, read_json
+from orchestrator.store.storage import atomic_write, file_lock, read_json
 from orchestrator.store.workspace import Workspace
 
 
@@ -36,7 +32,7 @@ class Install(BaseModel):
     """One installed generation of `self` under ``cache/self/installs/<commit12>/``."""
 
     commit: str
-    generation: int
+    generation: int | None
     path: str
     created: str
 
@@ -53,49 +49,12 @@ def _self_repo(ws: Workspace) -> str:
     return selfs[0]
 
 
-def _deps_site() -> Path:
-    """The site-packages that holds Converge's dependencies (shared by every installation, read-only)."""
-    import typer  # noqa: PLC0415  lazy: `converge self` subcommands other than install never need it
-
-    return Path(typer.__file__).resolve().parent.parent
-
-
 def build_install(ws: Workspace, repo: str, gen: generations.Generation) -> Path:
     """``installs/<commit12>/``: a venv over this Python whose path holds the commit's source, then the deps."""
     target = self_dir(ws) / "installs" / gen.commit[:12]
     if (target / "install.json").is_file():
         return target
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", gen.commit], cwd=ws.repo_path(repo), capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        raise ConflictError(f"git archive of {gen.commit[:12]} failed: {archive.stderr.decode(errors='replace')}")
-    venv.EnvBuilder(symlinks=True, with_pip=False, clear=True).create(tmp)  # first: clear=True empties tmp
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(tmp / "src", filter="data")
-    site = tmp / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    # .pth lines are added in file-name order: the commit's source first, so it wins over any other copy
-    atomic_write(site / "00-converge-src.pth", f"{target / 'src'}\n")
-    atomic_write(site / "zz-converge-deps.pth", f"{_deps_site()}\n")
-    atomic_write_json(
-        tmp / "install.json",
-        {"commit": gen.commit, "generation": gen.number, "created": changesets.now(), "path": str(target)},
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
-    probe = subprocess.run(
-        [str(target / "bin" / "python"), "-I", "-c", "import orchestrator.cli; print(orchestrator.__file__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0 or not probe.stdout.strip().startswith(str(target / "src")):
-        shutil.rmtree(target, ignore_errors=True)
-        detail = (probe.stderr.strip().splitlines() or [probe.stdout.strip()])[-1]
-        raise VerificationFailed(f"install of {gen.commit[:12]} does not import its own source: {detail}")
-    return target
+    return build_env(ws, repo, gen.commit, target, generation=gen.number)
 
 
 def _link_target(link: Path) -> Path | None:
@@ -151,8 +110,10 @@ def upgrade(ws: Workspace) -> dict[str, Any]:
     with file_lock(ws.state / "locks" / "self-install.lock", "the self installation", wait=True):
         gen = generations.current(ws, repo)
         for cs_id in gen.changesets:
-            if changesets.load(ws, cs_id).status != "approved":
+            cs = changesets.load(ws, cs_id)
+            if cs.status != "approved":
                 raise ConflictError(f"generation {gen.number} of {repo} holds changeset {cs_id}, not approved")
+            require_host_stage(ws, cs)
         target = build_install(ws, repo, gen)
         launcher = write_launcher(ws)
         old = _link_target(root / "current")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import GitError, UsageError
+from orchestrator.errors import GitError, UsageError, translate
 from orchestrator.store import gitops
 from orchestrator.store.gitops import ZERO, RefUpdate
 
@@ -75,7 +75,7 @@ def stash(path: Path) -> str:
             ["git", "write-tree"], cwd=path, env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
     except subprocess.CalledProcessError as exc:
-        raise GitError(f"{path}: cannot save uncommitted changes: {exc.stderr.strip()}") from exc
+        raise translate(exc, "git", f"{path}: cannot save uncommitted changes") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             index.unlink()

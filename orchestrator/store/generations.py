@@ -114,6 +114,17 @@ def _numbers(refs: dict[str, str], prefix: str) -> dict[int, str]:
     return found
 
 
+def problem(ws: Workspace, name: str) -> str | None:
+    """What is wrong with the clone of registered repo ``name`` (None: nothing), with the fix."""
+    path = ws.repo_path(name)
+    fix = f"fix: `converge remove {name}` then `converge add SOURCE --name {name}`"
+    if not path.is_dir():
+        return f"{path} is missing; {fix}"
+    if gitops.resolve(path, HEAD) is None:
+        return f"{path} is damaged (no refs/converge/head); {fix}"
+    return None
+
+
 def lineage(ws: Workspace, repo: str) -> list[Generation]:
     """Every generation of ``repo``, oldest first, with its status."""
     return [_generation(ws, repo, n, commit, status) for n, commit, status in _statuses(_refs(ws, repo))]

@@ -1,9 +1,8 @@
-"""Git at the boundary: GitPython for repositories, ``git`` itself for plumbing.
+"""Git at the boundary: the ``git`` binary for plumbing, reads remembered, refs read from files.
 
-Plumbing that needs stdin or speed (ref transactions, read-tree) runs the ``git`` binary
-directly; failures of either become :class:`GitError` naming the command. Ref changes go
-through :func:`update_refs`, one ``git update-ref --stdin`` transaction whose every line
-carries the expected old value: all of them apply, or none (compare-and-swap).
+A failed git command becomes a :class:`GitError` naming the command (through ``errors.translate``).
+Ref changes go through :func:`update_refs`, one ``git update-ref --stdin`` transaction whose every
+line carries the expected old value: all of them apply, or none (compare-and-swap).
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
-
-from orchestrator.errors import ConflictError, GitError, RepoError
+from orchestrator.errors import ConflictError, GitError, translate
 from orchestrator.store import refsession
 from orchestrator.store.storage import file_stamp
 
@@ -85,27 +82,18 @@ class RefUpdate:
     old: str
 
 
-def open_repo(path: Path) -> git.Repo:
-    """Open a git repository (not a subdirectory of one), or say plainly that it is not one."""
-    try:
-        repo = git.Repo(path)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise RepoError(f"{path}: not a git repository") from exc
-    return repo
-
-
 def run(cwd: Path, *args: str, stdin: str | None = None, check: bool = True, umask: int = -1) -> str:
     """Run ``git ARGS`` in ``cwd`` and return stdout; a failure is a GitError naming the command.
 
     ``umask``: the mode mask of the files git writes (-1: this process's).
     """
     argv, hook = git_argv(args)
-    proc = subprocess.run(
-        argv, cwd=cwd, input=stdin, capture_output=True, text=True, check=False, preexec_fn=hook, umask=umask
-    )
-    if check and proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()
-        raise GitError(f"git {args[0]} in {cwd}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+    try:
+        proc = subprocess.run(
+            argv, cwd=cwd, input=stdin, capture_output=True, text=True, check=check, preexec_fn=hook, umask=umask
+        )
+    except subprocess.CalledProcessError as exc:
+        raise translate(exc, "git", f"git {args[0]} in {cwd}") from exc
     return proc.stdout
 
 
@@ -158,11 +146,10 @@ def read_objects(
     key = (str(cwd), args, stdin)
     if remembered and (found := _OBJECT_READS.get(key)) is not None:
         return found
-    proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=False)
-    if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        reason = detail[-1] if detail else f"exit {proc.returncode}"
-        raise GitError(f"git {_subcommand(args)} in {where or cwd}: {reason}")
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=True)
+    except subprocess.CalledProcessError as exc:
+        raise translate(exc, "git", f"git {_subcommand(args)} in {where or cwd}") from exc
     if remembered:
         _OBJECT_READS.put(key, proc.stdout)
     return proc.stdout
@@ -335,12 +322,8 @@ def update_refs(cwd: Path, updates: Sequence[RefUpdate], message: str) -> None:
     (:mod:`orchestrator.store.refsession`); a transaction that moves a branch or HEAD gets its own
     git, which dies with Converge.
     """
-    lines = []
-    for u in updates:
-        if u.ref == "HEAD":
-            lines.append("option no-deref")  # move a detached HEAD itself, never what it points to
-        verb = f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}"
-        lines.append(verb)
+    # HEAD is dereferenced: the checkout's branch (`converge`) follows, or a detached HEAD moves itself
+    lines = [f"delete {u.ref} {u.old}" if u.new == ZERO else f"update {u.ref} {u.new} {u.old}" for u in updates]
     if all(u.ref.startswith("refs/converge/") for u in updates):
         refsession.transact(cwd, message, lines)
         return

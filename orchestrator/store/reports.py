@@ -67,6 +67,11 @@ class TestReport(BaseModel):
     def summary(self) -> str:
         if self.no_tests:
             return "no tests collected"
+        cmd = self.command
+        if cmd is not None and cmd.timed_out:
+            return f"tests timed out after {cmd.duration:.0f}s"
+        if cmd is not None and cmd.oom_killed:
+            return "tests killed: out of memory"
         if not self.ran:
             return "tests not run"
         counts = (len(self.passed), len(self.failed), len(self.errored), len(self.skipped))

@@ -103,6 +103,21 @@ def load(ws: Workspace, run_id: str) -> RunRecord:
     return _live_status(read_model(path, RunRecord))
 
 
+def resolve_id(ws: Workspace, given: str) -> str:
+    """The run ``given`` names: its whole id, or a prefix of exactly one run's id (as `converge runs` shows)."""
+    if _path(ws, given).exists():
+        return given
+    folder = ws.state / "runs"
+    found = (
+        sorted(p.stem for p in folder.glob("*.json") if p.stem.startswith(given)) if given and folder.is_dir() else []
+    )
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise UsageError(f"run {given!r} is a prefix of {len(found)} runs ({', '.join(found[:3])}...); give more of it")
+    raise UsageError(f"unknown run {given!r}; `converge runs` lists them")
+
+
 def list_runs(ws: Workspace) -> list[RunRecord]:
     """Every run, newest first."""
     folder = ws.state / "runs"

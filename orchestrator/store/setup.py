@@ -13,7 +13,7 @@ from pathlib import Path
 import git
 
 from orchestrator.config import CONFIG_FILE, dump_toml
-from orchestrator.errors import RepoError, UsageError, WorkspaceError
+from orchestrator.errors import RepoError, UsageError, WorkspaceError, translate
 from orchestrator.store import generations, gitops, keyfiles
 from orchestrator.store.storage import atomic_write
 from orchestrator.store.workspace import (
@@ -26,6 +26,8 @@ from orchestrator.store.workspace import (
     source_root,
     template_dir,
 )
+
+CHECKOUT_BRANCH = "converge"  # the branch of src/<repo>: it follows the current generation
 
 
 def init_workspace(path: Path) -> Workspace:
@@ -42,8 +44,8 @@ def init_workspace(path: Path) -> Workspace:
             )
     try:
         return _lay_out(path)
-    except OSError as exc:
-        raise WorkspaceError(f"{path}: cannot create the workspace: {exc.strerror}") from exc
+    except OSError as exc:  # a full disk is DiskFull, not bad input
+        raise translate(exc, "os", f"{path}: cannot create the workspace") from exc
 
 
 def _lay_out(path: Path) -> Workspace:
@@ -83,11 +85,13 @@ def add_repo(
     local = src_path.exists()
     if local:
         src_path = src_path.absolute()
-        gitops.open_repo(src_path)
+        _check_repo(src_path)
         if gitops.resolve(src_path, "HEAD") is None:
             raise RepoError(f"{src_path}: git repository has no commits yet")
     elif "://" not in source and ":" not in source:
         raise UsageError(f"{source}: no such path")
+    if name is not None and not name.strip():
+        raise UsageError("--name: give a name (letters, digits, . _ -), or leave the option out")
     name = name or _default_name(source)
     if not NAME_RE.match(name):
         raise UsageError(f"{name!r}: not a valid repo name (letters, digits, . _ -, at most 64)")
@@ -107,13 +111,13 @@ def add_repo(
             git.Repo.clone_from(str(src_path) if local else source, dest, no_local=True)
         except git.GitCommandError as exc:
             shutil.rmtree(dest, ignore_errors=True)
-            detail = [line.strip(" '") for line in str(exc.stderr or "").splitlines() if line.strip(" '")]
-            raise RepoError(f"{source}: cannot clone: {detail[-1] if detail else exc}") from exc
+            raise translate(exc, "git", f"{source}: cannot clone") from exc
         gitops.run(dest, "config", "user.name", "Converge")
         gitops.run(dest, "config", "user.email", "converge@localhost")
         head = gitops.resolve(dest, "HEAD")
         assert head is not None
-        gitops.run(dest, "checkout", "--quiet", "--detach", head)
+        # on a branch that follows the current generation (promotion and rollback move it with the refs)
+        gitops.run(dest, "checkout", "--quiet", "-B", CHECKOUT_BRANCH, head)
         generations.record_initial(ws, name, dest, head)
         record = RepoRecord(
             name=name,
@@ -125,6 +129,33 @@ def add_repo(
     return record
 
 
+def _check_repo(path: Path) -> None:
+    """A git repository's top directory (not a subdirectory of one), or a RepoError saying so."""
+    try:
+        git.Repo(path).close()
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise translate(exc, "git", str(path)) from exc
+
+
 def _default_name(source: str) -> str:
     stem = source.rstrip("/").rsplit("/", 1)[-1]
     return stem.removesuffix(".git") or "repo"
+
+
+def remove_repo(ws: Workspace, name: str) -> Path:
+    """Unregister ``name``; its clone (with every ref), changesets and proofs stay readable in an archive.
+
+    The clone moves to ``cache/archive/<name>-<time>/`` (the changeset records and proofs keep their
+    places); the name is free to register again. Returns the archive's path.
+    """
+    with ws.lock("registry", "the repo registry"):
+        records = ws.repos()
+        record = ws.repo(name)
+        archive = ws.cache / "archive" / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+        archive.mkdir(parents=True)
+        source = ws.repo_path(name)
+        if source.exists():
+            source.replace(archive / "src")
+        atomic_write(archive / "record.json", record.model_dump_json(indent=2) + "\n")
+        ws.save_repos([r for r in records if r.name != name])
+    return archive

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import ConflictError
+from orchestrator.errors import ConflictError, WorkspaceError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -97,8 +97,6 @@ def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
 
 def read_json(path: Path) -> Any:
     """Read a JSON state file; a corrupt or unreadable one is reported by path."""
-    from orchestrator.errors import WorkspaceError
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -111,10 +109,6 @@ def read_json(path: Path) -> Any:
 
 def read_model(path: Path, model: type[M]) -> M:
     """Read a JSON state file into ``model``; a file of the wrong shape is reported by path and key."""
-    from pydantic import ValidationError
-
-    from orchestrator.errors import WorkspaceError
-
     try:
         return model.model_validate(read_json(path))
     except ValidationError as exc:

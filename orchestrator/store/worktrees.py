@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.errors import GitError, SandboxError
-from orchestrator.store import gitops
+from orchestrator.store import diskimage, gitops
 from orchestrator.store.storage import pid_alive
 from orchestrator.store.workspace import Workspace
 
@@ -92,6 +92,8 @@ def remove_worktree(source: Path, path: Path) -> None:
     whose ``.git`` is not a directory, a ``.git`` file pointing elsewhere) is left to git.
     """
     admin = _admin_dir(path)
+    if os.path.ismount(path) or diskimage.image_of(path).exists():
+        diskimage.unmount(path)  # a size-limited tree: its files go with its filesystem
     shutil.rmtree(path, ignore_errors=True)
     if path.exists():
         raise GitError(f"{path}: cannot remove the worktree (files left that this process may not delete)")
@@ -136,6 +138,7 @@ def scratch_worktree(ws: Workspace, repo: str, commit: str, *, fill: bool = True
     """
     path = ws.cache / "worktrees" / f"sandbox-{repo}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.parent.mkdir(parents=True, exist_ok=True)
+    diskimage.mount_limited(path, diskimage.parse_size(ws.config().sandbox.disk))  # what a sandbox may write
     add_worktree(ws.repo_path(repo), path, commit, fill=fill)
     return path
 
@@ -148,6 +151,8 @@ def stale_worktrees(ws: Workspace, repo: str | None = None) -> list[tuple[Path, 
     found: list[tuple[Path, Path]] = []
     for name in [repo] if repo is not None else [r.name for r in ws.repos()]:
         for path in root.glob(f"sandbox-{name}-*"):
+            if path.name.endswith(".img"):
+                continue  # a limited tree's filesystem: it goes with its tree
             parts = path.name.removeprefix(f"sandbox-{name}-").split("-")
             if len(parts) == 2 and parts[0].isdigit() and not pid_alive(int(parts[0])):
                 found.append((path, ws.repo_path(name)))

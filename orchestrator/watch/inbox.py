@@ -47,7 +47,7 @@ class TaskOutcome(BaseModel):
     """How one task file ended: written beside it as ``<name>.result.json``."""
 
     task: str
-    status: Literal["done", "failed"]
+    status: Literal["done", "failed", "running"]  # running: stopped mid-run, resumed at the next start
     run_id: str | None = None
     run_status: runs.RunStatus | None = None
     reason: str = ""
@@ -123,6 +123,9 @@ class Inbox:
                 run_id = runs.new_run_id()
                 atomic_write_json(sidecar, {"task": path.name, "run_id": run_id, "claimed": runs.now()})
             result = self._drive(task, run_id)
+            if result.record.status == "interrupted":  # stopped: the task stays in running/, resumed next start
+                self.log(f"watch: task {path.name}: stopped (run {run_id}), resumes next start")
+                return TaskOutcome(task=path.name, status="running", run_id=run_id, resumed=resumed)
             outcome = _outcome(path.name, result, resumed)
         except ConvergeError as exc:
             outcome = TaskOutcome(task=path.name, status="failed", run_id=run_id, reason=str(exc), resumed=resumed)

@@ -17,48 +17,33 @@ own, one task at a time, beside the maps. One watcher per workspace (a lock).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from pydantic import BaseModel, Field
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from orchestrator.agents.pyparse import FileEntry
 from orchestrator.agents.repomap import RepoMap, repo_map_for
 from orchestrator.errors import ConvergeError
+from orchestrator.loop.factory import model_factory
 from orchestrator.loop.state import Deps
 from orchestrator.store.workspace import Workspace
+from orchestrator.watch.files import RepoEvents, git_ignored, walk_files
 from orchestrator.watch.inbox import DepsFactory, Inbox, Log, TaskOutcome
 
 DEBOUNCE = 0.2
 MAX_DELAY = 2.0  # a burst of changes longer than this is applied anyway, not postponed forever
 REPO_SYNC = 2.0  # how often newly registered repos are picked up
+STOP_GRACE = 5.0  # how long a stop waits for the run in progress to reach its next checkpoint
 PERSIST_IDLE = 5.0  # refreshed parses are written to the map cache once changes pause this long
-IGNORED_DIRS = frozenset(
-    {".git", "cache", "__pycache__", "build", "dist", ".pytest_cache", "node_modules", ".venv", "venv"}
-    | {".mypy_cache", ".ruff_cache", ".tox", ".eggs"}
-)
-IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".swx", ".tmp", "~")
-
-
-def is_ignored(rel: str, is_dir: bool = False) -> bool:
-    """Whether a change at ``rel`` (relative to the repo) is noise for the repo map."""
-    parts = PurePosixPath(rel).parts
-    if not parts or parts[0] in (".", ".."):
-        return True
-    dirs = parts if is_dir else parts[:-1]
-    if any(p in IGNORED_DIRS or p.endswith(".egg-info") for p in dirs):
-        return True
-    return not is_dir and parts[-1].endswith(IGNORED_SUFFIXES)
 
 
 class WatchReport(BaseModel):
@@ -81,55 +66,6 @@ class _Pending:
     last: float = 0.0
 
 
-class _RepoEvents(FileSystemEventHandler):
-    """Turns watchdog events under one repo into repo-relative paths noted on the watcher."""
-
-    def __init__(self, note: Callable[[str, str, bool], None], repo: str, root: Path) -> None:
-        self.note = note
-        self.repo = repo
-        self.root = str(root)
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        if event.is_directory and event.event_type in ("modified", "attrib"):
-            return  # a file created in a directory arrives as its own event
-        for raw in (event.src_path, event.dest_path):
-            if not raw:
-                continue
-            rel = os.path.relpath(os.fsdecode(raw), self.root).replace(os.sep, "/")
-            if not is_ignored(rel, event.is_directory):
-                self.note(self.repo, rel, event.is_directory)
-
-
-def _walk_files(root: Path, rel_dir: str) -> list[str]:
-    """Files under a directory of the repo, skipping ignored directories."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root / rel_dir):
-        dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS]
-        base = Path(dirpath).relative_to(root).as_posix()
-        found.extend(f"{base}/{name}" for name in filenames if not is_ignored(f"{base}/{name}"))
-    return found
-
-
-def _git_ignored(root: Path, paths: list[str]) -> set[str]:
-    """Which of ``paths`` git ignores (the map lists only what git would track)."""
-    if not paths:
-        return set()
-    proc = subprocess.run(
-        ["git", "check-ignore", "--stdin", "-z"],
-        cwd=root,
-        input="\0".join(paths) + "\0",
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return set(filter(None, proc.stdout.split("\0"))) if proc.returncode == 0 else set()
-
-
-# --- the watcher ---------------------------------------------------------------------------------
-
-
 class Watcher:
     """Keeps repo maps fresh and runs the task inbox of one workspace; a context manager."""
 
@@ -146,7 +82,7 @@ class Watcher:
         self.deps_factory = deps_factory
         self.debounce = debounce
         self.log: Log = log or (lambda _text: None)
-        self.inbox = Inbox(ws, deps_factory, self.log)
+        self.inbox = Inbox(ws, self._deps, self.log)
         self.refreshed: dict[str, list[str]] = {}
         self._polling = polling
         self._maps: dict[str, RepoMap] = {}
@@ -176,8 +112,11 @@ class Watcher:
         self._stack.close()
 
     def stop(self) -> None:
-        """Ask :meth:`run_forever` to return (after the task in progress, if any)."""
+        """Ask :meth:`run_forever` to return: the run in progress stops at its next node, checkpointed."""
         self._stop.set()
+
+    def _deps(self, ws: Workspace) -> Deps:
+        return replace(self.deps_factory(ws), stop_requested=self._stop.is_set)
 
     @property
     def observer_kind(self) -> str:
@@ -205,11 +144,7 @@ class Watcher:
 
     def _new_observer(self) -> Any:
         if self._polling:
-            from watchdog.observers.polling import PollingObserver
-
             return PollingObserver(timeout=max(self.debounce, 0.1))
-        from watchdog.observers import Observer
-
         # inotify: directories made in quick succession (a checkout, a worktree's git records) can
         # be watched twice, once from each event; watchdog keeps one and warns. Harmless, not news.
         twice = "Callback with id .* already exists for watch"
@@ -228,7 +163,7 @@ class Watcher:
 
     def _schedule(self, observer: Any, repo: str) -> None:
         root = self.ws.src / repo
-        observer.schedule(_RepoEvents(self._note, repo, root), str(root), recursive=True)
+        observer.schedule(RepoEvents(self._note, repo, root), str(root), recursive=True)
 
     def _sync_repos(self) -> None:
         """Build the map of each registered repo not yet known (from its cache) and watch it."""
@@ -300,9 +235,9 @@ class Watcher:
         for rel_dir in pending.dirs:
             paths.update(p for p in rmap.files if p.startswith(rel_dir + "/"))
             if (root / rel_dir).is_dir():
-                paths.update(_walk_files(root, rel_dir))
+                paths.update(walk_files(root, rel_dir))
         fresh = sorted(p for p in paths if p not in rmap.files and (root / p).is_file())
-        paths -= _git_ignored(root, fresh)
+        paths -= git_ignored(root, fresh)
         with self._lock:
             found = rmap.update(sorted(paths))
         if found:
@@ -373,7 +308,11 @@ class Watcher:
             if time.monotonic() >= next_sync:
                 self._sync_repos()
                 next_sync = time.monotonic() + REPO_SYNC
-        worker.join()
+        worker.join(STOP_GRACE)  # a node still in flight after this is redone when the run resumes
+        if worker.is_alive():
+            self.log(
+                f"watch: the task in progress did not reach a checkpoint in {STOP_GRACE:.0f}s; it resumes next start"
+            )
         self.flush(force=True)
         self.persist(force=True)
         return self.report()
@@ -415,8 +354,6 @@ def inotify_watch_limit() -> int | None:
 
 def default_deps_factory(log: Log) -> DepsFactory:
     """Deps with the workspace's real models, loaded once and reused by every task."""
-    from orchestrator.loop.factory import model_factory
-
     made: dict[Path, Any] = {}
 
     def make(ws: Workspace) -> Deps:
