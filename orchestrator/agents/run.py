@@ -154,16 +154,17 @@ def plan_for(
 
 
 def forced_steps(goal: str, cards: dict[str, LoadedCard], reports: Sequence[findings.ToolReport]) -> list[ForcedStep]:
-    """A first step for each tool agent whose declared kinds of change the goal asks for, on the files its dry
-    run found for them (none found: the step will say so rather than have anyone invent a change)."""
+    """First steps for the tool agents whose declared kinds of change the goal asks for, on the files their dry
+    runs found for them: those that found something, else the first (it will say there is nothing to change,
+    rather than have anyone invent a change)."""
     by_agent = {r.agent: r for r in reports}
     forced = []
     for name, families in findings.matched_tools(goal, cards).items():
         report = by_agent.get(name)
-        rules = findings.rules_of(families)
-        files = report.files(rules or None) if report is not None else []
+        files = report.files(findings.rules_of(families) or None) if report is not None else []
         forced.append(ForcedStep(agent=name, targets=tuple(files)))
-    return forced
+    found = [f for f in forced if f.targets]
+    return found or forced[:1]
 
 
 def offered_paths(
