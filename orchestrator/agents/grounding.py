@@ -62,14 +62,16 @@ class CheckedPlan:
 
 
 def plan_schema(
-    editors: Sequence[str], max_steps: int, ground: Ground, forced: Sequence[ForcedStep] = ()
+    editors: Sequence[str], max_steps: int, ground: Ground | None, forced: Sequence[ForcedStep] = ()
 ) -> dict[str, Any]:
-    """The plan schema, bounded so constrained decoding always ends; targets are paths of the map.
+    """The plan schema, bounded so constrained decoding always ends; targets are paths of the map offered
+    by ``ground`` (None: any string, for checking an answer: :func:`check_plan` says what is wrong with a path).
 
     ``forced`` steps come first, with their agent fixed and their targets among their files; the
     planner may add free steps after them up to ``max_steps``.
     """
-    free = _step_schema({"enum": list(editors)}, ground.offered)
+    offered = ground.offered if ground is not None else None
+    free = _step_schema({"enum": list(editors)}, offered)
     schema: dict[str, Any] = {
         "type": "object",
         "properties": {"goal": {"type": "string", "maxLength": 200}, "steps": {}},
@@ -85,7 +87,7 @@ def plan_schema(
             "maxItems": max_steps,
         }
         return schema
-    firsts = [_step_schema({"const": f.agent}, f.targets or ground.offered) for f in forced]
+    firsts = [_forced_schema(f, offered) for f in forced]
     shapes = []
     for length in range(len(firsts), max(max_steps, len(firsts)) + 1):
         items = [*firsts, *([{"$ref": "#/$defs/Step"}] * (length - len(firsts)))]
@@ -94,10 +96,21 @@ def plan_schema(
     return schema
 
 
-def _step_schema(agent: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
-    targets: dict[str, Any] = {"type": "array", "maxItems": MAX_TARGETS if paths else 0}
+def _forced_schema(step: ForcedStep, offered: Sequence[str] | None) -> dict[str, Any]:
+    """A forced step: its agent, and its targets the files its tool's dry run found (all of them: a tool's
+    fix is safe, and a small planner picks a few at random), else any offered path."""
+    schema = _step_schema({"const": step.agent}, offered)
+    if step.targets:
+        schema["properties"]["targets"] = {"const": list(step.targets)}
+    return schema
+
+
+def _step_schema(agent: dict[str, Any], paths: Sequence[str] | None) -> dict[str, Any]:
+    targets: dict[str, Any] = {"type": "array", "maxItems": MAX_TARGETS if paths or paths is None else 0}
     if paths:
         targets["items"] = {"enum": list(paths)}
+    elif paths is None:
+        targets["items"] = {"type": "string", "maxLength": 200}
     return {
         "type": "object",
         "properties": {

@@ -155,16 +155,26 @@ def plan_for(
 
 def forced_steps(goal: str, cards: dict[str, LoadedCard], reports: Sequence[findings.ToolReport]) -> list[ForcedStep]:
     """First steps for the tool agents whose declared kinds of change the goal asks for, on the files their dry
-    runs found for them: those that found something, else the first (it will say there is nothing to change,
-    rather than have anyone invent a change)."""
+    runs found for them (those under the files or folders the goal names, if it names any): the tools that
+    found something, else the first (it will say there is nothing to change, rather than have anyone invent
+    a change)."""
     by_agent = {r.agent: r for r in reports}
     forced = []
     for name, families in findings.matched_tools(goal, cards).items():
         report = by_agent.get(name)
         files = report.files(findings.rules_of(families) or None) if report is not None else []
-        forced.append(ForcedStep(agent=name, targets=tuple(files)))
+        forced.append(ForcedStep(agent=name, targets=tuple(named_in(goal, files) or files)))
     found = [f for f in forced if f.targets]
     return found or forced[:1]
+
+
+def named_in(goal: str, paths: Sequence[str]) -> list[str]:
+    """The paths the goal names, by themselves, by file name or by a folder they are in."""
+    words = {w.strip("./`'\"").rstrip("/") for w in goal.split()}
+    words.discard("")
+    return [
+        p for p in paths if p in words or p.rsplit("/", 1)[-1] in words or any(p.startswith(w + "/") for w in words)
+    ]
 
 
 def offered_paths(
@@ -195,11 +205,11 @@ def plan(
     PlanRejected if no step survives."""
     tool_cards = tool_cards or {}
     prompt = build_prompt(card.card, goal=goal, repo_map=repo_map, agents=agents)
-    schema = plan_schema(editors, max_steps, ground, forced)
-    request = _request(card, prompt, schema)
+    request = _request(card, prompt, plan_schema(editors, max_steps, ground, forced))
+    checked_against = plan_schema(editors, max_steps, None, forced)  # paths: check_plan says what is wrong
     problems: list[str] = []
     for _ in range(card.card.budgets.attempts):
-        found = _ask(card, backend, request, schema, Plan, retries=1)
+        found = _ask(card, backend, request, checked_against, Plan, retries=1)
         checked = check_plan(found.value, editors, ground)
         problems = checked.problems
         if not problems:
@@ -242,6 +252,6 @@ def propose_for(
     prompt = build_prompt(card.card, goal=goal, repo_map=view.repo_map, step=step, files=view.notes, feedback=feedback)
     files = {f.path: f.text for f in view.files}
     grammar = edits_grammar(files, view.creates) if files or view.creates else None
-    schema = edits_schema([*files, *view.creates])
-    extra = {"grammar": grammar, "lookup": card.card.sampling.lookup}
-    return run_card(card, backend, prompt, schema, EditProposal, retries=1, **extra)
+    grounded = edits_schema([*files, *view.creates])  # what servers decode against; apply says what is wrong
+    request = _request(card, prompt, grounded, grammar=grammar, lookup=card.card.sampling.lookup)
+    return _ask(card, backend, request, edits_schema([]), EditProposal, retries=1)
