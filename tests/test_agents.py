@@ -24,7 +24,9 @@ from orchestrator.agents.cards import (
     load_cards,
 )
 from orchestrator.agents.edits import EditProposal, apply_edits
-from orchestrator.agents.prompts import build_prompt, check_plan, output_schema, parse_output
+from orchestrator.agents.grounding import Ground, check_plan
+from orchestrator.agents.prompts import build_prompt, output_schema, parse_output
+from orchestrator.agents.run import editors_of
 from orchestrator.agents.tools import run_tool_agent
 from orchestrator.errors import ConfigError, ModelError, SandboxError, UsageError
 from orchestrator.gate.candidates import Candidate
@@ -196,7 +198,8 @@ def test_answers_are_validated_against_the_card_schema() -> None:
     answer = {"goal": "g", "steps": [{"title": "t", "agent": "coder", "targets": ["a.py"], "acceptance": []}]}
     plan = parse_output(planner, "```json\n" + json.dumps(answer) + "\n```")
     assert isinstance(plan, Plan) and plan.steps[0].agent == "coder"
-    assert check_plan(plan, cards) is plan
+    ground = Ground(offered=("a.py",), known=frozenset({"a.py"}))
+    assert check_plan(plan, editors_of(cards), ground).plan == plan
     with pytest.raises(ModelError, match=r"does not match the plan schema: steps: List should have at least 1 item"):
         parse_output(planner, '{"goal": "g", "steps": []}')
     with pytest.raises(ModelError, match=r"does not match the edits schema: edits.0.search: Field required"):
@@ -204,11 +207,12 @@ def test_answers_are_validated_against_the_card_schema() -> None:
     with pytest.raises(ModelError, match="Invalid JSON"):
         parse_output(coder, "I would change the file")
     bad = Plan(goal="g", steps=[PlanStep(title="review it", agent="reviewer")])
-    with pytest.raises(
-        ModelError,
-        match=r"names agent 'reviewer', which does not exist or cannot edit\. Choose one of: coder, ruff-fix, ruff-",
-    ):
-        check_plan(bad, cards)
+    checked = check_plan(bad, editors_of(cards), ground)
+    assert checked.plan.steps == []
+    assert checked.problems == [
+        "Step 1 ('review it') names agent 'reviewer', which does not exist or cannot edit; "
+        "choose one of: ruff-fix, ruff-format, coder"
+    ]
 
 
 def test_ruff_fix_tool_agent_produces_edits_through_the_same_path(make_repo: MakeRepo, tmp_path: Path) -> None:

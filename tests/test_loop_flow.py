@@ -42,7 +42,7 @@ def _run(
     on_event: Callable[[str], None] | None = None,
 ) -> RunResult:
     deps = scripted_deps(ws, model, sandbox, on_event)
-    return start_run(deps, "sample", "remove unused imports", auto_approve=auto_approve, run_id="r-flow")
+    return start_run(deps, "sample", "tidy up stock.py", auto_approve=auto_approve, run_id="r-flow")
 
 
 def _resume(ws: Workspace, model: ScriptedModel, sandbox: ScriptedSandbox) -> RunResult:
@@ -236,12 +236,13 @@ def test_a_failing_sandbox_fails_the_run_and_says_why(
     assert sandbox.open_sessions == 0
 
 
-def test_a_tool_agent_that_changes_nothing_completes_the_step(sample_ws: Workspace) -> None:
+def test_a_tool_agent_whose_dry_run_finds_nothing_says_so(sample_ws: Workspace) -> None:
     sandbox = ScriptedSandbox(PytestScript([PASSING]))
     result = _run(sample_ws, ScriptedModel([plan(("Fix lint", "ruff-fix", []))], []), sandbox)
     assert result.record.status == "completed", result.record.reason
     assert [(s.agent, s.outcome, s.changeset) for s in result.record.steps] == [("ruff-fix", "no-change", None)]
-    assert ["ruff", "check", "--fix", "--exit-zero", "--no-cache", "."] in sandbox.ran
+    assert result.record.steps[0].reason.startswith("ruff-fix found nothing to change (unused imports (F401)")
+    assert not any("--fix" in argv for argv in sandbox.ran), "nothing found: the fix never runs"
     assert generations.current(sample_ws, "sample").number == 0
 
 

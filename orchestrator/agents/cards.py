@@ -3,9 +3,11 @@
 A card names a role (planner, coder, reviewer, tool), a kind (``model`` or ``tool``), the
 model or model role it runs on, its system prompt and prompt pieces, sampling, the schema
 its answer must match (``plan``, ``edits``, ``review``), allowed tools and budgets. Tool
-agents name a command instead (``ruff check --fix .``): it runs in the sandbox on a
+agents name a command instead (``ruff check --fix``): it runs in the sandbox on a
 candidate worktree and its changes come back as an :class:`EditProposal`, so they pass the
-same apply/verify/judge path as a model's edits.
+same apply/verify/judge path as a model's edits. A tool card may also name a dry run (what
+it would change, read as findings by rule and file) and the kinds of change it makes
+(``[[changes]]``: a family in words, its rule codes, the goals it serves).
 
 Shipped cards live in ``agents/`` of Converge's source; a workspace's ``agents/`` overrides
 or adds cards by name. A bad card is a ConfigError reading ``agents/x.toml: key: problem``.
@@ -31,6 +33,7 @@ Role = Literal["planner", "coder", "reviewer", "tool"]
 Kind = Literal["model", "tool"]
 SchemaName = Literal["plan", "edits", "review"]
 Severity = Literal["info", "warning", "error"]
+ReportFormat = Literal["ruff-check", "ruff-format"]
 
 
 # --- what agents answer -------------------------------------------------------------------
@@ -44,6 +47,7 @@ class PlanStep(BaseModel):
     title: str = Field(description="what this step changes, in one sentence")
     agent: str = Field(description="name of the agent card that carries out the step")
     targets: list[str] = Field(default_factory=list, description="files the step is expected to change")
+    creates: list[str] = Field(default_factory=list, description="new files the step creates")
     acceptance: list[str] = Field(default_factory=list, description="checks that show the step is done")
 
 
@@ -87,8 +91,10 @@ SCHEMAS: dict[str, type[BaseModel]] = {"plan": Plan, "edits": EditProposal, "rev
 
 _PIECE_FIELDS: dict[str, tuple[str, ...]] = {
     "context": ("repo_map",),
+    "agents": ("agents",),
     "task": ("goal",),
     "step": ("title", "agent", "targets", "acceptance"),
+    "files": ("files",),
     "feedback": ("feedback",),
     "answer": ("schema",),
 }
@@ -104,6 +110,7 @@ class Sampling(_Strict):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(default=1024, gt=0, le=32768)
     seed: int = Field(default=0, ge=0)
+    lookup: int = Field(default=0, ge=0, le=32, description="draft tokens by prompt lookup (greedy only; 0: off)")
 
 
 class Budgets(_Strict):
@@ -117,10 +124,22 @@ class PromptPieces(_Strict):
     """Templates of the prompt, each with its own placeholders (see ``_PIECE_FIELDS``)."""
 
     context: str = "Repository map:\n{repo_map}"
+    agents: str = "Agents that can do a step, and what the tool agents would change now:\n{agents}"
     task: str = "Goal: {goal}"
     step: str = "Step: {title}\nTarget files: {targets}\nDone when: {acceptance}"
+    files: str = "{files}"
     feedback: str = "Your previous attempt was rejected:\n{feedback}\nFix exactly that and answer again."
     answer: str = "Answer with one JSON object that matches the schema."
+
+
+class ChangeFamily(_Strict):
+    """A kind of change a tool agent makes: in words, by rule code, and the goals it serves."""
+
+    family: str = Field(min_length=1, description="the kind of change in words, e.g. 'unused imports'")
+    rules: list[str] = Field(default_factory=list, description="the tool's rule codes for it, e.g. ['F401']")
+    goals: list[str] = Field(
+        default_factory=list, description="phrases of goals it serves, e.g. 'unused import' (every word must occur)"
+    )
 
 
 class AgentCard(_Strict):
@@ -139,6 +158,10 @@ class AgentCard(_Strict):
     tools: list[str] = Field(default_factory=list, description="tools the agent may use")
     budgets: Budgets = Field(default_factory=Budgets)
     command: list[str] | None = Field(default=None, description="tool agents: argv run in the sandbox")
+    dry_run: list[str] | None = Field(default=None, description="tool agents: argv that reports without changing")
+    report: ReportFormat | None = Field(default=None, description="tool agents: how the dry run's output reads")
+    rule_option: str | None = Field(default=None, description="tool agents: the option that selects rule codes")
+    changes: list[ChangeFamily] = Field(default_factory=list, description="tool agents: the kinds of change made")
 
     def binding(self) -> tuple[Literal["model", "role"], str]:
         """What the card runs on: ``("model", name)`` or ``("role", role)``."""
@@ -171,13 +194,17 @@ def _tool_problems(card: AgentCard) -> list[tuple[str, str]]:
         found.append(("model", "a tool agent runs a command, not a model; remove model/model_role"))
     if card.output not in (None, "edits"):
         found.append(("output", "a tool agent's output is always 'edits'"))
+    if (card.dry_run is None) != (card.report is None):
+        found.append(("report", "a dry run needs a report format (ruff-check, ruff-format), and the other way round"))
     return found
 
 
 def _model_problems(card: AgentCard) -> list[tuple[str, str]]:
     found = []
-    if card.command:
-        found.append(("command", "only tool agents run a command; remove it or set kind = 'tool'"))
+    if card.command or card.dry_run or card.changes:
+        found.append(
+            ("command", "only tool agents run a command; remove command, dry_run, changes or set kind = 'tool'")
+        )
     if card.model and card.model_role:
         found.append(("model", "give model or model_role, not both"))
     if not card.system.strip():

@@ -5,7 +5,9 @@ An :class:`EditProposal` is a summary and a list of search/replace blocks. Its J
 checks every block against the files first (paths inside the worktree, no ``.git/``, no
 symlink escapes, text files only, each search text found exactly once) and only then
 writes; a failure raises :class:`EditError` with a short message written for the model:
-which block, what failed, the nearest match with line numbers, and what did match.
+which block, what failed, the nearest match with line numbers, and what did match. Its
+class says which kind of failure it was (:func:`failure_of`): path unknown, search not
+found, search ambiguous, or another edit problem.
 """
 
 from __future__ import annotations
@@ -19,10 +21,34 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import EditError
+from orchestrator.store.runs import FailureClass
 from orchestrator.store.storage import atomic_write
 
 MAX_FILE_BYTES = 2_000_000
 _CONTEXT_LINES = 12
+
+
+class PathUnknown(EditError):
+    """An edit names a file that does not exist (and does not create it)."""
+
+
+class SearchNotFound(EditError):
+    """A search text is not in its file."""
+
+
+class SearchAmbiguous(EditError):
+    """A search text is in its file more than once."""
+
+
+def failure_of(exc: EditError) -> FailureClass:
+    """The failure class of an edit that did not apply."""
+    if isinstance(exc, PathUnknown):
+        return FailureClass.PATH_UNKNOWN
+    if isinstance(exc, SearchNotFound):
+        return FailureClass.SEARCH_NOT_FOUND
+    if isinstance(exc, SearchAmbiguous):
+        return FailureClass.SEARCH_AMBIGUOUS
+    return FailureClass.EDIT_INVALID
 
 
 class EditBlock(BaseModel):
@@ -105,7 +131,8 @@ def plan_edits(files: Files, proposal: EditProposal) -> tuple[list[Pending], App
             state.text, note = replace_once(state.text, block.search, block.replace, exists=state.exists)
             state.exists = True
         except EditError as exc:
-            raise EditError(_failure(number, block.path, str(exc), len(proposal.edits), number - 1)) from exc
+            kind = type(exc) if type(exc) in (PathUnknown, SearchNotFound, SearchAmbiguous) else EditError
+            raise kind(_failure(number, block.path, str(exc), len(proposal.edits), number - 1)) from exc
         pending[rel] = state
         if note:
             notes.append(f"block {number} ({rel}): {note}")
@@ -198,17 +225,33 @@ def replace_once(text: str, search: str, replace: str, *, exists: bool = True) -
             )
         return replace, None
     if not exists:
-        raise EditError("the file does not exist; to create it, leave the search text empty")
+        raise PathUnknown("the file does not exist; to create it, leave the search text empty")
     count = text.count(search)
     if count == 1:
         return text.replace(search, replace, 1), None
     if count > 1:
+        whole = _whole_line_occurrences(text, search)
+        if len(whole) == 1:  # once as whole lines (what a grounded search text is), elsewhere inside lines
+            return text[: whole[0]] + replace + text[whole[0] + len(search) :], None
         lines = ", ".join(str(n) for n in _occurrence_lines(text, search)[:8])
-        raise EditError(
+        raise SearchAmbiguous(
             f"the search text was found {count} times (starting at lines {lines}); "
             "add surrounding lines to the search text so it matches exactly once"
         )
     return _replace_loose(text, search, replace)
+
+
+def _whole_line_occurrences(text: str, search: str) -> list[int]:
+    """Where ``search`` occurs starting a line and ending one (at a newline it holds, or the file's end)."""
+    found, start = [], text.find(search)
+    while start != -1:
+        end = start + len(search)
+        starts_line = start == 0 or text[start - 1] == "\n"
+        ends_line = search.endswith("\n") or end == len(text) or text[end] == "\n"
+        if starts_line and ends_line:
+            found.append(start)
+        start = text.find(search, start + 1)
+    return found
 
 
 def _occurrence_lines(text: str, search: str) -> list[int]:
@@ -237,11 +280,11 @@ def _replace_loose(text: str, search: str, replace: str) -> tuple[str, str]:
         return new, "matched only after ignoring trailing whitespace; check the result"
     if len(starts) > 1:
         where = ", ".join(str(i + 1) for i in starts[:8])
-        raise EditError(
+        raise SearchAmbiguous(
             f"the search text (ignoring trailing whitespace) was found {len(starts)} times "
             f"(starting at lines {where}); add surrounding lines so it matches exactly once"
         )
-    raise EditError("the search text was not found in the file." + nearest_match(lines, wanted))
+    raise SearchNotFound("the search text was not found in the file." + nearest_match(lines, wanted))
 
 
 def nearest_match(lines: list[str], wanted: list[str]) -> str:

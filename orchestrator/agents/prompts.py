@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.agents.cards import AgentCard, LoadedCard, Plan, PlanStep
+from orchestrator.agents.cards import AgentCard, PlanStep
 from orchestrator.errors import ModelError
 
 
@@ -29,12 +29,17 @@ def build_prompt(
     *,
     goal: str,
     repo_map: str = "",
+    agents: str = "",
     step: PlanStep | None = None,
+    files: Sequence[str] = (),
     feedback: str | Sequence[str] | None = None,
 ) -> Prompt:
-    """Assemble a card's prompt: system, then repo map and goal (stable), then step, feedback, answer."""
+    """Assemble a card's prompt: system, then repo map, agents and goal (stable), then step, files, feedback
+    and how to answer."""
     pieces = card.prompt
     stable = [pieces.context.format(repo_map=repo_map.rstrip())] if repo_map.strip() else []
+    if agents.strip():
+        stable.append(pieces.agents.format(agents=agents.rstrip()))
     stable.append(pieces.task.format(goal=goal.strip()))
     user: list[str] = []
     if step is not None:
@@ -42,10 +47,12 @@ def build_prompt(
             pieces.step.format(
                 title=step.title,
                 agent=step.agent,
-                targets=", ".join(step.targets) or "(not named)",
+                targets=", ".join([*step.targets, *(f"{p} (new)" for p in step.creates)]) or "(not named)",
                 acceptance="; ".join(step.acceptance) or "(not named)",
             )
         )
+    if any(f.strip() for f in files):
+        user.append(pieces.files.format(files="\n\n".join(f.strip() for f in files if f.strip())))
     notes = [feedback] if isinstance(feedback, str) else list(feedback or [])
     notes = [n.strip() for n in notes if n and n.strip()]
     if notes:
@@ -79,15 +86,3 @@ def _strip_fence(text: str) -> str:
         body = body.split("\n", 1)[1] if "\n" in body else ""
         body = body.rsplit("```", 1)[0]
     return body
-
-
-def check_plan(plan: Plan, cards: dict[str, LoadedCard]) -> Plan:
-    """The plan, if every step names a known agent; else ModelError for the planner."""
-    known = sorted(n for n, c in cards.items() if c.card.role in ("coder", "tool"))
-    for number, step in enumerate(plan.steps, start=1):
-        if step.agent not in known:
-            raise ModelError(
-                f"Step {number} ({step.title!r}) names agent {step.agent!r}, which does not exist or cannot edit. "
-                f"Choose one of: {', '.join(known)}."
-            )
-    return plan

@@ -1,13 +1,22 @@
 """Python files as the repo map sees them: module docstring, classes, functions with signatures,
 top-level names and imports (parsed with :mod:`ast`), module names and which files are tests.
+
+Many files are parsed by worker processes (``python -m orchestrator.agents.parseworker``, sources in
+and parses out as pickles on their pipes): plain subprocesses, not multiprocessing's, which would run the
+calling program's main module again in each worker.
 """
 
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import math
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
@@ -67,6 +76,33 @@ def blob_digest(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
+def parse_bounded(source: bytes, limit: int) -> Parsed:
+    """:func:`parse_python`, or a note that the file is too large (over ``limit`` bytes) to parse."""
+    return Parsed(error="too large to parse") if len(source) > limit else parse_python(source)
+
+
+def parse_in_workers(chunks: list[list[bytes]], limit: int) -> list[list[Parsed]]:
+    """Each chunk of sources parsed (:func:`parse_bounded`) by a worker process of its own, all at once."""
+    argv = [sys.executable, "-m", "orchestrator.agents.parseworker", str(limit)]
+    workers = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in chunks]
+
+    def one(index: int) -> list[Parsed]:
+        out, _ = workers[index].communicate(pickle.dumps(chunks[index]))
+        if workers[index].returncode != 0:
+            return [parse_bounded(data, limit) for data in chunks[index]]  # a worker that failed: parse here
+        found: list[Parsed] = pickle.loads(out)
+        return found
+
+    paused = gc.isenabled()
+    gc.disable()  # unpickling makes ~40 objects a function parsed: collections meanwhile would only slow it down
+    try:
+        with ThreadPoolExecutor(len(workers)) as pool:
+            return list(pool.map(one, range(len(workers))))
+    finally:
+        if paused:
+            gc.enable()
+
+
 def parse_python(source: bytes) -> Parsed:
     """Symbols and imports of one Python source (a syntax error is recorded, not raised)."""
     try:
@@ -74,14 +110,49 @@ def parse_python(source: bytes) -> Parsed:
     except (SyntaxError, ValueError) as exc:
         return Parsed(error=f"syntax error: {exc}")
     doc = (ast.get_docstring(tree) or "").strip().splitlines()
+    lines = _Lines(source)
     symbols: list[Symbol] = []
     for node in tree.body:
-        symbols.extend(_symbols(node))
-    imports = [_import_ref(node) for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+        symbols.extend(_symbols(node, lines))
+    imports = [_import_ref(node) for node in _import_statements(tree.body)]
     return Parsed(doc=doc[0] if doc else "", symbols=symbols, imports=[i for imp in imports for i in imp])
 
 
-def _symbols(node: ast.stmt) -> list[Symbol]:
+_BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _import_statements(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements at any depth of statements (expressions hold none: not walked, most of a tree)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+            continue
+        for name in _BLOCKS:
+            block = getattr(node, name, None)
+            if block:
+                stack.extend(reversed(block))
+    return found
+
+
+class _Lines:
+    """The source by byte offset of each line (ast positions count UTF-8 bytes)."""
+
+    def __init__(self, source: bytes) -> None:
+        self.source = source
+        self.starts = [0]
+        for line in source.splitlines(keepends=True):
+            self.starts.append(self.starts[-1] + len(line))
+
+    def between(self, start: ast.stmt, end: ast.stmt) -> str:
+        first = self.starts[start.lineno - 1] + start.col_offset
+        last = self.starts[end.lineno - 1] + end.col_offset
+        return self.source[first:last].decode("utf-8", errors="replace")
+
+
+def _symbols(node: ast.stmt, lines: _Lines) -> list[Symbol]:
     if isinstance(node, ast.ClassDef):
         bases = ", ".join(ast.unparse(b) for b in node.bases)
         found = [
@@ -97,11 +168,16 @@ def _symbols(node: ast.stmt) -> list[Symbol]:
                 not sub.name.startswith("_") or sub.name == "__init__"
             ):
                 found.append(
-                    Symbol(kind="method", name=f"{node.name}.{sub.name}", signature=_signature(sub), line=sub.lineno)
+                    Symbol(
+                        kind="method",
+                        name=f"{node.name}.{sub.name}",
+                        signature=_signature(sub, lines),
+                        line=sub.lineno,
+                    )
                 )
         return found
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        return [Symbol(kind="function", name=node.name, signature=_signature(node), line=node.lineno)]
+        return [Symbol(kind="function", name=node.name, signature=_signature(node, lines), line=node.lineno)]
     targets: list[ast.expr] = []
     if isinstance(node, ast.Assign):
         targets = node.targets
@@ -114,10 +190,27 @@ def _symbols(node: ast.stmt) -> list[Symbol]:
     ]
 
 
-def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
-    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
-    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
-    return _clip(f"{prefix} {node.name}({ast.unparse(node.args)}){returns}")
+def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: _Lines) -> str:
+    """The ``def`` line as written (comments out, whitespace folded): unparsing every argument costs a third
+    of a large repo's first map."""
+    text = " ".join(_code(line) for line in lines.between(node, node.body[0]).splitlines())
+    text = " ".join(text.split()).rstrip().removesuffix(":").rstrip()
+    text = text.replace("( ", "(").replace(" )", ")").replace(",)", ")").replace("[ ", "[").replace(" ]", "]")
+    return _clip(text)
+
+
+def _code(line: str) -> str:
+    """``line`` without its comment (a ``#`` outside string quotes)."""
+    quote = ""
+    for i, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            return line[:i]
+    return line
 
 
 def _clip(text: str) -> str:

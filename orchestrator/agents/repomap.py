@@ -7,7 +7,8 @@
 Python files are parsed with :mod:`ast` (module docstring, classes, functions with their
 signatures, top-level names, imports); other files are listed by path. Parses are cached
 by content digest (the git blob id, free from ``git ls-files -s``) in one JSON file under
-``cache_dir``, so a rebuild or :meth:`RepoMap.update` re-parses only changed files.
+``cache_dir``, so a rebuild or :meth:`RepoMap.update` re-parses only changed files; many files
+at once are parsed by one worker process per core, and ``converge add`` starts the first map.
 Ranking is deterministic: goal words matched against paths, symbols and docstrings set the
 restart weights of a PageRank over the import graph, so files the goal names and the files
 they lean on come first.
@@ -16,6 +17,7 @@ they lean on come first.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,15 +33,17 @@ from orchestrator.agents.pyparse import (
     estimate_tokens,
     is_test_file,
     module_name,
+    parse_in_workers,
     parse_python,
 )
 from orchestrator.agents.ranking import goal_words, pagerank, resolve, text_score
 from orchestrator.store import gitops
-from orchestrator.store.storage import atomic_write, file_stamp
+from orchestrator.store.storage import atomic_write, file_lock, file_stamp
 from orchestrator.store.workspace import Workspace
 
-CACHE_NAME = "repomap-v1.json"
+CACHE_NAME = "repomap-v2.json"  # v2: signatures as written in the source
 MAX_PARSE_BYTES = 1_000_000
+PARALLEL_FROM = 200  # fewer files parse faster here than worker processes start
 # --- the map ---------------------------------------------------------------------------------
 
 
@@ -136,13 +140,17 @@ class RepoMap:
 
     def render(self, goal: str, token_budget: int, tokens: Tokenizer = estimate_tokens) -> str:
         """The map as text for a prompt: ranked for ``goal``, at most ``token_budget`` tokens."""
+        return self.render_shown(goal, token_budget, tokens)[0]
+
+    def render_shown(self, goal: str, token_budget: int, tokens: Tokenizer = estimate_tokens) -> tuple[str, list[str]]:
+        """:meth:`render`'s text and the paths it shows, most relevant first (what a model may name)."""
         tests_of = self._tests_by_module()
         header = f"Repository map ({len(self.files)} files, most relevant first):\n"
         more = f"... and {len(self.files)} more files\n"  # the longest tail line, reserved up front
         room = token_budget - tokens(header) - tokens(more)
         if room <= 0:
-            return ""
-        out = [header]
+            return "", []
+        out, shown = [header], []
         for path, _score in self.rank(goal):
             block = self._block(path, tests_of.get(path, []))
             if tokens(block) > room:
@@ -150,11 +158,12 @@ class RepoMap:
                 if tokens(block) > room:
                     break
             out.append(block)
+            shown.append(path)
             room -= tokens(block)
-        rest = len(self.files) - (len(out) - 1)
+        rest = len(self.files) - len(shown)
         if rest:
             out.append(f"... and {rest} more files\n")
-        return "".join(out)
+        return "".join(out), shown
 
     def _block(self, path: str, tests: list[str]) -> str:
         entry = self.files[path]
@@ -239,6 +248,8 @@ def _mapped(
     known = len(cache)
     unparsed = sorted(path for path, digest in listed.items() if path.endswith(".py") and digest not in cache)
     found = sources(unparsed)
+    contents = {listed[p]: data if isinstance(data, bytes) else data.read_bytes() for p, data in found.items()}
+    cache.update(parse_all(contents))
     files: dict[str, FileEntry] = {}
     for path, digest in sorted(listed.items()):
         files[path] = _entry(path, digest, found.get(path, b""), cache)
@@ -247,14 +258,42 @@ def _mapped(
     return RepoMap(repo=repo, cache_dir=cache_dir, files=files)
 
 
+def parse_all(contents: dict[str, bytes]) -> dict[str, Parsed]:
+    """Each content's parse, by its key; many files are parsed in parallel, one worker process per core."""
+    keys = sorted(contents, key=lambda k: -len(contents[k]))  # largest first: the chunks come out even
+    cores = len(os.sched_getaffinity(0))
+    if len(keys) < PARALLEL_FROM or cores < 2:
+        return {k: _parse(contents[k]) for k in keys}
+    chunks: list[list[str]] = [[] for _ in range(cores)]
+    sizes = [0] * cores
+    for key in keys:
+        smallest = sizes.index(min(sizes))
+        chunks[smallest].append(key)
+        sizes[smallest] += len(contents[key])
+    done = parse_in_workers([[contents[k] for k in chunk] for chunk in chunks], MAX_PARSE_BYTES)
+    return {
+        k: parsed for chunk, found in zip(chunks, done, strict=True) for k, parsed in zip(chunk, found, strict=True)
+    }
+
+
+def _parse(data: bytes) -> Parsed:
+    return Parsed(error="too large to parse") if len(data) > MAX_PARSE_BYTES else parse_python(data)
+
+
 def repo_map_for(ws: Workspace, repo: str, tree: Path | None = None) -> RepoMap:
     """The map of registered ``repo``'s checkout (or of ``tree``), cached in ``cache/repomap/<repo>/``."""
     return build_repo_map(tree or ws.repo_path(repo), ws.cache / "repomap" / repo)
 
 
 def repo_map_at(ws: Workspace, repo: str, commit: str) -> RepoMap:
-    """The map of ``commit`` of registered ``repo`` (a generation or a candidate), cached as :func:`repo_map_for`."""
-    return build_repo_map_at(ws.repo_path(repo), commit, ws.cache / "repomap" / repo)
+    """The map of ``commit`` of registered ``repo`` (a generation or a candidate), cached as :func:`repo_map_for`.
+
+    Built under the repo's map lock: a build already under way (the one ``converge add`` starts) is waited
+    for and its cache used, rather than every file parsed twice at once.
+    """
+    cache_dir = ws.cache / "repomap" / repo
+    with file_lock(cache_dir / "build.lock", f"the repo map of {repo}", wait=True):
+        return build_repo_map_at(ws.repo_path(repo), commit, cache_dir)
 
 
 def _listing_at(repo: Path, commit: str) -> dict[str, str]:
@@ -307,9 +346,7 @@ def _entry(path: str, digest: str, source: Path | bytes, cache: dict[str, Parsed
         return FileEntry(path, digest)
     parsed = cache.get(digest)
     if parsed is None:
-        data = source if isinstance(source, bytes) else source.read_bytes()
-        parsed = Parsed(error="too large to parse") if len(data) > MAX_PARSE_BYTES else parse_python(data)
-        cache[digest] = parsed
+        parsed = cache[digest] = _parse(source if isinstance(source, bytes) else source.read_bytes())
     return FileEntry(path, digest, parsed)
 
 

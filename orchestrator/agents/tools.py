@@ -2,6 +2,9 @@
 candidate's tree, its changes turned into the same edit proposal a model would make.
 
 The tree is put back afterwards, so the edits then pass apply, verify and judge like a model's.
+A card with a dry run first asks it what the step would change, limited to the step's kinds of
+change and Python files: nothing found, and the step says so; else the command runs on exactly
+the files with findings, for exactly those rules.
 """
 
 from __future__ import annotations
@@ -9,22 +12,41 @@ from __future__ import annotations
 import shlex
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.agents.cards import AgentCard, LoadedCard
 from orchestrator.agents.edits import EditProposal, proposal_from_files
+from orchestrator.agents.findings import (
+    ToolReport,
+    python_files,
+    read_report,
+    scoped_argv,
+    step_families,
+    tool_note,
+)
+from orchestrator.agents.site import Site
 from orchestrator.errors import EditError, SandboxError, UsageError
-from orchestrator.sandbox.base import SandboxBackend
-from orchestrator.sandbox.pool import SandboxPool, sandbox_at
+from orchestrator.sandbox.pool import sandbox_at
 from orchestrator.store import gitops, worktrees
 from orchestrator.store.reports import CommandResult
-from orchestrator.store.workspace import Workspace
 
 CommandRunner = Callable[[Path, Sequence[str]], CommandResult]
 
 
-def run_tool_agent(card: AgentCard, worktree: Path, run: CommandRunner) -> EditProposal | None:
-    """Run a tool card's command on ``worktree`` and return its changes as edits (None: no change).
+@dataclass(frozen=True)
+class ToolOutcome:
+    """A tool step's edits, or None and why there are none."""
+
+    proposal: EditProposal | None
+    note: str = ""
+
+
+def run_tool_agent(
+    card: AgentCard, worktree: Path, run: CommandRunner, argv: Sequence[str] | None = None
+) -> EditProposal | None:
+    """Run a tool card's command (or ``argv``, a scoped form of it) on ``worktree``; its changes as edits
+    (None: no change).
 
     ``run`` executes argv in the sandbox with ``worktree`` mounted as the repo. The worktree
     is put back as it was, so the edits then go through :func:`apply_edits` like a model's.
@@ -33,8 +55,9 @@ def run_tool_agent(card: AgentCard, worktree: Path, run: CommandRunner) -> EditP
         raise UsageError(f"agent {card.name!r} is not a tool agent")
     if worktrees.changed_files(worktree):
         raise SandboxError(f"{worktree}: has uncommitted changes; a tool agent needs a clean candidate")
-    result = run(worktree, card.command)
-    command = shlex.join(card.command)
+    argv = list(argv or card.command)
+    result = run(worktree, argv)
+    command = shlex.join(argv)
     if result.timed_out or result.oom_killed:
         _restore(worktree)
         raise SandboxError(
@@ -79,20 +102,43 @@ def _head_text(worktree: Path, path: str) -> str | None:
 
 
 def propose_with_tool(
-    ws: Workspace,
-    repo: str,
-    card: LoadedCard,
-    base: str,
-    pool: SandboxPool | None = None,
-    backend: SandboxBackend | None = None,
-) -> EditProposal | None:
-    """Run tool agent ``card`` on ``base`` in a sandbox (``pool``'s when given); its edits, or None: no change."""
-    with sandbox_at(ws, repo, base, pool, backend) as (tree, box):
-        if pool is not None:
-            pool.warm(base)  # the tests of this step's candidate come next
+    site: Site, card: LoadedCard, *, title: str = "", goal: str = "", targets: Sequence[str] = ()
+) -> ToolOutcome:
+    """Run tool agent ``card`` at ``site`` in a sandbox (its pool's when it has one) for the step ``title`` of
+    ``goal`` on ``targets``: its edits, or none and why."""
+    with sandbox_at(site.ws, site.repo, site.commit, site.pool, site.backend) as (tree, box):
+        if site.pool is not None:
+            site.pool.warm(site.commit)  # the tests of this step's candidate come next
         try:
-            return run_tool_agent(card.card, tree, lambda _wt, argv: box.run(list(argv)))
+            return _scoped_run(card.card, tree, box.run, title, goal, targets)
         except SandboxError as exc:
             raise SandboxError(f"agent {card.name!r}: {exc}") from exc
         except EditError as exc:
             raise EditError(f"agent {card.name!r}: {exc}") from exc
+
+
+def _scoped_run(
+    card: AgentCard,
+    tree: Path,
+    run: Callable[[list[str]], CommandResult],
+    title: str,
+    goal: str,
+    targets: Sequence[str],
+) -> ToolOutcome:
+    """The dry run for the step's kinds of change and files; then the command on the files it found."""
+    in_sandbox: CommandRunner = lambda _wt, argv: run(list(argv))  # noqa: E731
+    if card.dry_run is None or card.report is None:  # a card that cannot say what it would do runs as written
+        found = run_tool_agent(card, tree, in_sandbox)
+        return ToolOutcome(found, "" if found else f"{card.name} changed nothing; the step is done without a change.")
+    families = step_families(card, title, goal)
+    paths = python_files(targets)
+    if targets and not paths:
+        return ToolOutcome(None, tool_note(card, families, list(targets)))
+    report = ToolReport(
+        agent=card.name, findings=read_report(card.report, run(scoped_argv(card, card.dry_run, families, paths)))
+    )
+    files = report.files()
+    if not files:
+        return ToolOutcome(None, tool_note(card, families, paths))
+    found = run_tool_agent(card, tree, in_sandbox, scoped_argv(card, card.command or [], families, files))
+    return ToolOutcome(found, "" if found else tool_note(card, families, files))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.agents import warm
 from orchestrator.cli._common import JsonFlag, emit_json, handled, say, workspace
 from orchestrator.errors import UsageError
 from orchestrator.store import generations
@@ -44,6 +45,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         record = add_repo(ws, source or "", name, is_self)
         gen = generations.current(ws, record.name)
+        warm.start(ws, record.name)  # the first run finds the map built
         if json_out:
             emit_json({"name": record.name, "generation": gen.number, "commit": gen.commit, "source": record.source})
         else:

@@ -20,7 +20,8 @@ from langgraph.types import interrupt
 
 from orchestrator.agents import run as agent
 from orchestrator.agents.cards import LoadedCard, Plan, get_card, load_cards
-from orchestrator.agents.edits import EditProposal
+from orchestrator.agents.edits import EditProposal, failure_of
+from orchestrator.agents.grounding import PlanRejected
 from orchestrator.agents.tools import propose_with_tool
 from orchestrator.errors import ConvergeError, EditError, ModelError
 from orchestrator.gate import candidates
@@ -30,7 +31,7 @@ from orchestrator.gate.provenance import Provenance
 from orchestrator.gate.review import review
 from orchestrator.gate.sign import sign
 from orchestrator.gate.verify import verify
-from orchestrator.loop import adr
+from orchestrator.loop import adr, failures
 from orchestrator.loop.state import (
     Deps,
     Outcome,
@@ -48,6 +49,7 @@ from orchestrator.models.backends import Completion
 from orchestrator.policy.baseline import TestComparison
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
+from orchestrator.store.runs import FailureClass
 from orchestrator.store.storage import atomic_write, atomic_write_json, read_json
 
 
@@ -72,10 +74,14 @@ class Nodes:
             self.deps.on_event("plan: asking the planner")
             card = get_card(self.cards, "planner")
             current = generations.current(self.ws, s["repo"]).commit
-            repo_map = agent.repo_map_text(self.ws, s["repo"], s["goal"], current)
-            answer = agent.plan(
-                card, self.deps.model_for(card), self.cards, goal=s["goal"], repo_map=repo_map, max_steps=s["max_steps"]
-            )
+            site, model = self.deps.site(s["repo"], current), self.deps.model_for(card)
+            try:
+                planned = agent.plan_for(site, card, model, self.cards, goal=s["goal"], max_steps=s["max_steps"])
+            except (PlanRejected, ModelError) as exc:
+                failures.plan_failed(self.ws, s["run_id"], str(exc))
+                raise
+            answer = planned.answer
+            failures.planned(self.ws, s["run_id"], planned, plan_file.with_name("findings.json"))
             atomic_write_json(plan_file, answer.value.model_dump())
             self._model_event(s, "planner", answer.completion)
             runs.update(self.ws, s["run_id"], steps_planned=len(answer.value.steps))
@@ -97,23 +103,20 @@ class Nodes:
             return update
         card = get_card(self.cards, step.agent)
         self.deps.on_event(f"step {s['step'] + 1} attempt {s['attempt']}: {step.agent} proposes ({step.title})")
+        site = self.deps.site(s["repo"], current.commit)
         if card.card.kind == "tool":
-            found = propose_with_tool(
-                self.ws, s["repo"], card, current.commit, self.deps.sandboxes, self.deps.sandbox_backend
-            )
-            proposal = found or EditProposal(summary="no change", edits=[])
+            found = propose_with_tool(site, card, title=step.title, goal=s["goal"], targets=step.targets)
+            proposal = found.proposal or EditProposal(summary=found.note, edits=[])  # no edits: why, for the record
             atomic_write(path, proposal.model_dump_json(indent=2))
-            return {**update, "outcome": Outcome.NONE if found else Outcome.NO_CHANGE}
-        repo_map = agent.repo_map_text(self.ws, s["repo"], s["goal"], current.commit)
-        notes = agent.target_files(self.ws.repo_path(s["repo"]), step.targets, current.commit)
-        notes += [s["feedback"]] if s.get("feedback") else []
+            return {**update, "outcome": Outcome.NONE} if found.proposal else self._no_change(proposal)
+        feedback = [s["feedback"]] if s.get("feedback") else []
         try:
-            answer = agent.propose(
-                card, self.deps.model_for(card), goal=s["goal"], repo_map=repo_map, step=step, notes=notes
+            answer = agent.propose_for(
+                site, card, self.deps.model_for(card), goal=s["goal"], step=step, feedback=feedback
             )
         except ModelError as exc:
             atomic_write_json(path.with_suffix(".error.json"), {"error": str(exc)})
-            return {**update, "outcome": Outcome.RETRY, "feedback": clip(str(exc))}
+            return {**update, **failures.retry(str(exc), FailureClass.ANSWER_INVALID)}
         atomic_write(path, answer.value.model_dump_json(indent=2))
         self._model_event(s, step.agent, answer.completion)
         return {**update, "tokens": answer.completion.tokens_out, "outcome": Outcome.NONE}
@@ -121,7 +124,7 @@ class Nodes:
     def apply(self, s: RunState) -> RunState:
         proposal = EditProposal.model_validate_json(Path(s["proposal"]).read_text())
         if not proposal.edits:
-            return {"outcome": Outcome.NO_CHANGE}
+            return self._no_change(proposal)
         cs_id = changeset_id(s)
         kept = candidates.kept_commit(self.ws.repo_path(s["repo"]), s["run_id"], s["step"] + 1, s["attempt"])
         if kept is not None:
@@ -131,7 +134,7 @@ class Nodes:
         try:  # nothing lives in a worktree between nodes: verify checks the kept commit out afresh
             commit, applied = commit_proposal(self.ws, cand, proposal, message, cs_id)
         except EditError as exc:
-            return {"outcome": Outcome.RETRY, "feedback": clip(str(exc))}
+            return failures.retry(str(exc), failure_of(exc))
         self.deps.on_event(f"  applied {len(applied.paths)} file(s): {', '.join(applied.paths)}")
         cand.keep("candidates", unkept=True)  # kept_commit above saw neither ref
         return {"commit": commit, "changeset": cs_id, "outcome": Outcome.NONE}
@@ -164,7 +167,7 @@ class Nodes:
         self.deps.on_event(f"  tests: {report.summary}")
         if report.broken:
             self._drop_candidate(s)
-            return {"report": str(report_file), "outcome": Outcome.RETRY, "feedback": _test_feedback(report)}
+            return {"report": str(report_file), **failures.retry(_test_feedback(report), FailureClass.TESTS_FAILED)}
         return {"report": str(report_file), "image": image_file.read_text(), "outcome": Outcome.NONE}
 
     def judge(self, s: RunState) -> RunState:
@@ -184,7 +187,7 @@ class Nodes:
         if found.decision == "reject":
             self._drop_candidate(s)
             reasons = "; ".join(found.reasons) or "rejected"
-            return {"outcome": Outcome.RETRY, "feedback": clip(f"Policy rejected the change: {reasons}")}
+            return failures.retry(f"Policy rejected the change: {reasons}", FailureClass.POLICY)
         return {"outcome": Outcome.NONE}
 
     def sign(self, s: RunState) -> RunState:
@@ -217,7 +220,9 @@ class Nodes:
             cs = changesets.load(self.ws, cs.id)
             runs.update(self.ws, s["run_id"], status="running", waiting_on=None)
         if cs.status == "rejected":
-            return {"outcome": Outcome.REJECTED, "feedback": clip(f"A reviewer rejected the change: {cs.reason}")}
+            return failures.retry(
+                f"A reviewer rejected the change: {cs.reason}", FailureClass.REJECTED, Outcome.REJECTED
+            )
         if cs.status != "approved":
             return {"outcome": Outcome.RETRY, "feedback": "The change was not approved."}
         self.deps.on_event(f"  promoted: generation {cs.generation}")
@@ -228,6 +233,7 @@ class Nodes:
         ended = outcome(s)
         if ended in (Outcome.NONE, Outcome.RETRY):
             ended = Outcome.FAILED
+        failed = failures.record(self.ws, s) if ended in (Outcome.FAILED, Outcome.REJECTED) else s.get("failures", [])
         cs = s.get("changeset") if ended in (Outcome.PROMOTED, Outcome.REJECTED) else None
         gen = changesets.load(self.ws, cs).generation if cs and changesets.exists(self.ws, cs) else None
         done = runs.StepOutcome(
@@ -239,6 +245,7 @@ class Nodes:
             changeset=cs,
             generation=gen,
             reason="" if ended == Outcome.PROMOTED else s.get("feedback", ""),
+            failures=[FailureClass(f) for f in failed],
         )
         self.deps.on_event(f"step {s['step'] + 1}: {ended.value}")
         so_far = [runs.StepOutcome.model_validate(d) for d in s.get("done", [])] + [done]
@@ -251,6 +258,7 @@ class Nodes:
             tokens=s.get("tokens", 0),
         )
         reset: RunState = {"step": s["step"] + 1, "attempt": 1, "feedback": "", "changeset": "", "commit": ""}
+        reset |= {"failure": "", "failures": []}
         return {**reset, "done": [done.model_dump()], "outcome": Outcome.NONE}
 
     def retry(self, s: RunState) -> RunState:
@@ -258,9 +266,14 @@ class Nodes:
         self.deps.on_event(f"  attempt {s['attempt']} failed: {reason}")
         if self.deps.sandboxes is not None:
             self.deps.sandboxes.warm(s["base"])  # ready by the time the next proposal is, unless one is on its way
-        return {"attempt": s["attempt"] + 1}
+        return {"attempt": s["attempt"] + 1, "failure": "", "failures": failures.record(self.ws, s)}
 
     # --- helpers of the nodes ---------------------------------------------------------------------
+
+    def _no_change(self, proposal: EditProposal) -> RunState:
+        """A step with nothing to change ends so, saying why (a tool's dry run found nothing)."""
+        self.deps.on_event(f"  {proposal.summary or 'no change'}")
+        return {"outcome": Outcome.NO_CHANGE, "feedback": proposal.summary}
 
     def _budget_check(self, s: RunState) -> None:
         if time.time() - s["started"] > self.cfg.run.wall_time:

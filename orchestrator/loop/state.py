@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from orchestrator.agents.cards import LoadedCard, PlanStep
+from orchestrator.agents.site import Site
 from orchestrator.gate.provenance import AttemptKey
 from orchestrator.models.backends import ModelBackend
 from orchestrator.sandbox.base import SandboxBackend
@@ -58,6 +59,8 @@ class RunState(TypedDict, total=False):
     image: str
     changeset: str
     outcome: str  # an Outcome's value
+    failure: str  # why the attempt failed: a FailureClass's value ("" when it did not)
+    failures: list[str]  # the failure classes of the step's earlier attempts
     tokens: Annotated[int, operator.add]
     done: Annotated[list[dict[str, Any]], operator.add]
 
@@ -75,6 +78,11 @@ class Deps:
     on_event: Events = field(default=lambda _text: None)
     sandbox_backend: SandboxBackend | None = None  # None: the one converge.toml names
     sandboxes: SandboxPool | None = None  # the run's sandboxes started ahead (see driver)
+
+    def site(self, repo: str, commit: str) -> Site:
+        """Where an agent works on ``commit`` of ``repo``, with the run's sandboxes."""
+        return Site(self.ws, repo, commit, self.sandboxes, self.sandbox_backend)
+
     stop_requested: Callable[[], bool] = field(default=lambda: False)  # checked before each node
 
 

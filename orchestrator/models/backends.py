@@ -35,7 +35,9 @@ class Message:
 class CompletionRequest:
     """A model call: the stable part first (system prompt, then ``prefix`` such as a repo map), then the task.
 
-    ``followups`` are later turns (e.g. a rejected answer and the correction asked for).
+    ``followups`` are later turns (e.g. a rejected answer and the correction asked for). ``grammar``
+    (GBNF, see ``models.grammar``) constrains an in-process model more tightly than ``json_schema``,
+    which servers decode against; ``lookup`` drafts that many tokens by prompt lookup (0: off).
     """
 
     system: str
@@ -46,6 +48,8 @@ class CompletionRequest:
     max_tokens: int = 256
     seed: int = 0
     followups: tuple[Message, ...] = ()
+    grammar: str | None = None
+    lookup: int = 0
 
     def system_text(self) -> str:
         """The system turn: the system prompt, then the stable prefix."""
@@ -61,11 +65,13 @@ class CompletionRequest:
 
     def digest(self) -> str:
         """sha256 of everything that determines the answer except the model: the key of a recording."""
-        doc = {
+        doc: dict[str, Any] = {
             "messages": [asdict(m) for m in self.messages()],
             "schema": self.json_schema,
             "params": self.params(),
         }
+        if self.grammar is not None:
+            doc["grammar"] = self.grammar
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def with_followup(self, answer: str, correction: str) -> CompletionRequest:

@@ -67,7 +67,14 @@ class LlamaBackend:
         try:
             if grammar is not None:
                 tokens, finish = generate_constrained(
-                    llm, prompt, grammar, request.max_tokens, request.temperature, request.seed, on_token=refit
+                    llm,
+                    prompt,
+                    grammar,
+                    request.max_tokens,
+                    request.temperature,
+                    request.seed,
+                    on_token=refit,
+                    lookup=request.lookup,
                 )
                 text = llm.detokenize(tokens).decode("utf-8", errors="replace")
                 tokens_out = len(tokens)
@@ -133,6 +140,8 @@ class LlamaBackend:
                 raise translate(exc, "llama", rejects) from exc
 
     def _grammar(self, request: CompletionRequest) -> Any:
+        if request.grammar is not None:
+            return LlamaGrammar.from_string(request.grammar, verbose=False)
         if request.json_schema is None:
             return None
         try:

@@ -201,7 +201,10 @@ def complete_json(
     retries: int = 2,
     log: CallLog | None = None,
 ) -> tuple[Any, Completion]:
-    """Like :func:`complete_structured` for a plain JSON schema (validated with ``jsonschema``)."""
+    """Like :func:`complete_structured` for a plain JSON schema (validated with ``jsonschema``).
+
+    A request that carries a schema of its own (stricter: grounded in a repo) is decoded against that
+    one, and its answers checked against ``json_schema`` (the caller checks the rest, saying why)."""
     validator = _validator(json.dumps(json_schema, sort_keys=True))
 
     def parse(text: str) -> Any:
@@ -212,7 +215,7 @@ def complete_json(
             raise ValueError(f"{where}: {errors[0].message}")
         return value
 
-    constrained = replace(request, json_schema=dict(json_schema))
+    constrained = replace(request, json_schema=dict(request.json_schema or json_schema))
     return _complete_validated(backend, constrained, parse, "the schema", retries, log)
 
 

@@ -2,8 +2,9 @@
 
 The checkpoints in ``.converge/runs.sqlite`` are the truth about where a run is; this small
 JSON record per run (``.converge/runs/<id>.json``) carries what a listing needs without
-opening the graph: repo, goal, status, steps, changesets and the pid of the process driving
-it. A record saying ``running`` whose process is gone is reported as ``interrupted``.
+opening the graph: repo, goal, status, steps, changesets, why attempts failed (by
+:class:`FailureClass`) and the pid of the process driving it. A record saying ``running``
+whose process is gone is reported as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import secrets
 import time
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,20 @@ from orchestrator.store.storage import atomic_write_json, pid_alive, read_model
 from orchestrator.store.workspace import Workspace
 
 RunStatus = Literal["running", "waiting_review", "completed", "failed", "interrupted"]
+
+
+class FailureClass(StrEnum):
+    """Why an attempt (or the plan) failed, counted per run so that what goes wrong shows in numbers."""
+
+    PLAN_INVALID = "plan-invalid"  # no step of the plan could be carried out
+    PATH_UNKNOWN = "path-unknown"  # an edit names a file that is not there
+    SEARCH_NOT_FOUND = "search-not-found"  # a search text is not in its file
+    SEARCH_AMBIGUOUS = "search-ambiguous"  # a search text is in its file more than once
+    EDIT_INVALID = "edit-invalid"  # any other edit that cannot apply (no change, a directory, a binary file)
+    ANSWER_INVALID = "answer-invalid"  # no answer that matches the schema
+    TESTS_FAILED = "tests-failed"
+    POLICY = "policy"  # the policy rejected the change
+    REJECTED = "rejected"  # a reviewer rejected it
 
 
 class StepOutcome(BaseModel):
@@ -35,6 +51,7 @@ class StepOutcome(BaseModel):
     changeset: str | None = None
     generation: int | None = None
     reason: str = ""
+    failures: list[FailureClass] = Field(default_factory=list, description="why each failed attempt failed")
 
 
 class RunRecord(BaseModel):
@@ -51,12 +68,13 @@ class RunRecord(BaseModel):
     waiting_on: str | None = None
     reason: str = ""
     tokens: int = 0
+    failures: dict[FailureClass, int] = Field(default_factory=dict, description="failed attempts by class")
     started: str = ""
     updated: str = ""
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, object]:
-        return self.model_dump()
+        return self.model_dump(mode="json")
 
 
 def new_run_id() -> str:
@@ -130,6 +148,15 @@ def run_log(ws: Workspace, run_id: str, kind: str, **data: Any) -> None:
     entry = {"at": now(), "kind": kind, **data}
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+
+def record_failure(ws: Workspace, run_id: str, failure: FailureClass, reason: str, **where: Any) -> RunRecord:
+    """Log one failed attempt (or plan) by class and count it in the run's record."""
+    run_log(ws, run_id, "failure", failure=failure.value, reason=reason[:500], **where)
+    record = load(ws, run_id)
+    counts = dict(record.failures)
+    counts[failure] = counts.get(failure, 0) + 1
+    return update(ws, run_id, failures=counts)
 
 
 def update(ws: Workspace, run_id: str, **changes: Any) -> RunRecord:
