@@ -40,8 +40,8 @@ from orchestrator.loop.state import (
     attempt_file,
     attempts_allowed,
     changeset_id,
-    clip,
     current_step,
+    feedback_on_tests,
     key,
     outcome,
 )
@@ -167,7 +167,7 @@ class Nodes:
         self.deps.on_event(f"  tests: {report.summary}")
         if report.broken:
             self._drop_candidate(s)
-            return {"report": str(report_file), **failures.retry(_test_feedback(report), FailureClass.TESTS_FAILED)}
+            return {"report": str(report_file), **failures.retry(feedback_on_tests(report), FailureClass.TESTS_FAILED)}
         return {"report": str(report_file), "image": image_file.read_text(), "outcome": Outcome.NONE}
 
     def judge(self, s: RunState) -> RunState:
@@ -329,17 +329,6 @@ class Nodes:
             exit_code=cmd.exit_code if cmd else None,
             seconds=cmd.duration if cmd else None,
         )
-
-
-def _test_feedback(report: TestReport) -> str:
-    if report.command is not None and (report.command.timed_out or report.command.oom_killed):
-        return clip(f"The {report.summary}: make the change without slowing the tests down or growing memory.")
-    if not report.ran:
-        tail = report.command.stderr_tail if report.command else ""
-        return clip(f"The tests could not run:\n{tail[-1500:]}")
-    failing = ", ".join((report.failed + report.errored)[:10]) or "(no test passed)"
-    out = report.command.stdout_tail[-1500:] if report.command else ""
-    return clip(f"These tests fail after your change: {failing}\nTest output (end):\n{out}")
 
 
 # --- routing --------------------------------------------------------------------------------------
