@@ -52,7 +52,8 @@ def plan(*steps: tuple[str, str, list[str]]) -> dict[str, Any]:
     return {
         "goal": "refine",
         "steps": [
-            {"title": t, "agent": a, "targets": targets, "acceptance": ["tests pass"]} for t, a, targets in steps
+            {"title": t, "agent": a, "targets": targets, "acceptance": ["tests pass"], "creates": []}
+            for t, a, targets in steps
         ],
     }
 
