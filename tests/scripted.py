@@ -47,13 +47,20 @@ class ScriptedBackend:
         return lambda _card: self
 
 
-def plan(*steps: tuple[str, str, list[str]]) -> dict[str, Any]:
-    """A plan answer: (title, agent, targets) per step."""
+def plan(*steps: tuple[str, str, list[str]] | tuple[str, str, list[str], list[str]]) -> dict[str, Any]:
+    """A plan answer: (title, agent, targets) per step, or (title, agent, targets, creates) for a step
+    that makes new files."""
     return {
         "goal": "refine",
         "steps": [
-            {"title": t, "agent": a, "targets": targets, "acceptance": ["tests pass"], "creates": []}
-            for t, a, targets in steps
+            {
+                "title": s[0],
+                "agent": s[1],
+                "targets": s[2],
+                "acceptance": ["tests pass"],
+                "creates": list(s[3:][0] if s[3:] else []),
+            }
+            for s in steps
         ],
     }
 

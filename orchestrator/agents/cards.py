@@ -140,6 +140,11 @@ class ChangeFamily(_Strict):
     goals: list[str] = Field(
         default_factory=list, description="phrases of goals it serves, e.g. 'unused import' (every word must occur)"
     )
+    cleanup: list[str] = Field(
+        default_factory=list,
+        description="rule codes fixed along with it, never used to find files: what its fix leaves behind, e.g. "
+        "the imports a rewrite of annotations leaves unused",
+    )
 
 
 class AgentCard(_Strict):

@@ -133,7 +133,7 @@ def scoped_argv(
 ) -> list[str]:
     """``argv`` limited to the rule codes of ``families`` (when the card can select rules) and to ``paths``."""
     scoped = list(argv)
-    rules = rules_of(families)
+    rules = rules_of(families) + sorted({r for family in families for r in family.cleanup} - set(rules_of(families)))
     if card.rule_option and rules:
         scoped += [card.rule_option, ",".join(rules)]
     return scoped + (list(paths) or ["."])

@@ -25,7 +25,9 @@ from orchestrator.models.grammar import Grammar, alternatives, array, json_liter
 MAX_TARGETS = 4
 MAX_CREATES = 2
 MAX_EDITS = 6
-NEW_FILE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*[.][A-Za-z0-9]+$"
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+# folders (dot folders too: .github), then a dot file or a name with a suffix; never `.` or `..`
+NEW_FILE_PATTERN = rf"^([.]?{_NAME}/)*([.]{_NAME}|{_NAME}[.][A-Za-z0-9]+)$"
 
 
 class PlanRejected(ConvergeError):
@@ -100,9 +102,19 @@ def _forced_schema(step: ForcedStep, offered: Sequence[str] | None) -> dict[str,
     """A forced step: its agent, and its targets the files its tool's dry run found (all of them: a tool's
     fix is safe, and a small planner picks a few at random), else any offered path."""
     schema = _step_schema({"const": step.agent}, offered)
-    if step.targets:
+    if step.targets and offered is not None:  # checking: any targets, :func:`with_forced_targets` sets them
         schema["properties"]["targets"] = {"const": list(step.targets)}
     return schema
+
+
+def with_forced_targets(steps: Sequence[PlanStep], forced: Sequence[ForcedStep]) -> list[PlanStep]:
+    """``steps`` with the forced tool steps' targets those their dry runs found, whatever the model named
+    (a server that does not decode against the schema, a recorded answer from before the dry run changed)."""
+    fixed = [
+        step.model_copy(update={"targets": list(f.targets), "creates": []}) if f.targets else step
+        for step, f in zip(steps, forced, strict=False)
+    ]
+    return [*fixed, *steps[len(fixed) :]]
 
 
 def _step_schema(agent: dict[str, Any], paths: Sequence[str] | None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from orchestrator.agents.grounding import (
     edits_schema,
     plan_feedback,
     plan_schema,
+    with_forced_targets,
 )
 from orchestrator.agents.prompts import Prompt, build_prompt
 from orchestrator.agents.repomap import RepoMap, repo_map_at
@@ -210,7 +211,8 @@ def plan(
     problems: list[str] = []
     for _ in range(card.card.budgets.attempts):
         found = _ask(card, backend, request, checked_against, Plan, retries=1)
-        checked = check_plan(found.value, editors, ground)
+        answered = found.value.model_copy(update={"steps": with_forced_targets(found.value.steps, forced)})
+        checked = check_plan(answered, editors, ground)
         problems = checked.problems
         if not problems:
             break

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 from pydantic import BaseModel
@@ -104,7 +105,9 @@ def checkpointer(ws: Workspace) -> Iterator[SqliteSaver]:
         # a commit reaches the OS without waiting for the disk: a killed Converge loses no
         # checkpoint; a power cut may lose the last few, and resume redoes those (idempotent) nodes
         conn.execute("PRAGMA synchronous=NORMAL")
-        saver = SqliteSaver(conn)
+        # the state's own enum is the one non-builtin type it holds: allowed by name, nothing else is
+        serde = JsonPlusSerializer(allowed_msgpack_modules=[("orchestrator.loop.state", "Outcome")])
+        saver = SqliteSaver(conn, serde=serde)
         saver.setup()
         yield saver
     finally:

@@ -43,7 +43,7 @@ from orchestrator.store.workspace import Workspace, source_root
 
 SCRATCH = ".converge-canary"  # in the outer sandbox's worktree: canary inputs and the reference copy
 REFERENCE_PARTS = ("orchestrator", "agents", "policies", "workspace_template")
-CANARY_GOAL = "Remove the unused imports from inventory/stock.py"
+CANARY_GOAL = "Drop the os and sys lines that inventory/stock.py never needs"  # a coder goal: no tool serves it
 CANARY_TIMEOUT = 900.0
 
 
@@ -66,7 +66,7 @@ def canary_script() -> list[dict[str, Any]]:
         "goal": CANARY_GOAL,
         "steps": [
             {
-                "title": "Drop the unused os and sys imports",
+                "title": "Drop the os and sys lines",
                 "agent": "coder",
                 "targets": ["inventory/stock.py"],
                 "acceptance": ["tests pass"],
