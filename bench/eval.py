@@ -18,6 +18,8 @@ Prints `name: value` lines:
   run_s / check_s         medians per task: inside the run; inside the two checks
   harness_s               eval_wall_s - all run time - all check time
   harness_per_task_s      harness_s / tasks
+  harness_in_tasks_s      the part inside task trials (throwaway workspace, wiring, classification)
+  harness_between_tasks_s the rest: suite, executor, results and summary files, progress
   harness_overhead_share  harness_s / (all run time + all check time) (target < 0.05)
   check_share             all check time / eval_wall_s (for information: the price of hidden checks)
 Usage: python bench/eval.py [--tasks N] [--parallel K]
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.evals.runner import EvalRequest, start_eval
 from orchestrator.evals.suite import BUILTIN, Suite, answers_path, builtin_path, load_suite
+from orchestrator.models.registry import load_registry
 from orchestrator.store.setup import init_workspace
 
 
@@ -50,13 +53,14 @@ def pick(suite: Suite, count: int) -> Suite:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=6)
+    parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--parallel", type=int, default=1)
     args = parser.parse_args()
     suite = pick(load_suite(builtin_path(), BUILTIN, builtin=True), args.tasks)
     binding = f"replay:{answers_path()}"
     with tempfile.TemporaryDirectory(prefix="converge-bench-eval-") as tmp:
         ws = init_workspace(Path(tmp) / "ws")
+        load_registry(ws)  # a new workspace's one-off: registering the embedded model reads all its bytes
         request = EvalRequest(suite=suite, models={"planner": binding, "coder": binding}, parallel=args.parallel)
         started = time.perf_counter()
         outcome = start_eval(ws, request)
@@ -77,6 +81,9 @@ def main() -> None:
     print(f"check_s: {statistics.median(r.check_seconds for r in results):.2f}")
     print(f"harness_s: {harness:.2f}")
     print(f"harness_per_task_s: {harness / len(results):.3f}")
+    inside = sum(r.seconds - r.run_seconds - r.check_seconds for r in results) / args.parallel
+    print(f"harness_in_tasks_s: {inside:.2f}")
+    print(f"harness_between_tasks_s: {harness - inside:.2f}")
     print(f"harness_overhead_share: {harness / ((runs + checks) / args.parallel):.3f}")
     print(f"check_share: {checks / args.parallel / wall:.3f}")
 

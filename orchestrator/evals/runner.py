@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from orchestrator.store.storage import file_lock
 from orchestrator.store.workspace import Workspace
 
 OnResult = Callable[[TaskResult, Summary], None]
+TRASH = ".trash"
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,12 @@ def _run(
         if todo:
             # the Ray executor will come in here, behind the same contract
             pool: Executor = LocalExecutor(bounded_workers(parallel, parse_size(ws.config().sandbox.memory)))
+            # finished trials' workspaces are deleted behind the next trial, not in its way
+            trash = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-trash")
             try:
                 for future in as_completed([pool.submit(run_task, job) for job in todo]):
                     result = future.result()
+                    trash.submit(_empty, folder / "work" / TRASH)
                     store.append_result(ws, spec.id, result)
                     results.append(result)
                     summary = summarize(spec, results)
@@ -173,9 +177,16 @@ def _run(
                         on_result(result, summary)
             finally:
                 pool.close(wait=False)  # on an interrupt: the queued trials never start
+                trash.shutdown(wait=True)
+                shutil.rmtree(folder / "work" / TRASH, ignore_errors=True)
         summary = summarize(spec, results)
         store.save_summary(ws, summary)
     return EvalOutcome(spec, _ordered(spec, results), summary)
+
+
+def _empty(folder: Path) -> None:
+    for path in folder.iterdir() if folder.is_dir() else ():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _ordered(spec: EvalSpec, results: list[TaskResult]) -> list[TaskResult]:
@@ -197,8 +208,17 @@ def run_task(job: TaskJob) -> TaskResult:
         update = {"failure": FailureClass.ERROR, "reason": classify.one_line(f"{type(exc).__name__}: {exc}")}
         result = result.model_copy(update=update)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _discard(folder, work / TRASH)
     return result.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
+
+
+def _discard(folder: Path, trash: Path) -> None:
+    """Move a finished trial's workspace to the trash (one rename), to be deleted off the eval's critical path."""
+    try:
+        trash.mkdir(exist_ok=True)
+        folder.rename(trash / folder.name)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _trial(user: Workspace, job: TaskJob, folder: Path, result: TaskResult) -> TaskResult:
