@@ -1,10 +1,8 @@
 """Grammar-constrained decoding that checks the grammar lazily.
 
-llama-cpp-python puts the grammar first in its sampler chain, so every generated token
-pays for matching the grammar against the whole vocabulary (49k tokens for SmolLM2). Here
-the token is drawn first without the grammar and only checked against it; only when the
-grammar rejects it is the draw repeated over the tokens the grammar allows. The result is
-the same distribution restricted to the grammar, at close to the cost of free decoding.
+llama-cpp-python matches the grammar against the whole vocabulary for every token; here the token is
+drawn first without the grammar and only checked against it, and only when the grammar rejects it is
+the draw repeated over the tokens it allows: the same distribution, at close to free decoding's cost.
 """
 
 from __future__ import annotations
