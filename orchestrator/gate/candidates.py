@@ -1,18 +1,6 @@
-"""Candidate worktrees: one isolated checkout per (run, step, attempt), kept as a ref after.
-
-    with Candidate(repo_path, worktrees_dir, run=run, step=step, attempt=attempt, base=base) as cand:
-        apply_edits(cand.path, proposal)
-        commit = cand.commit("converge: fix the report")
-        cand.keep("candidates")          # or "failed"
-
-The worktree lives at ``<worktrees_dir>/<run>/<step>-<attempt>`` (normally
-``<ws>/cache/worktrees/``), detached at ``base``. Entering is idempotent: a worktree left by
-a killed process under the same key is reset to ``base`` and reused. Commits are written as
-objects (no hook of the repository runs), with a fixed identity, signed by the caller's
-signature function if it gives one. The commit is kept under
-``refs/converge/candidates/<run>/<step>-<attempt>`` or ``refs/converge/failed/...`` by a
-compare-and-swap ref transaction; leaving the block removes the worktree (a commit not yet
-kept is kept under ``failed/`` first: nothing is lost).
+"""Candidate worktrees: one isolated checkout per (run, step, attempt), its commit kept as a ref after
+(:class:`Candidate`). Commits are written as objects (no hook of the repository runs) and kept by a
+compare-and-swap ref transaction, so nothing is lost when an attempt fails or its process is killed.
 """
 
 from __future__ import annotations
@@ -61,7 +49,24 @@ def kept_commit(repo: Path, run: str, step: int | str, attempt: int) -> tuple[Ou
 
 
 class Candidate:
-    """A detached worktree of ``repo`` at ``base`` for one attempt; a context manager."""
+    """A detached worktree of ``repo`` at ``base`` for one attempt; a context manager.
+
+    Used as::
+
+        with Candidate(repo_path, worktrees_dir, run=run, step=step, attempt=attempt, base=base) as cand:
+            apply_edits(cand.path, proposal)
+            commit = cand.commit("converge: fix the report")
+            cand.keep("candidates")          # or "failed"
+
+    The worktree lives at ``<worktrees_dir>/<run>/<step>-<attempt>`` (normally
+    ``<ws>/cache/worktrees/``), detached at ``base``. Entering is idempotent: a worktree left by
+    a killed process under the same key is reset to ``base`` and reused. Commits are written as
+    objects (no hook of the repository runs), with a fixed identity, signed by the caller's
+    signature function if it gives one. The commit is kept under
+    ``refs/converge/candidates/<run>/<step>-<attempt>`` or ``refs/converge/failed/...`` by a
+    compare-and-swap ref transaction; leaving the block removes the worktree (a commit not yet
+    kept is kept under ``failed/`` first: nothing is lost).
+    """
 
     def __init__(
         self,

@@ -1,17 +1,9 @@
 """Edits committed in git's object store: a candidate commit made without a worktree.
 
-Checking a commit out to edit three files costs a file per file of the repo; here the
-files an edit names are read from the commit (one ``cat-file --batch``), and the new
-blobs, the trees above them and the commit are written as loose objects, as git writes
-them (``<type> <size>\\0<body>``, zlib-deflated, named by SHA-1, created read-only and
-linked into place so an existing object is never replaced).
-
-This is equivalent to checking out, editing and ``git add`` only when git would write the
-files' bytes unchanged and the paths are plain. So :func:`supported` refuses (and the
-caller takes the worktree) for a repo with SHA-256 objects, a shared repository, CRLF
-conversion (``core.autocrlf``) or any attributes file outside the tree; and
-:class:`CommitFiles` raises :class:`NeedsWorktree` for a path that goes through a symbolic
-link or a submodule, or lies under a directory with a ``.gitattributes``.
+Checking a commit out to edit three files writes every file of the repo; here the files an edit names
+are read from the commit (one ``cat-file --batch``) and the new blobs, the trees above them and the
+commit are written as loose objects. :func:`supported` and :class:`NeedsWorktree` say when the caller
+must take a worktree instead.
 """
 
 from __future__ import annotations
@@ -55,7 +47,15 @@ _SUPPORTED: dict[Path, tuple[tuple[object, ...], bool]] = {}
 
 
 def supported(repo: Path) -> bool:
-    """Whether edits to ``repo`` may be committed in its objects: see the module's docstring."""
+    """Whether edits to ``repo`` may be committed in its objects: see below.
+
+    This is equivalent to checking out, editing and ``git add`` only when git would write the
+    files' bytes unchanged and the paths are plain. So this refuses (and the caller takes the
+    worktree) for a repo with SHA-256 objects, a shared repository, CRLF conversion
+    (``core.autocrlf``) or any attributes file outside the tree; and :class:`CommitFiles` raises
+    :class:`NeedsWorktree` for a path that goes through a symbolic link or a submodule, or lies
+    under a directory with a ``.gitattributes``.
+    """
     gitdir = repo / ".git"
     if not gitdir.is_dir() or (gitdir / "commondir").exists():
         return False
@@ -163,7 +163,11 @@ def parse_tree(raw: bytes) -> list[Entry]:
 
 
 def write_object(repo: Path, kind: str, body: bytes) -> str:
-    """Store ``body`` as a loose object of ``kind`` (blob, tree, commit) in ``repo``; returns its id."""
+    """Store ``body`` as a loose object of ``kind`` (blob, tree, commit) in ``repo``; returns its id.
+
+    Written as git writes it (``<type> <size>\\0<body>``, zlib-deflated, named by SHA-1), created
+    read-only and linked into place so an existing object is never replaced.
+    """
     data = f"{kind} {len(body)}\0".encode() + body
     oid = hashlib.sha1(data, usedforsecurity=False).hexdigest()
     folder = repo / ".git" / "objects" / oid[:2]

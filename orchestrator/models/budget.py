@@ -1,21 +1,8 @@
 """The model memory budget shared by every process of a workspace: a small ledger file.
 
-``.converge/models-resident.json`` lists what each live process has loaded::
-
-    {"entries": [{"pid": 4242, "model": "<sha256>", "bytes": 1200000000, "shared": 900000000}]}
-
-A process reserves a model's bytes before loading it and releases them when it evicts it;
-the ledger is only read and written under ``.converge/locks/models-resident.lock``
-(``flock``, so a killed holder never leaves it stuck). Entries of processes that are gone
-are dropped whenever the ledger is read, so a SIGKILLed loop frees its share by dying.
-
-``shared`` is the part of an entry that processes loading the same file share (weights are
-mmap'd read-only, so the page cache holds them once); it is charged once per model, the rest
-(KV cache, scratch) once per process.
-
-A reservation that can never fit (its own bytes exceed the budget) is refused at once; one
-that does not fit *now* waits for other processes to release, for at most ``wait`` seconds,
-then fails with a ModelError naming the holders.
+``.converge/models-resident.json`` lists what each live process has loaded, read and written only under
+``.converge/locks/models-resident.lock`` (``flock``: a killed holder never leaves it stuck). A process
+reserves a model's bytes before loading it (:func:`reserve`) and releases them when it evicts it (:func:`release`).
 """
 
 from __future__ import annotations
@@ -35,7 +22,14 @@ POLL_SECONDS = 0.25
 
 
 class Entry(BaseModel):
-    """One model resident in one process."""
+    """One model resident in one process.
+
+    The ledger holds ``{"entries": [{"pid": 4242, "model": "<sha256>", "bytes": ..., "shared": ...}]}``.
+    Entries of processes that are gone are dropped whenever the ledger is read, so a SIGKILLed loop frees
+    its share by dying. ``shared`` is the part that processes loading the same file share (weights are
+    mmap'd read-only, so the page cache holds them once): it is charged once per model, the rest (KV
+    cache, scratch) once per process.
+    """
 
     pid: int
     model: str = Field(description="sha256 of the model file")
@@ -115,7 +109,12 @@ def reserve(
     shared: int = 0,
     wait: float = WAIT_SECONDS,
 ) -> Reservation:
-    """Reserve ``nbytes`` for model ``model_sha`` in process ``pid``; wait up to ``wait`` seconds for room."""
+    """Reserve ``nbytes`` for model ``model_sha`` in process ``pid``; wait up to ``wait`` seconds for room.
+
+    A reservation that can never fit (its own bytes exceed the budget) is refused at once; one that
+    does not fit *now* waits for other processes to release, then fails with a ModelError naming the
+    holders.
+    """
     entry = Entry(pid=pid, model=model_sha, bytes=nbytes, shared=min(shared, nbytes))
     if nbytes > budget:
         raise ModelError(

@@ -1,12 +1,8 @@
 """Resident llama.cpp models under memory and VRAM budgets, each loaded with its own settings.
 
-``ModelManager`` (a context manager) keeps loaded models resident, least recently used first
-out when a new one would pass either budget. Before loading, each model is placed
-(:mod:`orchestrator.models.placement`: how many layers go to the GPU, what stays in RAM, with
-its KV cache type and context); a model that fits in neither memory is refused there, naming
-the figures and the keys to change. Loading applies the model's settings from ``[models]``
-and ``[models.settings.NAME]``: threads, GPU layers, KV cache type, flash attention, mlock,
-mmap and NUMA placement.
+``ModelManager`` (a context manager) keeps loaded models resident, least recently used first out,
+places each before loading (:mod:`orchestrator.models.placement`) and loads it with its settings from
+``[models]`` and ``[models.settings.NAME]``.
 """
 
 from __future__ import annotations
@@ -65,7 +61,13 @@ class Resident:
 
 
 class ModelManager:
-    """Keeps llama.cpp models loaded under RAM and VRAM budgets; LRU eviction; refusal before loading."""
+    """Keeps llama.cpp models loaded under RAM and VRAM budgets; LRU eviction; refusal before loading.
+
+    A model is evicted when a new one would pass either budget. Before loading, each model is placed
+    (how many layers go to the GPU, what stays in RAM, with its KV cache type and context); a model that
+    fits in neither memory is refused there, naming the figures and the keys to change. Loading applies
+    threads, GPU layers, KV cache type, flash attention, mlock, mmap and NUMA placement.
+    """
 
     def __init__(
         self,

@@ -1,12 +1,8 @@
 """Memory tiers a model can live in: NUMA nodes, their free memory, placement on one, and locking.
 
-``numa = "distribute"`` or ``"isolate"`` is passed to llama.cpp as its NUMA strategy (one per
-process: llama.cpp sets it up once). ``numa = N`` binds the memory the weights are read into
-to node N (``set_mempolicy``, preferred, for the duration of the load, with mmap off so the
-pages are this process's and not the page cache's wherever it already was): a CXL memory card
-shows up as a node without CPUs, and this is how weights land on it. ``mlock`` keeps the
-weights resident; RLIMIT_MEMLOCK is checked first so a limit too small is a clear error here
-instead of a warning llama.cpp prints and ignores.
+``numa = "distribute"`` or ``"isolate"`` is llama.cpp's own NUMA strategy; ``numa = N`` binds the
+weights to node N (:func:`memory_on_node`), which is how weights land on a CXL memory card (a node
+without CPUs). ``mlock`` limits are checked first (:func:`ensure_lockable`).
 """
 
 from __future__ import annotations
@@ -58,13 +54,20 @@ def numa_nodes(root: Path = NODES) -> list[NumaNode]:
 
 
 def llama_numa(setting: str | int) -> int:
-    """The strategy llama.cpp is given: a node number runs under numactl's (the CPUs it is allowed)."""
+    """The strategy llama.cpp is given: a node number runs under numactl's (the CPUs it is allowed).
+
+    One strategy per process: llama.cpp sets it up once.
+    """
     return NUMA_STRATEGIES["numactl"] if isinstance(setting, int) else NUMA_STRATEGIES[setting]
 
 
 @contextlib.contextmanager
 def memory_on_node(node: int | None, root: Path = NODES) -> Iterator[None]:
-    """Prefer node ``node`` for memory this thread allocates inside the block (nothing when None)."""
+    """Prefer node ``node`` for memory this thread allocates inside the block (nothing when None).
+
+    ``set_mempolicy``, preferred, for the duration of the load, with mmap off so the pages are this
+    process's and not the page cache's wherever it already was.
+    """
     if node is None:
         yield
         return
@@ -101,7 +104,11 @@ def can_lock_any() -> bool:
 
 
 def ensure_lockable(nbytes: int, what: str) -> None:
-    """Make room under RLIMIT_MEMLOCK for ``nbytes`` more locked memory, or say how to allow it."""
+    """Make room under RLIMIT_MEMLOCK for ``nbytes`` more locked memory, or say how to allow it.
+
+    Checked before loading so a limit too small is a clear error here instead of a warning
+    llama.cpp prints and ignores.
+    """
     if can_lock_any():
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)

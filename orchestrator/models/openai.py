@@ -1,10 +1,8 @@
 """Any OpenAI-compatible chat endpoint (llama.cpp's server, llama-cpp-python's, ollama, vLLM) by URL.
 
-The server's context window is read from what it says about itself (``/props`` of llama.cpp's
-server, ``max_model_len`` of vLLM's ``/v1/models``) or learned from its refusal of a prompt
-that was too long; with a known window, a prompt is cut to fit (:mod:`orchestrator.models.window`)
-before it is sent, so no server truncates it silently. A server that is down or dies mid-call
-raises ``EndpointUnavailable``, which a pool (``pool``) answers by trying another.
+A prompt is cut to the server's context window (:mod:`orchestrator.models.window`) before it is sent, so
+no server truncates it silently. A server that is down or dies mid-call raises ``EndpointUnavailable``,
+which a pool (``pool``) answers by trying another.
 """
 
 from __future__ import annotations
@@ -32,7 +30,12 @@ _TRANSIENT = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible chat endpoint by URL."""
+    """An OpenAI-compatible chat endpoint by URL.
+
+    The context window is read from what the server says about itself (``/props`` of llama.cpp's
+    server, ``max_model_len`` of vLLM's ``/v1/models``) or learned from its refusal of a prompt that
+    was too long.
+    """
 
     def __init__(self, url: str, model: str = "default", timeout: float = 600.0) -> None:
         base = url.rstrip("/")

@@ -1,11 +1,8 @@
 """Where a model's memory goes: layers offloaded to the GPU under a VRAM budget, the rest in RAM.
 
-The arithmetic follows llama.cpp's offload: ``n_gpu_layers = k`` puts the last ``k`` repeating
-blocks on the GPU (``k = n_layer + 1`` adds the output layer); each block's KV cache goes with
-it; the token embeddings stay in RAM. ``auto`` takes the largest ``k`` whose weights, KV cache
-and compute buffer fit ``models.vram_budget``. All sizes come from the GGUF's own tensors
-(:mod:`orchestrator.models.gguf`), so a model that fits in neither memory is refused before it
-is loaded. Only :func:`gpu_devices` touches llama.cpp (ggml's device list), and only when asked.
+All sizes come from the GGUF's own tensors (:mod:`orchestrator.models.gguf`), so a model that fits in
+neither memory is refused before it is loaded. Only :func:`gpu_devices` touches llama.cpp (ggml's
+device list), and only when asked.
 """
 
 from __future__ import annotations
@@ -87,6 +84,11 @@ def place(info: GGUFInfo, settings: ModelSettings, n_ctx: int, vram_budget: int)
 
     A number or ``all`` that does not fit the budget is a ModelError naming the fix; ``auto``
     takes what fits (0 layers when there is no VRAM to use).
+
+    The arithmetic follows llama.cpp's offload: ``n_gpu_layers = k`` puts the last ``k`` repeating
+    blocks on the GPU (``k = n_layer + 1`` adds the output layer); each block's KV cache goes with it;
+    the token embeddings stay in RAM. ``auto`` takes the largest ``k`` whose weights, KV cache and
+    compute buffer fit ``models.vram_budget``.
     """
     n_layer = info.n_layer
     wanted = settings.gpu_layers

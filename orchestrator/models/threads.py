@@ -1,11 +1,8 @@
 """How many CPU threads a model gets: the cores nothing else is using, decided at each call.
 
-llama.cpp's threads meet at a barrier after every operation, so one thread that shares its
-core with another busy process holds all of them back: on 2 cores with a test suite running
-beside it, 2 threads generate 3x slower than 1, while on a quiet machine 2 are faster. No fixed
-count wins both, so ``auto`` (the default of ``threads`` and ``threads_batch``) counts the
-other runnable threads on the machine just before each call (``procs_running`` of /proc/stat,
-less this process's own) and leaves their cores to them. A number in the config is used as is.
+llama.cpp's threads meet at a barrier after every operation, so one thread sharing its core with a busy
+process holds all of them back; ``auto`` (the default of ``threads`` and ``threads_batch``) leaves the
+cores of other runnable threads to them. A number in the config is used as is.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SAMPLES = 6
-SAMPLE_GAP = 0.002  # seconds between samples: the whole look costs ~10 ms
+SAMPLE_GAP = 0.002  # seconds between samples: the whole look stays short beside a call
 SHARE_THRESHOLD = 0.3  # another process busy less than this share of the time leaves its core to us
 PROC = Path("/proc")
 CGROUP = Path("/sys/fs/cgroup")
@@ -89,7 +86,12 @@ class ThreadCounts:
 
 
 def decide(threads: int | str, threads_batch: int | str, proc: Path = PROC, samples: int = SAMPLES) -> ThreadCounts:
-    """Counts for this call: numbers are kept, ``auto`` fits the cores free right now (looked at once)."""
+    """Counts for this call: numbers are kept, ``auto`` fits the cores free right now (looked at once).
+
+    No fixed count wins both on a busy machine and a quiet one (on 2 cores beside a test suite, 2 threads
+    generate much slower than 1; on a quiet machine 2 are faster), so ``auto`` counts the other runnable
+    threads (``procs_running`` of /proc/stat, less this process's own) just before each call.
+    """
     free = 1
     if not (isinstance(threads, int) and isinstance(threads_batch, int)):
         free = fit_threads(usable_cores(), others_busy(proc, samples))

@@ -1,10 +1,5 @@
-"""Prompts that fit the model's context window: the stable prefix (the repo map) is cut, said so, never
-silently truncated.
-
-A request's ``prefix`` is ranked best first (the repo map is rendered that way), so when the
-prompt and the tokens to generate pass the window, the prefix keeps as many leading lines as
-fit and ends with a line saying how many were cut. If even an empty prefix does not fit, the
-call is refused with a message naming the window and where to raise it.
+"""Prompts that fit the model's context window: the stable prefix (the repo map) is cut, said so,
+never silently truncated (:func:`fit`).
 """
 
 from __future__ import annotations
@@ -37,6 +32,11 @@ def fit(
     """``request`` cut to ``window`` tokens (prompt + ``max_tokens``), counted by ``count``.
 
     ``what`` names the model in messages; ``raise_hint`` says where its window is set.
+
+    A request's ``prefix`` is ranked best first (the repo map is rendered that way), so the prefix
+    keeps as many leading lines as fit and ends with a line saying how many were cut. If even an
+    empty prefix does not fit, the call is refused with a message naming the window and where to
+    raise it.
     """
     tokens = count(request)
     if tokens + request.max_tokens <= window:

@@ -1,15 +1,8 @@
 """`converge doctor`: what is ready and what is missing, each with the fix.
 
-Checks live in a small registry. A module adds one with::
-
-    from orchestrator.ops.doctor import Check, DoctorContext, register_check
-
-    @register_check("models")
-    def _models(ctx: DoctorContext) -> Check: ...
-
-and lists itself in :data:`CHECK_MODULES` (imported when the doctor runs, never before),
-so nothing happens at import time of the package. Registering a name again replaces the
-earlier check: a module that owns a subject can supersede the basic check given here.
+Checks live in a small registry: a module adds one with ``@register_check("name")`` on a function
+``(ctx: DoctorContext) -> Check`` and lists itself in :data:`CHECK_MODULES` (imported when the doctor
+runs, never before), so nothing happens at import time of the package.
 """
 
 from __future__ import annotations
@@ -61,7 +54,11 @@ _REGISTRY: dict[str, CheckFn] = {}
 
 
 def register_check(name: str) -> Callable[[CheckFn], CheckFn]:
-    """Add (or replace) the check called ``name``."""
+    """Add (or replace) the check called ``name``.
+
+    Registering a name again replaces the earlier check: a module that owns a subject can
+    supersede the basic check given here.
+    """
 
     def decorate(func: CheckFn) -> CheckFn:
         _REGISTRY[name] = func

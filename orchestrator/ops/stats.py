@@ -1,18 +1,8 @@
 """Workspace metrics over every run: what `converge stats` prints.
 
-Everything is read back from files the loop already keeps, nothing is tracked twice:
-
-    .converge/runs/<id>.json            run status and step outcomes      -> run and step success
-    cache/runs/<run>/<step>-<attempt>.* proposals, tests, verdicts, repro  -> rejections, reproducibility, step time
-    refs/converge/ + generation records lineage                           -> rollbacks
-    .converge/changesets/<id>/report.json the tests that produced a generation -> test-time trend
-
-Time per step is measured from file modification times, because the run record only keeps a
-run's total: a step starts when the previous one ended (``plan.json`` for the first step) and
-ends at its newest attempt file or, when it made a changeset, at the changeset record's last
-write (its promotion or rejection). So it covers propose, apply, verify, judge, sign and
-promote of every attempt, and also any time the step waited for a human decision or the
-run was killed before being resumed.
+Everything is read back from files the loop already keeps, nothing is tracked twice: run records
+(``.converge/runs/``), attempt files (``cache/runs/``), generation refs and records (rollbacks) and
+changeset reports (the test-time trend).
 """
 
 from __future__ import annotations
@@ -113,7 +103,14 @@ def _mtime(path: Path) -> float:
 
 
 def _step_seconds(ws: Workspace, record: runs.RunRecord, folder: Path, attempts: list[_Attempt]) -> list[float]:
-    """Seconds of each step of a run, from file modification times (see the module docstring)."""
+    """Seconds of each step of a run, from file modification times (see below).
+
+    The run record only keeps a run's total: a step starts when the previous one ended (``plan.json``
+    for the first step) and ends at its newest attempt file or, when it made a changeset, at the
+    changeset record's last write (its promotion or rejection). So it covers propose, apply, verify,
+    judge, sign and promote of every attempt, and also any time the step waited for a human decision
+    or the run was killed before being resumed.
+    """
     plan = folder / "plan.json"
     if not plan.exists():
         return []

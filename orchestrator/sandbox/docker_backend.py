@@ -1,18 +1,8 @@
 """The Docker sandbox backend: one hardened long-lived container per candidate, commands through its runner.
 
-Every container gets its own network namespace with nothing but a loopback (unless a
-loosened dependency setup asks for the bridge), a read-only root, the worktree at
-``/src`` as the only writable bind (its ``.git`` and the repository's git directory bound
-read-only over it), a size-limited tmpfs ``/tmp``, ``cap_drop=ALL``, ``no-new-privileges``,
-a non-root uid, pids/memory/CPU limits, no Docker socket and exactly the spec's environment.
-
-PID 1 is Converge's command runner (``sandbox_runner.py``): commands go to it as JSON
-lines over the attached stdin, so a command costs a fork inside the container rather than
-a ``docker exec``. The runner enforces the timeout (``kill -KILL -1`` of everything but
-itself), caps the output and reads OOM kills from the memory cgroup's counter. Closing
-a session only ends that stream: the runner exits, and the engine removes the container
-by itself (auto-remove), so nothing waits for a container to go; a Converge killed
-mid-run ends the stream too. docker-py exceptions become :class:`SandboxError` here (``errors.translate``).
+:func:`container_config` holds every hardening item in one place; :class:`DockerSession` talks to the
+container's PID 1, Converge's command runner (``sandbox/runner.py``). docker-py exceptions become
+:class:`SandboxError` here (``errors.translate``).
 """
 
 from __future__ import annotations
@@ -51,7 +41,7 @@ def connect() -> Any:
 
     The engine's API version comes from the header of one ``/_ping``: docker-py's own
     detection asks ``/version``, which the engine answers by querying containerd and runc
-    (~15 ms, more under load), and each sandbox pool connects once, before its first container.
+    (slower than a ping, more so under load), and each sandbox pool connects once, before its first container.
     """
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
@@ -113,7 +103,14 @@ def _mount(source: Path | str, target: str, read_only: bool) -> Any:
 
 
 def container_config(spec: SandboxSpec, image_tag: str) -> dict[str, Any]:
-    """The keyword arguments of ``containers.run`` for ``spec``: every hardening item, in one place."""
+    """The keyword arguments of ``containers.run`` for ``spec``: every hardening item, in one place.
+
+    Every container gets its own network namespace with nothing but a loopback (unless a
+    loosened dependency setup asks for the bridge), a read-only root, the worktree at ``/src`` as
+    the only writable bind (its ``.git`` and the repository's git directory bound read-only over
+    it), a size-limited tmpfs ``/tmp``, ``cap_drop=ALL``, ``no-new-privileges``, a non-root uid,
+    pids/memory/CPU limits, no Docker socket and exactly the spec's environment.
+    """
     image = spec.image
     mounts = [_mount(spec.worktree, "/src", not spec.worktree_writable)]
     mounts += [_mount(src, dst, True) for src, dst in git_mounts(spec.worktree)]
@@ -138,7 +135,7 @@ def container_config(spec: SandboxSpec, image_tag: str) -> dict[str, Any]:
         "labels": dict(spec.labels),
         "network_mode": "bridge" if spec.network else "none",
         # and no network sandbox at all: runc then makes the new namespace (loopback only) itself,
-        # not the engine through its setkey hook, a run of dockerd's binary (~130 ms of each start)
+        # not the engine through its setkey hook, a run of dockerd's binary on each start
         "network_disabled": not spec.network,
         "read_only": True,
         "cap_drop": ["ALL"],
@@ -256,6 +253,11 @@ class DockerSession:
     a stream opened once; a command costs a fork in the container, not a ``docker exec``.
     If the runner stops answering, the session falls back to the engine to stop the
     command and reports the session broken.
+
+    The runner enforces the timeout (``kill -KILL -1`` of everything but itself), caps the output
+    and reads OOM kills from the memory cgroup's counter. Closing a session only ends that stream:
+    the runner exits, and the engine removes the container by itself (auto-remove), so nothing
+    waits for a container to go; a Converge killed mid-run ends the stream too.
     """
 
     GRACE = 15.0  # seconds past a command's timeout before the runner is deemed lost

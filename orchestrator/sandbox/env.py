@@ -1,19 +1,8 @@
 """A repo's test environment, built once per requirements digest and mounted read-only.
 
-``<workspace>/cache/envs/<digest>/`` is a Python virtual environment over the host's base
-interpreter (the same one the sandbox mounts). It is composed without running anything
-from the repository on the host:
-
-1. the venv skeleton is written by the standard library (``venv``, no pip, no scripts);
-2. pytest and its dependencies are copied file by file from Converge's own environment;
-3. the repo's declared dependencies (``requirements*.txt``, ``[project] dependencies`` and
-   the ``test``/``tests``/``dev`` extras) are copied the same way when this host has them;
-   what is still missing is installed by pip *inside a sandbox*, and only when
-   ``sandbox.allow.<repo>`` grants ``network-deps`` — otherwise a SandboxError names the
-   missing packages and the setting.
-
-The digest covers the interpreter, the seeded versions and the declared requirements, so
-an unchanged repo reuses its environment and a changed lock file gets a new one.
+``<workspace>/cache/envs/<digest>/`` is a Python virtual environment over the host's base interpreter
+(the one the sandbox mounts), composed without running anything from the repository on the host
+(:func:`ensure_env`).
 """
 
 from __future__ import annotations
@@ -187,7 +176,11 @@ def _closure(names: tuple[str, ...], _stamp: tuple[int, ...]) -> tuple[dict[str,
 
 
 def env_digest(requirements: list[str], seeded: dict[str, str], allow_network: bool, sources: str = "") -> str:
-    """sha256 of what the environment is made from."""
+    """sha256 of what the environment is made from.
+
+    It covers the interpreter, the seeded versions and the declared requirements, so an unchanged
+    repo reuses its environment and a changed lock file gets a new one.
+    """
     doc = {
         "sources": sources,
         "version": ENV_VERSION,
@@ -245,7 +238,16 @@ def ensure_env(
     allow_network: bool,
     requirements: list[str] | None = None,
 ) -> Path:
-    """The test environment of the worktree in ``spec`` (or of ``requirements``): built now if its digest is new."""
+    """The test environment of the worktree in ``spec`` (or of ``requirements``): built now if its digest is new.
+
+    1. the venv skeleton is written by the standard library (``venv``, no pip, no scripts);
+    2. pytest and its dependencies are copied file by file from Converge's own environment;
+    3. the repo's declared dependencies (``requirements*.txt``, ``[project] dependencies`` and
+       the ``test``/``tests``/``dev`` extras) are copied the same way when this host has them;
+       what is still missing is installed by pip *inside a sandbox*, and only when
+       ``sandbox.allow.<repo>`` grants ``network-deps``; otherwise a SandboxError names the
+       missing packages and the setting.
+    """
     if requirements is None:
         requirements = declared_requirements(spec.worktree)
     seed, seed_missing = host_closure(list(SEED))

@@ -1,27 +1,7 @@
-"""Sandboxes started ahead of need, so that a step's tests do not wait for a container.
+"""Sandboxes started ahead of need, so that a step's tests do not wait for a container (:class:`SandboxPool`).
 
-    with SandboxPool(ws, repo) as pool:
-        pool.warm(commit)                                  # start one in the background
-        with pool.at(commit, label=...) as (tree, box):    # a fresh checkout of commit, sandboxed
-            box.run_tests()
-
-A refinement run asks for a sandbox over a fresh checkout several times: tool agents at a
-step's base, tests at each candidate. Starting a container takes about 0.3 s of engine work
-that nothing else needs, so the pool keeps one *standby* ready: a scratch worktree of the
-repo (``cache/worktrees/sandbox-<repo>-<pid>-<hex>``) with a sandbox started over it, on
-which no command has run yet. :meth:`SandboxPool.at` moves that worktree to the commit
-asked for (host git in a tree nothing untrusted has touched), checks that the sandbox is
-exactly what :func:`~orchestrator.sandbox.base.open_sandbox` would start now (same image, test
-environment, limits, environment), and hands it over; a standby that differs is discarded
-and a sandbox started there and then. A standby's container starts while git writes its
-files (the engine's ~0.3 s and git's tens of ms overlap): its spec is made from the
-commit's requirement files as git has them, and that check catches the rare guess the
-checkout contradicts (a symlinked requirements file). One background thread prepares standbys and removes
-used worktrees; :meth:`SandboxPool.close` waits for it, so a closed pool leaves nothing.
-
-A process killed meanwhile leaves its worktrees, named after its pid: the next pool of the
-repo removes them (so does ``converge doctor --clean``), and the engine removes containers
-whose stream closed (see ``sandbox_docker``); an orphan never attached is reaped by owner pid.
+One *standby* (a scratch worktree with a sandbox started over it) is kept ready and moved to the commit
+asked for; what a killed process left is removed by the next pool of the repo.
 """
 
 from __future__ import annotations
@@ -55,7 +35,33 @@ class _Standby:
 
 
 class SandboxPool:
-    """Sandboxes of one repo over fresh checkouts, one kept started ahead; a context manager."""
+    """Sandboxes of one repo over fresh checkouts, one kept started ahead; a context manager.
+
+    Used as::
+
+        with SandboxPool(ws, repo) as pool:
+            pool.warm(commit)                                  # start one in the background
+            with pool.at(commit, label=...) as (tree, box):    # a fresh checkout of commit, sandboxed
+                box.run_tests()
+
+    A refinement run asks for a sandbox over a fresh checkout several times: tool agents at a
+    step's base, tests at each candidate. Starting a container is engine work that nothing else
+    needs, so the pool keeps one *standby* ready: a scratch worktree of the repo
+    (``cache/worktrees/sandbox-<repo>-<pid>-<hex>``) with a sandbox started over it, on which no
+    command has run yet. :meth:`at` moves that worktree to the commit asked for (host git in a tree
+    nothing untrusted has touched), checks that the sandbox is exactly what
+    :func:`~orchestrator.sandbox.base.open_sandbox` would start now (same image, test environment,
+    limits, environment), and hands it over; a standby that differs is discarded and a sandbox
+    started there and then. A standby's container starts while git writes its files (the two
+    overlap): its spec is made from the commit's requirement files as git has them, and that check
+    catches the rare guess the checkout contradicts (a symlinked requirements file). One background
+    thread prepares standbys and removes used worktrees; :meth:`close` waits for it, so a closed
+    pool leaves nothing.
+
+    A process killed meanwhile leaves its worktrees, named after its pid: the next pool of the
+    repo removes them (so does ``converge doctor --clean``), and the engine removes containers
+    whose stream closed (see ``docker_backend``); an orphan never attached is reaped by owner pid.
+    """
 
     def __init__(
         self,
@@ -138,7 +144,7 @@ class SandboxPool:
         """A scratch worktree of ``commit`` with a sandbox started over it (the worker's job).
 
         The first one also has what dead processes left removed, after it: listing the
-        engine's containers costs ~0.1 s that the first step's tests may be waiting for.
+        engine's containers is engine time that the first step's tests may be waiting for.
         """
         standby = self._start(commit)
         if not self._swept:
@@ -156,7 +162,7 @@ class SandboxPool:
     def _start(self, commit: str, exact: bool = False) -> _Standby:
         """A scratch worktree of ``commit`` and a sandbox started over it.
 
-        The container starts (~0.3 s of engine work) while git writes the files: its spec,
+        The container starts (engine work) while git writes the files: its spec,
         which names the test environment of the repo's declared requirements, is made from
         the commit's requirement files (read from git), and :meth:`_take` checks it against
         the checkout's before use. ``exact``: the files first, the spec from them (the

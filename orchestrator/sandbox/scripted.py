@@ -1,10 +1,8 @@
 """The scripted sandbox backend: answers each command from a script and records what ran.
 
-For control-flow tests of everything above the sandbox (pool, gate, loop) with no engine: no
-image, no test environment, no container. :class:`PytestScript` answers pytest runs on cue (the
-command's result with its witness stream, then its JUnit XML), other commands (a tool agent's) with "done, no change",
-and raises a SandboxError (or any exception) whose turn it is. Timeouts and the output cap
-apply as in the Docker runner; both backends pass ``tests/test_sandbox_contract.py``.
+For control-flow tests of everything above the sandbox (pool, gate, loop) with no engine, image, test
+environment or container. Timeouts and the output cap apply as in the Docker runner; both backends
+pass ``tests/test_sandbox_contract.py``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,7 @@
 
 They cannot run in the sandbox (they need the engine's socket, which would make a sandbox root on
 the host); the person's signature is what a self change relies on from here on, as `self upgrade`
-installs it on the host anyway. The approved commit is installed in a throwaway environment, its
-``docker`` tests run against the real engine under a timeout (as an unprivileged user where the
-machine has one that may use the engine), and every container they leave is reaped.
+installs it on the host anyway.
 """
 
 from __future__ import annotations
@@ -49,7 +47,11 @@ class HostTests(BaseModel):
 
 
 def run_host_stage(ws: Workspace, cs: Changeset, timeout: float = HOST_TIMEOUT) -> HostTests:
-    """Install ``cs``'s commit in a throwaway environment and run its Docker-marked tests there; store the result."""
+    """Install ``cs``'s commit in a throwaway environment and run its Docker-marked tests there; store the result.
+
+    The ``docker`` tests run against the real engine under a timeout (as an unprivileged user where
+    the machine has one that may use the engine), and every container they leave is reaped.
+    """
     stage = ws.cache / "self" / "host-stage" / f"{cs.id}-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     started = time.monotonic()

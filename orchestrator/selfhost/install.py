@@ -1,15 +1,8 @@
 """Installations of Converge's own source: upgrade to the newest approved generation, roll back.
 
-    upgrade(ws) / rollback(ws)  build an install of the newest approved generation of `self` and switch
-                                ``cache/self/current`` to it (or back) by one atomic symlink replace
-
-The launcher ``<workspace>/cache/self/bin/converge`` runs ``current/bin/python -I -m orchestrator``
-(``-I``: neither the working directory nor ``$PYTHONPATH`` can shadow the installed source); put
-it on ``PATH`` to always run the current installation. An installation is a venv over this Python
-whose ``.pth`` files name the commit's exported source first and this environment's
-site-packages second: no network, no build step, and the dependencies are shared read-only.
-An upgrade installs only a generation whose every changeset is approved, and a `self`
-changeset is approved only after ``selfhost.check`` passed.
+:func:`upgrade` and :func:`rollback` switch ``cache/self/current`` by one atomic symlink replace; the
+launcher ``<workspace>/cache/self/bin/converge`` always runs the current installation (put it on
+``PATH``).
 """
 
 from __future__ import annotations
@@ -50,7 +43,11 @@ def _self_repo(ws: Workspace) -> str:
 
 
 def build_install(ws: Workspace, repo: str, gen: generations.Generation) -> Path:
-    """``installs/<commit12>/``: a venv over this Python whose path holds the commit's source, then the deps."""
+    """``installs/<commit12>/``: a venv over this Python whose path holds the commit's source, then the deps.
+
+    Its ``.pth`` files name the commit's exported source first and this environment's site-packages
+    second: no network, no build step, and the dependencies are shared read-only.
+    """
     target = self_dir(ws) / "installs" / gen.commit[:12]
     if (target / "install.json").is_file():
         return target
@@ -70,7 +67,10 @@ def _switch(link: Path, target: Path) -> None:
 
 
 def write_launcher(ws: Workspace) -> Path:
-    """``cache/self/bin/converge``: runs the current installation's Python on ``-m orchestrator``."""
+    """``cache/self/bin/converge``: runs the current installation's Python on ``-m orchestrator``.
+
+    ``-I``: neither the working directory nor ``$PYTHONPATH`` can shadow the installed source.
+    """
     path = self_dir(ws) / "bin" / "converge"
     text = (
         "#!/bin/sh\n"
@@ -103,7 +103,11 @@ def status(ws: Workspace) -> dict[str, Any]:
 
 
 def upgrade(ws: Workspace) -> dict[str, Any]:
-    """Install the newest approved generation of `self` and make it current; the old one becomes previous."""
+    """Install the newest approved generation of `self` and make it current; the old one becomes previous.
+
+    Only a generation whose every changeset is approved is installed, and a `self` changeset is
+    approved only after ``selfhost.check`` passed.
+    """
     repo = _self_repo(ws)
     root = self_dir(ws)
     root.mkdir(parents=True, exist_ok=True)

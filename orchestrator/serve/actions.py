@@ -1,10 +1,6 @@
 """What the page's buttons do: the same library calls as the CLI, in one place.
 
-``decide`` is `converge changeset approve|reject`: the gate's approve (verify, sign with the
-person's key, promote) or reject (a reason required), then the paused run it belongs to is
-resumed, here in a background thread so the page answers at once and follows the run by
-its progress events. ``rollback`` is `converge rollback` without ``--force``. Whatever the
-CLI refuses raises the same ConvergeError here, and the page shows its message.
+Whatever the CLI refuses raises the same ConvergeError here, and the page shows its message.
 """
 
 from __future__ import annotations
@@ -78,7 +74,12 @@ class Resumer:
 
 
 def decide(ws: Workspace, cs_id: str, decision: Decision, reason: str, resumer: Resumer) -> Changeset:
-    """`converge changeset approve ID` / `reject ID --reason R`: decide, then resume the run that waits on it."""
+    """`converge changeset approve ID` / `reject ID --reason R`: decide, then resume the run that waits on it.
+
+    The gate's approve (verify, sign with the person's key, promote) or reject (a reason required);
+    the paused run is resumed in a background thread so the page answers at once and follows the
+    run by its progress events.
+    """
     cs = review.approve(ws, cs_id) if decision == "approve" else review.reject(ws, cs_id, reason)
     resumer.resume(ws, cs.run)
     return cs

@@ -1,12 +1,8 @@
 """Where each run is, read from the files the loop already writes, and streamed as server-sent events.
 
-    .converge/runs/<id>.json     status, steps done and planned, the changeset it waits on
-    .converge/logs/<id>.jsonl    model calls (tokens, seconds), test runs, verdicts, the end
-    cache/runs/<id>/<s>-<a>.*    each attempt's test report and verdict
-
-The stage shown is the last stage the log recorded for the current step (``propose`` after a
-model call, ``verify`` after tests, ``judge`` after a verdict), or ``review`` while the run
-waits on a person. The stream sends every run once, then each run again when it changes.
+Sources: ``.converge/runs/<id>.json`` (status, steps, the changeset it waits on), ``.converge/logs/<id>.jsonl``
+(model calls, test runs, verdicts, the end) and ``cache/runs/<id>/<s>-<a>.*`` (each attempt's test report
+and verdict). The stream sends every run once, then each run again when it changes.
 """
 
 from __future__ import annotations
@@ -104,7 +100,12 @@ def _latest(entries: list[dict[str, Any]], *kinds: str) -> dict[str, Any]:
 
 
 def progress(ws: Workspace, record: runs.RunRecord) -> RunProgress:
-    """Where ``record``'s run is now."""
+    """Where ``record``'s run is now.
+
+    The stage shown is the last stage the log recorded for the current step (``propose`` after a
+    model call, ``verify`` after tests, ``judge`` after a verdict), or ``review`` while the run
+    waits on a person.
+    """
     entries = read_log(ws, record.id)
     last = _latest(entries, *STAGE_OF)
     model = _latest(entries, "model")

@@ -1,10 +1,8 @@
 """Turning values into HTML that cannot be turned against the reader.
 
-Every ``{{ value }}`` in a template goes through ``finalize``: it is HTML-escaped and every
-character that could hide or reorder text (bidi controls, zero-width characters, other
-control characters) is replaced by a visible marker such as ``⟨U+202E⟩``. The markers are
-plain text, so they are safe inside attribute values too. Values that are already
-``Markup`` (the highlighted diff, the SVG charts) were built with the same rules.
+Every ``{{ value }}`` in a template is HTML-escaped and every character that could hide or reorder
+text is replaced by a visible marker such as ``⟨U+202E⟩`` (:func:`environment`). Values that are
+already ``Markup`` (the highlighted diff, the SVG charts) were built with the same rules.
 """
 
 from __future__ import annotations
@@ -33,7 +31,11 @@ def _marker(match: re.Match[str]) -> str:
 
 
 def visible(text: str) -> str:
-    """``text`` with every hidden or reordering character replaced by a visible ``⟨U+XXXX⟩`` marker."""
+    """``text`` with every hidden or reordering character replaced by a visible ``⟨U+XXXX⟩`` marker.
+
+    Bidi controls, zero-width characters and other control characters are marked. The markers are
+    plain text, so they are safe inside attribute values too.
+    """
     return _HIDDEN.sub(_marker, text)
 
 

@@ -1,10 +1,7 @@
 """Who may use the page: the session token, its cookie, CSRF tokens, and where the server may listen.
 
-Like Jupyter: a random token in the URL printed at start. The first request carrying it
-gets an HttpOnly, SameSite=Strict cookie and is redirected to the same URL without it (so
-the token leaves the address bar and history); every later request shows the cookie, or an
-``Authorization: Bearer`` header. Anything else is answered 401, static files included.
-Forms carry a CSRF token derived from the session token; POSTs without it are refused 403.
+Like Jupyter: a random token in the URL printed at start (:class:`TokenGate`). Forms carry a CSRF
+token derived from the session token; POSTs without it are refused 403.
 """
 
 from __future__ import annotations
@@ -87,7 +84,13 @@ def cookie_name(port: int) -> str:
 
 
 class TokenGate:
-    """ASGI middleware: every HTTP request shows the token (query, cookie or bearer header) or gets 401."""
+    """ASGI middleware: every HTTP request shows the token (query, cookie or bearer header) or gets 401.
+
+    The first request carrying the token gets an HttpOnly, SameSite=Strict cookie and is redirected
+    to the same URL without it (so the token leaves the address bar and history); every later
+    request shows the cookie, or an ``Authorization: Bearer`` header. Anything else is answered 401,
+    static files included.
+    """
 
     def __init__(self, app: ASGIApp, token: str, cookie: str) -> None:
         self.app = app

@@ -1,24 +1,9 @@
 """Keys, SSH commit signing, DSSE envelopes over in-toto statements, and their verification.
 
-Two signers take part:
-
-- the **workspace** key (``.converge/keys/workspace_ed25519``, principal ``converge@workspace``)
-  signs every changeset commit (git's own SSH signing) and its attestation;
-- the **user** key (``[signing] user_key``/``user_principal`` in ``converge.toml``, else a
-  per-user key created once under ``.converge/keys/user_ed25519``) adds a human signature to
-  the attestation when a person approves a changeset.
-
-Both public keys are listed in ``.converge/allowed_signers`` (the format of ``ssh-keygen -Y``
-and of git's ``gpg.ssh.allowedSignersFile``), so ``git verify-commit`` in a registered repo and
-``ssh-keygen -Y verify`` need nothing else. Signatures are OpenSSH's SSHSIG, made and checked
-in-process for Ed25519 key files (:mod:`orchestrator.signing.sshsig`) and by ``ssh-keygen`` otherwise:
-a key path ending in ``.pub`` means "the private half is in ssh-agent", which ``ssh-keygen``
-signs through. Commit signatures are exactly git's (``gpgsig`` header, namespace ``git``).
-
-An attestation is a DSSE envelope: the signatures cover the pre-authentication encoding
-``DSSEv1 <len> <type> <len> <payload>`` of an in-toto Statement v1, never the JSON around it.
-Each DSSE signature is the binary SSHSIG blob (base64), with the key's SHA256 fingerprint as
-``keyid``.
+Two signers: the workspace key (:func:`workspace_signer`) signs every changeset commit and its
+attestation; the user key (:func:`user_signer`) adds a human signature when a person approves.
+Both are listed in ``.converge/allowed_signers``, so ``git verify-commit`` and ``ssh-keygen -Y verify``
+need nothing else. An attestation is a DSSE envelope (:func:`envelope`).
 """
 
 from __future__ import annotations
@@ -61,7 +46,10 @@ class Signer:
 
 
 def workspace_signer(ws: Workspace) -> Signer:
-    """The workspace's signer; a missing key is an error, not silently recreated."""
+    """The workspace's signer; a missing key is an error, not silently recreated.
+
+    ``.converge/keys/workspace_ed25519``, principal ``converge@workspace``.
+    """
     configured = ws.config().signing.key
     key = keyfiles.resolve(ws, configured) if configured else ws.state / "keys" / keyfiles.WORKSPACE_KEY
     if not key.exists():
@@ -175,7 +163,11 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 def sign_bytes(signer: Signer, data: bytes, namespace: str = keyfiles.DSSE_NAMESPACE) -> bytes:
     """The binary SSHSIG blob of ``data``: made in-process for a plain Ed25519 key file, else by
-    ``ssh-keygen -Y sign`` (keys in ssh-agent, passphrases, other key types)."""
+    ``ssh-keygen -Y sign`` (keys in ssh-agent, passphrases, other key types).
+
+    A key path ending in ``.pub`` means "the private half is in ssh-agent", which ``ssh-keygen``
+    signs through. Commit signatures are exactly git's (``gpgsig`` header, namespace ``git``).
+    """
     key = sshsig.load_key(signer.key)
     if key is not None:
         return sshsig.sign(key, data, namespace)
@@ -233,7 +225,12 @@ def canonical(value: Any) -> bytes:
 
 
 def envelope(payload: bytes, signer: Signer, payload_type: str = PAYLOAD_TYPE) -> dict[str, Any]:
-    """A DSSE envelope over ``payload`` with one signature by ``signer``."""
+    """A DSSE envelope over ``payload`` with one signature by ``signer``.
+
+    The signatures cover the pre-authentication encoding (:func:`pae`) of an in-toto Statement v1,
+    never the JSON around it. Each DSSE signature is the binary SSHSIG blob (base64), with the key's
+    SHA256 fingerprint as ``keyid``.
+    """
     sig = sign_bytes(signer, pae(payload_type, payload))
     return {
         "payloadType": payload_type,

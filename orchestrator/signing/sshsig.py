@@ -1,12 +1,8 @@
 """OpenSSH SSHSIG signatures (``ssh-keygen -Y sign/verify``) made and checked in-process for Ed25519 keys.
 
-Spawning ``ssh-keygen`` costs about 10 ms per signature; a step signs several times, so the common case
-(an unencrypted Ed25519 key file, a plain ``allowed_signers`` file) is done here with ``cryptography``.
+Spawning ``ssh-keygen`` for each of a step's signatures costs more than signing here with ``cryptography``.
 Anything this module does not handle (agent keys, passphrases, other key types, certificates, wildcard
 principals, validity windows) returns None, and the caller falls back to ``ssh-keygen``.
-
-The format is OpenSSH's PROTOCOL.sshsig; the commit helpers follow git's SSH commit signing, which
-signs the commit object text with namespace ``git`` and stores the armor in a ``gpgsig`` header.
 """
 
 from __future__ import annotations
@@ -169,7 +165,11 @@ def allowed_keys(path: Path, principal: str, namespace: str) -> list[str] | None
 
 
 def signed_commit(payload: bytes, armored: str) -> bytes:
-    """The commit object ``payload`` with ``armored`` in a ``gpgsig`` header, as ``git commit -S`` writes it."""
+    """The commit object ``payload`` with ``armored`` in a ``gpgsig`` header, as ``git commit -S`` writes it.
+
+    The format is OpenSSH's PROTOCOL.sshsig; the commit helpers follow git's SSH commit signing,
+    which signs the commit object text with namespace ``git`` and stores the armor in this header.
+    """
     end = payload.find(b"\n\n")
     at = len(payload) if end < 0 else end + 1
     header = b"gpgsig" + b"".join(b" " + line for line in armored.encode().splitlines(keepends=True))

@@ -1,17 +1,9 @@
 """The durable changeset store: one JSON record per changeset, and its stored artifacts.
 
-Layout, under the workspace's ``.converge/``::
-
-    changesets/<id>.json          the record (status, commit, base, verdict, digests, ...)
-    changesets/<id>/diff.patch    the diff the attestation's ``diff_sha256`` covers
-    changesets/<id>/report.json   the test report its ``test_report.sha256`` covers
-    changesets/<id>/verdict.json  the policy verdict
-    changesets/<id>/sbom.cdx.json the SBOM of the candidate commit
-
-Every write is atomic (temp file + rename), so a killed process leaves the old record or the
-new one. Ids are derived from what the change *is* (repo, base commit, diff digest, and the
-run/step/attempt that produced it), so running the same gate step twice finds the same
-changeset instead of making a second one.
+Records are ``.converge/changesets/<id>.json``, artifacts ``.converge/changesets/<id>/`` (:func:`artifact_path`).
+Every write is atomic (temp file + rename), so a killed process leaves the old record or the new one; ids
+are derived from what the change *is* (:func:`changeset_id`), so running the same gate step twice finds the
+same changeset instead of making a second one.
 """
 
 from __future__ import annotations
@@ -102,7 +94,12 @@ def record_path(ws: Workspace, cs_id: str) -> Path:
 
 
 def artifact_path(ws: Workspace, cs_id: str, name: str) -> Path:
-    """A stored artifact of a changeset (diff.patch, report.json, verdict.json, sbom.cdx.json)."""
+    """A stored artifact of a changeset (diff.patch, report.json, verdict.json, sbom.cdx.json).
+
+    ``diff.patch`` is what the attestation's ``diff_sha256`` covers, ``report.json`` its
+    ``test_report.sha256``; ``verdict.json`` is the policy verdict and ``sbom.cdx.json`` the SBOM of
+    the candidate commit.
+    """
     return store_dir(ws) / cs_id / name
 
 

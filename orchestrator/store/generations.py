@@ -1,21 +1,9 @@
 """Generations of a registered repo: lineage, promotion and rollback, all as CAS ref moves.
 
-Refs, inside the registered repo (``src/<repo>``):
-
-    refs/converge/gen/<n>      the commit of generation n (never deleted)
-    refs/converge/head         the commit of the current generation
-    refs/converge/failed/<n>   generation n was abandoned (rolled back or failed)
-    refs/converge/stash/<ts>   uncommitted work saved by ``rollback --force``
-
-The refs are the truth. Live generations (``gen`` minus ``failed``) form one chain and the
-current generation is the newest live one. Each generation also has a small record under
-``.converge/generations/<repo>/<n>.json`` (parent, changesets, times), written before its
-ref exists, so a record without a ref is simply ignored.
-
-Every change happens under the repo's lock, as one ``update-ref --stdin`` transaction with
-expected old values, then the working tree follows. A journal written before the
-transaction lets the next command finish (or undo) the working-tree part of an operation
-whose process was killed: refs and tree are always the old state or the new one.
+The refs under ``refs/converge/`` (``gen/<n>``, ``head``, ``failed/<n>``, ``stash/<ts>``) are the truth;
+each generation also has a record under ``.converge/generations/<repo>/<n>.json``. Every change is one
+``update-ref --stdin`` transaction under the repo's lock, then the working tree follows; a journal lets
+the next command finish or undo a killed operation (:func:`recover`).
 """
 
 from __future__ import annotations
@@ -44,7 +32,10 @@ Status = Literal["current", "superseded", "failed", "rolled-back"]
 
 
 class GenerationRecord(BaseModel):
-    """What is kept about a generation beside its ref."""
+    """What is kept about a generation beside its ref.
+
+    Written before its ref exists, so a record without a ref is simply ignored.
+    """
 
     number: int
     commit: str
@@ -126,7 +117,18 @@ def problem(ws: Workspace, name: str) -> str | None:
 
 
 def lineage(ws: Workspace, repo: str) -> list[Generation]:
-    """Every generation of ``repo``, oldest first, with its status."""
+    """Every generation of ``repo``, oldest first, with its status.
+
+    Refs, inside the registered repo (``src/<repo>``)::
+
+        refs/converge/gen/<n>      the commit of generation n (never deleted)
+        refs/converge/head         the commit of the current generation
+        refs/converge/failed/<n>   generation n was abandoned (rolled back or failed)
+        refs/converge/stash/<ts>   uncommitted work saved by ``rollback --force``
+
+    Live generations (``gen`` minus ``failed``) form one chain and the current generation is the
+    newest live one.
+    """
     return [_generation(ws, repo, n, commit, status) for n, commit, status in _statuses(_refs(ws, repo))]
 
 
@@ -202,7 +204,11 @@ def _repair_if_abandoned(ws: Workspace, repo: str) -> None:
 
 
 def recover(ws: Workspace, repo: str) -> bool:
-    """Finish or undo the working-tree part of an interrupted operation; True if there was one."""
+    """Finish or undo the working-tree part of an interrupted operation; True if there was one.
+
+    The journal is written before the transaction with expected old values, so refs and tree are
+    always the old state or the new one.
+    """
     journal = _journal_path(ws, repo)
     if not journal.exists():
         return False

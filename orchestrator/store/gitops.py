@@ -47,8 +47,8 @@ def git_argv(args: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]
     A git that writes (refs, the index, the tree) must not outlive a killed Converge, or it
     would race the journal's repair: ``setpriv --pdeathsig`` sets the parent-death signal
     and execs git, which lets Python spawn with vfork (a ``preexec_fn`` forces a full fork
-    of this large process: 8 ms against 3.5 ms a call, and a step makes dozens). A git that
-    only reads may finish on its own, so it runs plainly, saving setpriv's exec (~1.4 ms).
+    of this large process, far dearer than vfork, and a step makes dozens). A git that
+    only reads may finish on its own, so it runs plainly, saving setpriv's exec.
     """
     if _subcommand(args) in READ_ONLY:
         return ["git", *args], None
@@ -231,7 +231,7 @@ def list_refs(cwd: Path, *patterns: str) -> dict[str, str]:
 
     What ``git for-each-ref -- PATTERNS`` lists (a pattern matches a ref completely or up to
     a slash), read from the repository's files: a step lists refs four times, and a git
-    process costs ~5 ms. Anything this reading does not cover is asked of git (see
+    process costs more than reading a few files. Anything this reading does not cover is asked of git (see
     :func:`_read_refs`).
     """
     found = _read_refs(cwd, patterns)

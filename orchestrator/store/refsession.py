@@ -1,15 +1,8 @@
 """Ref transactions through a long-lived ``git update-ref --stdin``: one process, many transactions.
 
-Starting git costs ~5 ms; a transaction in a running ``update-ref --stdin`` costs ~0.3 ms.
-A step keeps two refs under ``refs/converge/`` (its candidate, its changeset), so a session
-per repository and reflog message serves them: the same git does the same locking, hooks
-and reflogs, transaction after transaction, reading its configuration once.
-
-A failed transaction (a ref that moved: the compare-and-swap lost) makes git report on
-stderr and exit; the session is then dropped and the next transaction starts another.
-Sessions are not tied to Converge's life by a parent-death signal (that signal follows
-the thread that started the process, which may end first): a killed Converge closes the
-pipe, and git completes only a transaction it had read through ``commit``, else none.
+Starting git costs far more than a transaction in a running ``update-ref --stdin``, and a step keeps two
+refs under ``refs/converge/``; so a session per repository and reflog message serves them, with the same
+locking, hooks and reflogs as git, reading its configuration once.
 """
 
 from __future__ import annotations
@@ -113,7 +106,14 @@ atexit.register(_SESSIONS.close)
 
 def transact(cwd: Path, message: str, lines: Sequence[str]) -> None:
     """Apply ``lines`` (``update``/``delete`` commands) as one transaction in the session of ``cwd``
-    and ``message``; ConflictError, with nothing applied, when git refuses it."""
+    and ``message``; ConflictError, with nothing applied, when git refuses it.
+
+    A failed transaction (a ref that moved: the compare-and-swap lost) makes git report on stderr
+    and exit; the session is then dropped and the next transaction starts another. Sessions are not
+    tied to Converge's life by a parent-death signal (that signal follows the thread that started the
+    process, which may end first): a killed Converge closes the pipe, and git completes only a
+    transaction it had read through ``commit``, else none.
+    """
     _SESSIONS.transact(cwd, message, lines)
 
 

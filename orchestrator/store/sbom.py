@@ -1,11 +1,8 @@
 """CycloneDX SBOMs of a repo's declared dependencies, one per promoted generation.
 
-The dependencies are read from the commit itself (``pyproject.toml``'s ``[project]``
-dependencies and optional dependencies, and top-level ``requirements*.txt``), never from a
-working tree, so the SBOM of a commit is a pure function of it: the serial number is derived
-from the repo and commit, the timestamp is the commit's. That lets the attestation of a
-changeset carry the SBOM's digest before the generation exists, and ``changeset verify``
-recompute it.
+The dependencies are read from the commit itself, never from a working tree, so the SBOM of a commit is a
+pure function of it (:func:`build`): the attestation of a changeset can carry its digest before the
+generation exists, and ``changeset verify`` recomputes it.
 """
 
 from __future__ import annotations
@@ -120,6 +117,10 @@ def build(repo_path: Path, repo: str, commit: str) -> bytes:
 
     For a full commit id the answer is remembered: it depends on that commit's objects alone,
     and a step builds it to sign, then again to verify before promoting.
+
+    Dependencies are ``pyproject.toml``'s ``[project]`` dependencies and optional dependencies, and
+    top-level ``requirements*.txt``; the serial number is derived from the repo and commit, the
+    timestamp is the commit's.
     """
     if gitops.FULL_ID.match(commit):
         return _remembered(repo_path, repo, commit)

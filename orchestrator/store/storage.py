@@ -1,14 +1,8 @@
 """Durable files: atomic writes and inter-process locks.
 
-Every write Converge makes to its state goes through :func:`atomic_write` (temp file,
-fsync, rename), so a SIGKILL leaves either the old file or the new one, and so does a power
-cut: the content is on disk before the rename. The directory is not synced after the rename
-(a sync costs a millisecond or two, and a step writes a dozen files), so a power cut may undo
-the last renames, each file then holding its previous content, as it may undo the last
-SQLite checkpoints (``synchronous=NORMAL``); resuming redoes those idempotent steps. Locks are
-``flock`` locks on files under ``.converge/locks/``: the kernel drops them when their
-holder dies, so a lock left by a killed process is never stale; the holder's pid is
-written in the file so a refused caller can be told who holds it.
+Every write Converge makes to its state goes through :func:`atomic_write` (temp file, fsync, rename), so a
+SIGKILL or a power cut leaves either the old file or the new one. Locks are ``flock`` locks on files under
+``.converge/locks/`` (:func:`file_lock`), which the kernel drops when their holder dies.
 """
 
 from __future__ import annotations
@@ -35,6 +29,10 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, durable: bool
 
     ``durable=False`` skips the sync for files whose loss in a power cut costs nothing (a
     scratch worktree's, whose content lives on in a commit): a SIGKILL still leaves old or new.
+
+    The directory is not synced after the rename (a step writes a dozen files), so a power cut may
+    undo the last renames, each file then holding its previous content, as it may undo the last SQLite
+    checkpoints (``synchronous=NORMAL``); resuming redoes those idempotent steps.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -119,7 +117,11 @@ def read_model(path: Path, model: type[M]) -> M:
 
 @contextlib.contextmanager
 def file_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``; refuse at once (ConflictError) if another process has it."""
+    """Hold an exclusive lock on ``path``; refuse at once (ConflictError) if another process has it.
+
+    A lock left by a killed process is never stale; the holder's pid is written in the file so a
+    refused caller can be told who holds it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

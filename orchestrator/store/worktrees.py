@@ -86,10 +86,11 @@ def fill_worktree(path: Path, commit: str, *, umask: int = -1) -> None:
 def remove_worktree(source: Path, path: Path) -> None:
     """Remove the linked worktree ``path`` of the repo at ``source``, files and git's record of it; idempotent.
 
-    What ``git worktree remove --force --force`` does, done here (a git process costs ~10 ms, a
-    step removes two worktrees): delete the files, then the worktree's administrative directory
-    ``<source>/.git/worktrees/<id>``, which its ``.git`` file names. Anything unusual (a source
-    whose ``.git`` is not a directory, a ``.git`` file pointing elsewhere) is left to git.
+    What ``git worktree remove --force --force`` does, done here (a git process costs more than
+    these file operations, and a step removes two worktrees): delete the files, then the
+    worktree's administrative directory ``<source>/.git/worktrees/<id>``, which its ``.git`` file
+    names. Anything unusual (a source whose ``.git`` is not a directory, a ``.git`` file pointing
+    elsewhere) is left to git.
     """
     admin = _admin_dir(path)
     if os.path.ismount(path) or diskimage.image_of(path).exists():

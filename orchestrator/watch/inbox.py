@@ -1,14 +1,7 @@
 """The task inbox: TOML files dropped into ``spec/inbox/`` become runs, one at a time.
 
-A task (keys ``repo``, ``goal``, ``max_steps``, ``auto_approve``) goes through::
-
-    inbox/x.toml ─claim (rename)─► running/x.toml + x.run.json (run id) ─► done/x.toml   + x.result.json
-                                         │                              └► failed/x.toml + x.result.json
-                                         └─ bad TOML, unknown key or repo ───► failed/x.toml + x.result.json
-
-The run id is recorded before the run starts, so a task found in ``running/`` (its runner was
-stopped or killed) is resumed from its run's last checkpoint. A failing task, whatever
-raised, is moved to ``failed/``; whoever works the inbox (``converge watch``) keeps going.
+A task (keys ``repo``, ``goal``, ``max_steps``, ``auto_approve``) is claimed by a rename into ``running/``
+and ends in ``done/`` or ``failed/`` with a ``<name>.result.json`` beside it (:class:`Inbox`).
 """
 
 from __future__ import annotations
@@ -67,7 +60,16 @@ def load_task(ws: Workspace, path: Path) -> TaskFile:
 
 
 class Inbox:
-    """The task inbox of one workspace (``spec/inbox/``): claim, run, and file each task."""
+    """The task inbox of one workspace (``spec/inbox/``): claim, run, and file each task.
+
+        inbox/x.toml ─claim (rename)─► running/x.toml + x.run.json (run id) ─► done/x.toml   + x.result.json
+                                             │                              └► failed/x.toml + x.result.json
+                                             └─ bad TOML, unknown key or repo ───► failed/x.toml + x.result.json
+
+    The run id is recorded before the run starts, so a task found in ``running/`` (its runner was
+    stopped or killed) is resumed from its run's last checkpoint. A failing task, whatever raised,
+    is moved to ``failed/``; whoever works the inbox (``converge watch``) keeps going.
+    """
 
     def __init__(self, ws: Workspace, deps_factory: DepsFactory, log: Log) -> None:
         self.ws = ws

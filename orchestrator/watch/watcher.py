@@ -1,18 +1,7 @@
-"""Watching the workspace: repo maps kept fresh on file changes, and the task inbox worked.
+"""Watching the workspace: repo maps kept fresh on file changes, and the task inbox worked (:class:`Watcher`).
 
-    with Watcher(ws, deps_factory, log=print) as watcher:
-        watcher.run_forever()            # until stop(); the CLI calls it on SIGINT/SIGTERM
-    with Watcher(ws, deps_factory) as watcher:
-        report = watcher.run_once()      # resume in-flight tasks, run the inbox, refresh maps
-
-Repo maps: a watchdog observer watches each registered repo's working tree (``src/<repo>/``);
-changed paths collect per repo and, after a quiet period (the debounce), go to
-:meth:`RepoMap.update`, so only changed files are re-read. ``.git/``, ``cache/`` and build
-outputs (``__pycache__``, ``*.pyc``, ``build/``, ``dist/``, ``node_modules`` ...) never count.
-If inotify cannot watch (its per-user limit), the watcher falls back to polling and says so.
-
-Tasks: the :class:`~orchestrator.watch.inbox.Inbox` of ``spec/inbox/``, worked by a thread of its
-own, one task at a time, beside the maps. One watcher per workspace (a lock).
+Changed paths reach the repo maps after a quiet period (the debounce); the inbox of ``spec/inbox/`` is
+worked by a thread of its own, one task at a time. One watcher per workspace (a lock).
 """
 
 from __future__ import annotations
@@ -67,7 +56,24 @@ class _Pending:
 
 
 class Watcher:
-    """Keeps repo maps fresh and runs the task inbox of one workspace; a context manager."""
+    """Keeps repo maps fresh and runs the task inbox of one workspace; a context manager.
+
+    Used as::
+
+        with Watcher(ws, deps_factory, log=print) as watcher:
+            watcher.run_forever()            # until stop(); the CLI calls it on SIGINT/SIGTERM
+        with Watcher(ws, deps_factory) as watcher:
+            report = watcher.run_once()      # resume in-flight tasks, run the inbox, refresh maps
+
+    Repo maps: a watchdog observer watches each registered repo's working tree (``src/<repo>/``);
+    changed paths collect per repo and, after a quiet period (the debounce), go to
+    :meth:`RepoMap.update`, so only changed files are re-read. ``.git/``, ``cache/`` and build
+    outputs (``__pycache__``, ``*.pyc``, ``build/``, ``dist/``, ``node_modules`` ...) never count.
+    If inotify cannot watch (its per-user limit), the watcher falls back to polling and says so.
+
+    Tasks: the :class:`~orchestrator.watch.inbox.Inbox` of ``spec/inbox/``, worked by a thread of its
+    own, one task at a time, beside the maps. One watcher per workspace (a lock).
+    """
 
     def __init__(
         self,
