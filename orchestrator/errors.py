@@ -10,6 +10,7 @@
     ├── ModelError                a missing or unloadable model, malformed output
     │   └── EndpointUnavailable   a model server that is down or died mid-call (a pool fails over)
     ├── SandboxError              no engine, no image, a container that failed to start
+    ├── ScaleError                a Ray cluster that does not answer, a job lost with its node
     ├── SignatureError            exit 1: a signature or attestation does not verify
     ├── PolicyViolation           exit 1: policy said no
     ├── VerificationFailed        exit 1: build or tests failed
@@ -63,6 +64,10 @@ class EndpointUnavailable(ModelError):
 
 class SandboxError(ConvergeError):
     """The sandbox engine or image is not available, or a container failed."""
+
+
+class ScaleError(ConvergeError):
+    """The executor cannot run a job: its cluster does not answer, or the job was lost with its node."""
 
 
 class SignatureError(ConvergeError):

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.agents.cards import LoadedCard, Plan, PlanStep
+from orchestrator.agents.cards import LoadedCard, Plan, PlanStep, Sampling
 from orchestrator.agents.edits import EditProposal, normal_path
 from orchestrator.agents.prompts import Prompt, build_prompt, check_plan
 from orchestrator.agents.repomap import repo_map_at
@@ -37,11 +37,17 @@ class Answer(Generic[A]):
 
 
 def run_card(
-    card: LoadedCard, backend: ModelBackend, prompt: Prompt, schema: dict[str, Any], answer: type[A], retries: int
+    card: LoadedCard,
+    backend: ModelBackend,
+    prompt: Prompt,
+    schema: dict[str, Any],
+    answer: type[A],
+    retries: int,
+    sampling: Sampling | None = None,
 ) -> Answer[A]:
-    """Ask ``backend`` with ``card``'s sampling, constrained by ``schema``; ModelError (for the model) if no
-    answer validates as ``answer`` within ``retries``."""
-    sampling = card.card.sampling
+    """Ask ``backend`` with ``card``'s sampling (or ``sampling``), constrained by ``schema``; ModelError (for the
+    model) if no answer validates as ``answer`` within ``retries``."""
+    sampling = sampling or card.card.sampling
     request = CompletionRequest(
         system=prompt.system,
         prefix=prompt.stable_prefix,
@@ -81,11 +87,31 @@ def plan(
 
 
 def propose(
-    card: LoadedCard, backend: ModelBackend, *, goal: str, repo_map: str, step: PlanStep, notes: list[str]
+    card: LoadedCard,
+    backend: ModelBackend,
+    *,
+    goal: str,
+    repo_map: str,
+    step: PlanStep,
+    notes: list[str],
+    variant: int = 0,
 ) -> Answer[EditProposal]:
-    """The coder's edits for ``step``; ``notes`` are the target files' content and any feedback."""
+    """The coder's edits for ``step``; ``notes`` are the target files' content and any feedback.
+
+    ``variant`` n > 0 asks for another sample of the same prompt (best of N): see :func:`varied`.
+    """
     prompt = build_prompt(card.card, goal=goal, repo_map=repo_map, step=step, feedback=notes)
-    return run_card(card, backend, prompt, edits_schema(), EditProposal, retries=1)
+    sampling = varied(card.card.sampling, variant)
+    return run_card(card, backend, prompt, edits_schema(), EditProposal, retries=1, sampling=sampling)
+
+
+def varied(sampling: Sampling, variant: int) -> Sampling:
+    """The card's sampling for variant 0; for variant n, seed + n and a temperature of at least
+    0.3 + 0.2·n (at most 1.0): greedy decoding would give every variant the same answer."""
+    if variant <= 0:
+        return sampling
+    warmer = min(1.0, max(sampling.temperature, 0.3 + 0.2 * variant))
+    return sampling.model_copy(update={"seed": sampling.seed + variant, "temperature": warmer})
 
 
 def plan_schema(editors: list[str], max_steps: int) -> dict[str, Any]:
