@@ -160,6 +160,9 @@ class RayExecutor:
 def _connect(address: str, timeout: float, num_cpus: int | None, runtime_env: dict[str, Any]) -> bool:
     """Connect this process to the cluster at ``address``; whether it was this call that connected."""
     if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        if address not in ("auto", "local") and joined != address.removeprefix("ray://"):
+            raise ScaleError(f"[scale] address {address!r}: this process is already joined to the cluster at {joined}")
         return False
     options: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False, "logging_level": "warning"}
     if address == "local":
@@ -172,7 +175,10 @@ def _connect(address: str, timeout: float, num_cpus: int | None, runtime_env: di
         ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ScaleError(f"[scale] address {address!r}: cannot join the Ray cluster: {detail}") from exc
+        raise ScaleError(
+            f"[scale] address {address!r}: cannot join the Ray cluster: {detail} (a cluster with token "
+            "authentication needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        ) from exc
     return True
 
 
