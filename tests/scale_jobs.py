@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 from pydantic import BaseModel
 
 from orchestrator.errors import SandboxError
+from orchestrator.models.backends import CompletionRequest
+from orchestrator.scale.model_host import HostedModel
 
 
 class TrialJob(BaseModel):
@@ -42,3 +46,26 @@ def run_trial(job: TrialJob) -> Trial:
 
 def broken_trial(job: TrialJob) -> Trial:
     raise SandboxError(f"{job.task}: no Docker engine answers on this node")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A job that asks a model through the model host (a handle travels in it)."""
+
+    host: Any
+    model: str
+    prompt: str
+    seconds: float = 0.0  # work before asking, so jobs spread over the nodes
+
+
+class Asked(BaseModel):
+    text: str
+    asked_on: str
+    answered_on: str
+
+
+def ask_model(job: Ask) -> Asked:
+    time.sleep(job.seconds)
+    answer = HostedModel(job.host, ("model", job.model)).complete(CompletionRequest(system="", user=job.prompt))
+    node = ray.get_runtime_context().get_node_id()
+    return Asked(text=answer.text, asked_on=node, answered_on=ray.get(job.host.where.remote()))

@@ -6,6 +6,7 @@ The local executor and the factory that picks one from ``[scale]`` are tested be
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,11 +18,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from orchestrator.errors import SandboxError, ScaleError
+from orchestrator.errors import ModelError, SandboxError, ScaleError
 from orchestrator.gate.rank import Ranking
 from orchestrator.loop.adr import adr_path
 from orchestrator.scale.factory import Deferred, executor_for, is_remote
 from orchestrator.scale.local import LocalExecutor
+from orchestrator.scale.model_host import host_models
 from orchestrator.scale.ray_executor import RayExecutor
 from orchestrator.store import changesets, runs
 from orchestrator.store.replica import replica, seed_of
@@ -29,7 +31,7 @@ from orchestrator.store.workspace import Workspace
 from tests.conftest import ROOT, git
 from tests.driving import Deps, start_run
 from tests.raycluster import LocalCluster, _free_port
-from tests.scale_jobs import Trial, TrialJob, broken_trial, run_trial
+from tests.scale_jobs import Ask, Trial, TrialJob, ask_model, broken_trial, run_trial
 from tests.scripted import ScriptedBackend as ScriptedModel
 from tests.scripted import edit, plan
 
@@ -72,6 +74,23 @@ def test_eval_like_jobs_fan_out_over_both_nodes_and_come_back_typed(executor: Ra
 def test_a_job_that_raises_comes_back_as_its_own_error(executor: RayExecutor) -> None:
     with pytest.raises(SandboxError, match="t9: no Docker engine answers on this node"):
         executor.submit(broken_trial, TrialJob(task="t9")).result()
+
+
+def test_model_calls_of_jobs_on_either_node_are_answered_on_the_drivers_node(
+    executor: RayExecutor, ws: Workspace, tmp_path: Path
+) -> None:
+    answers = tmp_path / "answers.jsonl"
+    lines = [{"text": f"answer {n}"} for n in range(4)] + [{"error": "the model is tired"}]
+    answers.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    host = host_models(ws)
+    model = f"replay:{answers}"
+    futures = [executor.submit(ask_model, Ask(host, model, f"q{n}", seconds=1.0)) for n in range(4)]
+    asked = [future.result() for future in futures]
+    assert sorted(a.text for a in asked) == [f"answer {n}" for n in range(4)], "one resident model answered all"
+    assert {a.answered_on for a in asked} == {ray.get_runtime_context().get_node_id()}, "on the driver's node"
+    assert {_nodes()[a.asked_on] for a in asked} == {"head", "worker"}
+    with pytest.raises(ModelError, match="the model is tired"):
+        executor.submit(ask_model, Ask(host, model, "q5")).result()
 
 
 # --- candidates of a step, verified on the nodes ---------------------------------------------------------
