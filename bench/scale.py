@@ -17,6 +17,8 @@ Prints `name: value` lines:
   throughput_1_per_min    verifications per minute, local executor, 1 worker
   throughput_2_per_min    the same with 2 workers
   parallel_speedup        throughput_2 / throughput_1 (target >= 1.4 on 2 cores)
+  jobs_at_once_2 / _ray   verifications in flight on average (their own seconds / wall time): 2.0 means
+                          the executor kept both workers busy, whatever the CPU could give them
   ray_per_job_s           wall time per verification through Ray (2 nodes), warm
   local_per_job_s         the same through the local executor with 2 workers
   ray_overhead_s          ray_per_job_s - local_per_job_s (target < 0.3)
@@ -40,14 +42,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.gate.apply import candidate, commit_signed
 from orchestrator.gate.provenance import AttemptKey
-from orchestrator.gate.verify_job import CandidateJob, candidate_job, verify_candidate
+from orchestrator.gate.verify_job import CandidateJob, Verified, candidate_job, verify_candidate
 from orchestrator.loop.driver import start_run
 from orchestrator.loop.factory import model_factory
 from orchestrator.loop.state import Deps
@@ -99,15 +100,25 @@ def _jobs(ws: Workspace, made: list[tuple[str, AttemptKey]], remote: bool) -> li
     return [candidate_job(ws, "sample", base, commit, key, full=True, remote=remote) for commit, key in made]
 
 
-def _timed(executor: Executor, jobs: list[CandidateJob]) -> float:
-    """Seconds to verify every job through ``executor`` (each must pass: a broken one is a broken bench)."""
+def _verify_timed(job: CandidateJob) -> tuple[Verified, float]:
+    """A verification and how long it took where it ran."""
     started = time.monotonic()
-    futures = [executor.submit(partial(verify_candidate, backend=None), job) for job in jobs]
+    return verify_candidate(job), time.monotonic() - started
+
+
+def _timed(executor: Executor, jobs: list[CandidateJob]) -> tuple[float, float]:
+    """Seconds to verify every job through ``executor``, and how many ran at once on average (the jobs'
+    own seconds over the wall time). Each must pass: a broken one is a broken bench."""
+    started = time.monotonic()
+    futures = [executor.submit(_verify_timed, job) for job in jobs]
+    busy = 0.0
     for future in futures:
-        report = future.result().report
-        if not report.ok:
-            raise SystemExit(f"bench: a candidate's tests did not pass: {report.summary}")
-    return time.monotonic() - started
+        found, seconds = future.result()
+        busy += seconds
+        if not found.report.ok:
+            raise SystemExit(f"bench: a candidate's tests did not pass: {found.report.summary}")
+    wall = time.monotonic() - started
+    return wall, busy / wall
 
 
 def measure_executors(base: Path, jobs: int, rounds: int) -> dict[str, float]:
@@ -118,21 +129,28 @@ def measure_executors(base: Path, jobs: int, rounds: int) -> dict[str, float]:
     made = _candidates(ws, jobs, "bench")
     local_jobs, remote_jobs = _jobs(ws, made, remote=False), _jobs(ws, made, remote=True)
     seconds: dict[str, list[float]] = {"local1": [], "local2": [], "ray": []}
+    overlap: dict[str, list[float]] = {"local1": [], "local2": [], "ray": []}
     with LocalCluster() as cluster:
         os.environ.update(cluster.auth)  # before Ray reads it: this process has not connected yet
         with LocalExecutor(1) as one, LocalExecutor(2) as two, RayExecutor(cluster.address, resources=DOCKER) as ray:
             for executor, remote in ((one, False), (two, False), (ray, True)):
                 _timed(executor, _jobs(ws, warm, remote=remote))  # image, environment, replica, workers
             for _ in range(rounds):
-                seconds["local1"].append(_timed(one, local_jobs))
-                seconds["local2"].append(_timed(two, local_jobs))
-                seconds["ray"].append(_timed(ray, remote_jobs))
+                for name, executor, jobs_of in (("local1", one, local_jobs), ("local2", two, local_jobs)):
+                    wall, at_once = _timed(executor, jobs_of)
+                    seconds[name].append(wall)
+                    overlap[name].append(at_once)
+                wall, at_once = _timed(ray, remote_jobs)
+                seconds["ray"].append(wall)
+                overlap["ray"].append(at_once)
     shutil.rmtree(Path(tempfile.gettempdir()) / f"converge-replicas-{os.getuid()}" / seed_of(ws, "sample").id)
     median = {name: statistics.median(values) for name, values in seconds.items()}
     figures = {
         "throughput_1_per_min": round(60 * jobs / median["local1"], 1),
         "throughput_2_per_min": round(60 * jobs / median["local2"], 1),
         "parallel_speedup": round(median["local1"] / median["local2"], 2),
+        "jobs_at_once_2": round(statistics.median(overlap["local2"]), 2),
+        "jobs_at_once_ray": round(statistics.median(overlap["ray"]), 2),
         "ray_per_job_s": round(median["ray"] / jobs, 3),
         "local_per_job_s": round(median["local2"] / jobs, 3),
     }
