@@ -143,7 +143,9 @@ def measure_executors(base: Path, jobs: int, rounds: int) -> dict[str, float]:
                 wall, at_once = _timed(ray, remote_jobs)
                 seconds["ray"].append(wall)
                 overlap["ray"].append(at_once)
-    shutil.rmtree(Path(tempfile.gettempdir()) / f"converge-replicas-{os.getuid()}" / seed_of(ws, "sample").id)
+    home, seed = Path(tempfile.gettempdir()) / f"converge-replicas-{os.getuid()}", seed_of(ws, "sample").id
+    shutil.rmtree(home / seed)
+    (home / f"{seed}.lock").unlink(missing_ok=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
     figures = {
         "throughput_1_per_min": round(60 * jobs / median["local1"], 1),

@@ -130,7 +130,9 @@ def test_candidates_of_a_step_are_verified_on_the_cluster_from_bundles(
         assert sorted(ref.rsplit("/", 1)[1] for ref in incoming) == [f"r-ray-1c{n}-1" for n in (1, 2, 3)]
         assert git(here, "cat-file", "-t", cs.commit) == "commit", "the winner came as a bundle"
     finally:
-        shutil.rmtree(Path(tempfile.gettempdir()) / f"converge-replicas-{os.getuid()}" / seed.id, ignore_errors=True)
+        home = Path(tempfile.gettempdir()) / f"converge-replicas-{os.getuid()}"
+        shutil.rmtree(home / seed.id, ignore_errors=True)
+        (home / f"{seed.id}.lock").unlink(missing_ok=True)
 
 
 # --- a node that dies mid-task -------------------------------------------------------------------------
