@@ -158,6 +158,26 @@ class RunConfig(Section):
     reproducibility_check: bool = Field(
         default=False, description="run the full suite twice per verified attempt and record if outcomes match"
     )
+    candidates: int = Field(
+        default=1, ge=1, le=16, description="proposals per attempt, verified side by side; the best one goes on"
+    )
+
+
+class ScaleConfig(Section):
+    """Where independent jobs run: candidate verifications, eval trials."""
+
+    engine: Literal["local", "ray"] = Field(
+        default="local", description="local: threads of this process; ray: tasks on a Ray cluster"
+    )
+    address: str = Field(default="auto", description="the Ray cluster: auto (the one started here) or ray://host:port")
+    workers: Annotated[int, Field(gt=0)] | Auto = Field(
+        default="auto", description="jobs at once on the local engine; auto: the cores, bounded by sandbox memory"
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray resources each job needs, e.g. {docker = 1}: nodes that declare them"
+    )
+    retries: int = Field(default=2, ge=0, description="times a Ray task lost with its node is run again elsewhere")
+    connect_timeout: float = Field(default=20.0, gt=0, description="seconds to wait for the Ray cluster to answer")
 
 
 class PolicyConfig(Section):
@@ -181,6 +201,7 @@ class ConvergeConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     signing: SigningConfig = Field(default_factory=SigningConfig)
 

@@ -56,6 +56,10 @@ class EndpointUnavailable(ModelError):
     """A model server did not answer (refused, reset, timed out, 5xx): the call may go elsewhere."""
 
 
+class ScaleError(BadInput):
+    """The executor cannot run a job: its cluster does not answer, or the job was lost with its node."""
+
+
 class Refused(ConvergeError):
     """The operation ran and said no."""
 

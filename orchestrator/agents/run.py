@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.agents import findings
-from orchestrator.agents.cards import AgentCard, LoadedCard, Plan, PlanStep
+from orchestrator.agents.cards import AgentCard, LoadedCard, Plan, PlanStep, Sampling
 from orchestrator.agents.coding import coder_view, tokens
 from orchestrator.agents.edits import EditProposal
 from orchestrator.agents.grounding import (
@@ -77,8 +77,10 @@ def run_card(
     return _ask(card, backend, _request(card, prompt, schema, **extra), schema, answer, retries)
 
 
-def _request(card: LoadedCard, prompt: Prompt, schema: dict[str, Any], **extra: Any) -> CompletionRequest:
-    sampling = card.card.sampling
+def _request(
+    card: LoadedCard, prompt: Prompt, schema: dict[str, Any], sampling: Sampling | None = None, **extra: Any
+) -> CompletionRequest:
+    sampling = sampling or card.card.sampling
     return CompletionRequest(
         system=prompt.system,
         prefix=prompt.stable_prefix,
@@ -243,10 +245,19 @@ def without_repeats(
 
 
 def propose_for(
-    site: Site, card: LoadedCard, backend: ModelBackend, *, goal: str, step: PlanStep, feedback: Sequence[str] = ()
+    site: Site,
+    card: LoadedCard,
+    backend: ModelBackend,
+    *,
+    goal: str,
+    step: PlanStep,
+    feedback: Sequence[str] = (),
+    variant: int = 0,
 ) -> Answer[EditProposal]:
     """The coder's edits for ``step`` at ``site``: shown the step's files within its model's context window,
-    naming only those (or the files the step creates), searching only runs of their lines."""
+    naming only those (or the files the step creates), searching only runs of their lines.
+
+    ``variant`` n > 0 asks for another sample of the same prompt (best of N): see :func:`varied`."""
     ws, repo, commit = site.ws, site.repo, site.commit
     rmap = repo_map_at(ws, repo, commit)
     window = window_of(ws, card)
@@ -255,5 +266,15 @@ def propose_for(
     files = {f.path: f.text for f in view.files}
     grammar = edits_grammar(files, view.creates) if files or view.creates else None
     grounded = edits_schema([*files, *view.creates])  # what servers decode against; apply says what is wrong
-    request = _request(card, prompt, grounded, grammar=grammar, lookup=card.card.sampling.lookup)
+    sampling = varied(card.card.sampling, variant)
+    request = _request(card, prompt, grounded, sampling, grammar=grammar, lookup=sampling.lookup)
     return _ask(card, backend, request, edits_schema([]), EditProposal, retries=1)
+
+
+def varied(sampling: Sampling, variant: int) -> Sampling:
+    """The card's sampling for variant 0; for variant n, seed + n and a temperature of at least
+    0.3 + 0.2·n (at most 1.0): greedy decoding would give every variant the same answer."""
+    if variant <= 0:
+        return sampling
+    warmer = min(1.0, max(sampling.temperature, 0.3 + 0.2 * variant))
+    return sampling.model_copy(update={"seed": sampling.seed + variant, "temperature": warmer})

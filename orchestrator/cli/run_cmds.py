@@ -85,6 +85,12 @@ def register(app: typer.Typer) -> None:
         run_id: Annotated[
             str | None, typer.Option("--run-id", hidden=True, help="Id for the new run (chosen by its starter).")
         ] = None,
+        candidates: Annotated[
+            int | None,
+            typer.Option(
+                "--candidates", help="Proposals per attempt, verified side by side; the best goes on (run.candidates)."
+            ),
+        ] = None,
         json_out: JsonFlag = False,
     ) -> None:
         """One run: plan, then propose, apply, verify, judge, sign, review and promote each step."""
@@ -93,7 +99,14 @@ def register(app: typer.Typer) -> None:
         if run_id is not None:
             _check_new_run_id(run_id)
         result = start_run(
-            _deps(), repo, goal, plan_only=plan_only, max_steps=max_steps, auto_approve=auto_approve, run_id=run_id
+            _deps(),
+            repo,
+            goal,
+            plan_only=plan_only,
+            max_steps=max_steps,
+            auto_approve=auto_approve,
+            run_id=run_id,
+            candidates=candidates,
         )
         _render(result, json_out)
 

@@ -26,7 +26,7 @@ from orchestrator.evals.stats import summarize
 from orchestrator.evals.store import EvalSpec, FailureClass, Summary, TaskResult
 from orchestrator.evals.suite import BUILTIN, Suite, Task, answers_path, builtin_path, load_suite
 from orchestrator.scale.base import Executor
-from orchestrator.scale.local import LocalExecutor, bounded_workers, parse_size
+from orchestrator.scale.factory import executor_for
 from orchestrator.store import generations
 from orchestrator.store.storage import file_lock
 from orchestrator.store.workspace import Workspace
@@ -161,8 +161,8 @@ def _run(
         jobs = [TaskJob(ws.root, spec.id, tasks[name], trial, spec.models) for name, trial in spec.jobs()]
         todo = [job for job in jobs if (job.task.name, job.trial) not in done]
         if todo:
-            # the Ray executor will come in here, behind the same contract
-            pool: Executor = LocalExecutor(bounded_workers(parallel, parse_size(ws.config().sandbox.memory)))
+            # [scale] engine: local threads here, or Ray tasks (nodes that see this workspace at the same path)
+            pool: Executor = executor_for(ws, workers=parallel)
             # finished trials' workspaces are deleted behind the next trial, not in its way
             trash = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-trash")
             try:

@@ -26,11 +26,13 @@ from orchestrator.loop import adr
 from orchestrator.loop.graph import build_graph
 from orchestrator.loop.state import Deps, RunState, RunStopped
 from orchestrator.sandbox.pool import SandboxPool
+from orchestrator.scale.factory import Deferred
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.storage import file_lock
 from orchestrator.store.workspace import Workspace
 
 CHECKPOINTS = "runs.sqlite"
+MAX_CANDIDATES = 16
 
 
 class RunResult(BaseModel):
@@ -49,8 +51,12 @@ def start_run(
     max_steps: int | None = None,
     auto_approve: bool = False,
     run_id: str | None = None,
+    candidates: int | None = None,
 ) -> RunResult:
-    """Start a run of ``goal`` on ``repo`` and drive it until it ends or waits for review."""
+    """Start a run of ``goal`` on ``repo`` and drive it until it ends or waits for review.
+
+    ``candidates``: proposals per attempt, verified side by side (default ``run.candidates``).
+    """
     ws = deps.ws
     ws.repo(repo)
     if not goal.strip():
@@ -59,6 +65,9 @@ def start_run(
     steps = max_steps if max_steps is not None else ws.config().run.max_steps
     if steps <= 0:
         raise UsageError(f"--max-steps {steps}: must be at least 1")
+    many = candidates if candidates is not None else ws.config().run.candidates
+    if not 1 <= many <= MAX_CANDIDATES:
+        raise UsageError(f"--candidates {many}: must be between 1 and {MAX_CANDIDATES}")
     load_cards(ws)  # a broken card is reported before a run record exists that could never go on
     record = runs.RunRecord(id=rid, repo=repo, goal=goal, pid=os.getpid(), started=runs.now())
     state: RunState = {
@@ -68,6 +77,7 @@ def start_run(
         "auto_approve": auto_approve,
         "plan_only": plan_only,
         "max_steps": steps,
+        "candidates": many,
         "started": time.time(),
         "tokens": 0,
         "done": [],
@@ -142,7 +152,11 @@ def _driving(ws: Workspace, run_id: str) -> Iterator[None]:
 def _drive(deps: Deps, run_id: str, state: RunState | None) -> RunResult:
     ws = deps.ws
     config: Any = {"configurable": {"thread_id": run_id}, "recursion_limit": 500}
-    with _sandboxes(deps, run_id, state) as run_deps, checkpointer(ws) as saver:  # the first sandbox starts first
+    with (
+        _sandboxes(deps, run_id, state) as run_deps,  # the first sandbox starts first
+        _executor(run_deps) as run_deps,
+        checkpointer(ws) as saver,
+    ):
         graph = build_graph(run_deps).compile(checkpointer=saver)
         payload: Any = state
         if state is None:
@@ -171,12 +185,32 @@ def _sandboxes(deps: Deps, run_id: str, state: RunState | None) -> Iterator[Deps
     Converge's own repo verifies through selfhost, which starts its own sandboxes: no pool.
     """
     repo = state["repo"] if state is not None else runs.load(deps.ws, run_id).repo
-    if deps.sandboxes is not None or deps.ws.repo(repo).is_self or (state or {}).get("plan_only"):
+    skip = (state or {}).get("plan_only") or (state or {}).get("candidates", 1) > 1  # N candidates: N sandboxes
+    if deps.sandboxes is not None or deps.ws.repo(repo).is_self or skip:
         yield deps
         return
     with SandboxPool(deps.ws, repo, backend=deps.sandbox_backend) as pool:
         pool.warm(generations.current(deps.ws, repo).commit)
         yield replace(deps, sandboxes=pool)
+
+
+@contextmanager
+def _executor(deps: Deps) -> Iterator[Deps]:
+    """``deps`` with an executor for candidates side by side: the one given, else ``[scale]``'s, made on first use.
+
+    Closing waits for the jobs still running, so none outlives its run (a Ctrl-C does not wait).
+    """
+    if deps.executor is not None:
+        yield deps
+        return
+    made = Deferred(deps.ws)
+    try:
+        yield replace(deps, executor=made)
+    except KeyboardInterrupt:
+        made.close(wait=False)
+        raise
+    finally:
+        made.close()
 
 
 def _finish(ws: Workspace, run_id: str, values: Any, status: runs.RunStatus, reason: str) -> RunResult:

@@ -6,6 +6,8 @@
 
 Each node calls one function of the part that owns its stage (agents, gate) and keeps what it got
 in a file of the attempt, so a node resumed after a kill reads it back instead of doing it again.
+With several candidates per attempt (best of N), propose, apply and verify are :mod:`best_of`'s:
+N proposals, each verified through the executor, one winner going on to judge.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from orchestrator.errors import ConvergeError, EditError, ModelError
 from orchestrator.gate import candidates
 from orchestrator.gate.apply import candidate, commit_proposal
 from orchestrator.gate.judge import Judgement, judge
-from orchestrator.gate.provenance import Provenance
 from orchestrator.gate.review import review
 from orchestrator.gate.sign import sign
 from orchestrator.gate.verify import verify
-from orchestrator.loop import adr, failures
+from orchestrator.loop import adr, failures, records
+from orchestrator.loop.best_of import BestOf
 from orchestrator.loop.state import (
     Deps,
     Outcome,
@@ -45,7 +47,6 @@ from orchestrator.loop.state import (
     key,
     outcome,
 )
-from orchestrator.models.backends import Completion
 from orchestrator.policy.baseline import TestComparison
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
@@ -67,6 +68,7 @@ class Nodes:
         self.ws = deps.ws
         self.cards = load_cards(deps.ws)
         self.cfg = deps.ws.config()
+        self.best = BestOf(deps, self.cards)
 
     def plan(self, s: RunState) -> RunState:
         plan_file = runs.run_dir(self.ws, s["run_id"]) / "plan.json"
@@ -83,7 +85,7 @@ class Nodes:
             answer = planned.answer
             failures.planned(self.ws, s["run_id"], planned, plan_file.with_name("findings.json"))
             atomic_write_json(plan_file, answer.value.model_dump())
-            self._model_event(s, "planner", answer.completion)
+            records.model_event(self.deps, s, "planner", answer.completion)
             runs.update(self.ws, s["run_id"], steps_planned=len(answer.value.steps))
             adr.write_adr(self.ws, runs.load(self.ws, s["run_id"]))
             self.deps.on_event(f"plan: {len(answer.value.steps)} step(s)")
@@ -95,10 +97,17 @@ class Nodes:
 
     def propose(self, s: RunState) -> RunState:
         self._budget_check(s)
+        if self.best.applies_to(s):
+            return self.best.propose(s)
         step = current_step(s)
         path = attempt_file(self.ws, s, "proposal.json")
         current = generations.current(self.ws, s["repo"])
-        update: RunState = {"base": current.commit, "base_generation": current.number, "proposal": str(path)}
+        update: RunState = {
+            "base": current.commit,
+            "base_generation": current.number,
+            "proposal": str(path),
+            "candidate": 0,
+        }
         if path.exists():
             return update
         card = get_card(self.cards, step.agent)
@@ -118,10 +127,12 @@ class Nodes:
             atomic_write_json(path.with_suffix(".error.json"), {"error": str(exc)})
             return {**update, **failures.retry(str(exc), FailureClass.ANSWER_INVALID)}
         atomic_write(path, answer.value.model_dump_json(indent=2))
-        self._model_event(s, step.agent, answer.completion)
+        records.model_event(self.deps, s, step.agent, answer.completion)
         return {**update, "tokens": answer.completion.tokens_out, "outcome": Outcome.NONE}
 
     def apply(self, s: RunState) -> RunState:
+        if self.best.applies_to(s):
+            return self.best.apply(s)
         proposal = EditProposal.model_validate_json(Path(s["proposal"]).read_text())
         if not proposal.edits:
             return self._no_change(proposal)
@@ -140,6 +151,8 @@ class Nodes:
         return {"commit": commit, "changeset": cs_id, "outcome": Outcome.NONE}
 
     def verify(self, s: RunState) -> RunState:
+        if self.best.applies_to(s):
+            return self.best.verify(s)
         report_file, image_file = attempt_file(self.ws, s, "tests.json"), attempt_file(self.ws, s, "image")
         if not (report_file.exists() and image_file.exists()):
             more = s["step"] + 1 < len(s["steps"])  # not for a retry: the retry node warms its own
@@ -162,7 +175,7 @@ class Nodes:
                 atomic_write(attempt_file(self.ws, s, "baseline.json"), found.baseline.model_dump_json(indent=2))
             atomic_write(image_file, found.image)
             atomic_write(report_file, found.report.model_dump_json(indent=2))
-            self._tests_event(s, found.report)
+            records.tests_event(self.deps, s, found.report)
         report = TestReport.model_validate_json(report_file.read_text())
         self.deps.on_event(f"  tests: {report.summary}")
         if report.broken:
@@ -179,7 +192,13 @@ class Nodes:
             compared = attempt_file(self.ws, s, "baseline.json")
             baseline = TestComparison.model_validate_json(compared.read_text()) if compared.exists() else None
             found = judge(
-                self.ws, s["repo"], s["base"], s["commit"], report, who=self._provenance(s), baseline=baseline
+                self.ws,
+                s["repo"],
+                s["base"],
+                s["commit"],
+                report,
+                who=records.provenance(self.deps, self.cards, s),
+                baseline=baseline,
             )
             atomic_write(verdict_file, found.model_dump_json(indent=2))
             runs.run_log(self.ws, s["run_id"], "verdict", step=s["step"] + 1, attempt=s["attempt"], **found.summary)
@@ -204,7 +223,7 @@ class Nodes:
                 commit=s["commit"],
                 report=TestReport.model_validate_json(Path(s["report"]).read_text()),
                 judgement=Judgement.model_validate_json(attempt_file(self.ws, s, "verdict.json").read_text()),
-                who=self._provenance(s),
+                who=records.provenance(self.deps, self.cards, s),
                 message=current_step(s).title,
                 sandbox_image=s.get("image") or None,
             )
@@ -258,7 +277,7 @@ class Nodes:
             tokens=s.get("tokens", 0),
         )
         reset: RunState = {"step": s["step"] + 1, "attempt": 1, "feedback": "", "changeset": "", "commit": ""}
-        reset |= {"failure": "", "failures": []}
+        reset |= {"failure": "", "failures": [], "candidate": 0}
         return {**reset, "done": [done.model_dump()], "outcome": Outcome.NONE}
 
     def retry(self, s: RunState) -> RunState:
@@ -281,54 +300,10 @@ class Nodes:
         if s.get("tokens", 0) > self.cfg.run.max_tokens:
             raise BudgetSpentError(f"token budget of {self.cfg.run.max_tokens} spent")
 
-    def _provenance(self, s: RunState) -> Provenance:
-        card = self.cards[current_step(s).agent]
-        model_sha = self.deps.model_for(card).identity.sha256 if card.card.kind == "model" else None
-        return Provenance(
-            author=f"agent:{card.name}",
-            agent_card_sha256=card.digest,
-            model_sha256=model_sha,
-            run=s["run_id"],
-            step=s["step"] + 1,
-            attempt=s["attempt"],
-        )
-
     def _drop_candidate(self, s: RunState) -> None:
         cand = candidate(self.ws, s["repo"], key(s), s["base"])
         cand.commit_sha = s["commit"]
         cand.keep("failed")
-
-    def _model_event(self, s: RunState, agent_name: str, completion: Completion) -> None:
-        rate = completion.tokens_out / completion.seconds if completion.seconds > 0 else 0.0
-        self.deps.on_event(
-            f"  model ({agent_name}): {completion.tokens_out} tokens in {completion.seconds:.1f}s ({rate:.1f} tok/s)"
-        )
-        runs.run_log(
-            self.ws,
-            s["run_id"],
-            "model",
-            agent=agent_name,
-            step=s.get("step", 0) + 1,
-            attempt=s.get("attempt", 1),
-            tokens_in=completion.tokens_in,
-            tokens_out=completion.tokens_out,
-            seconds=round(completion.seconds, 3),
-        )
-
-    def _tests_event(self, s: RunState, report: TestReport) -> None:
-        cmd = report.command
-        runs.run_log(
-            self.ws,
-            s["run_id"],
-            "tests",
-            step=s["step"] + 1,
-            attempt=s["attempt"],
-            summary=report.summary,
-            selection=report.selection,
-            argv=cmd.argv if cmd else None,
-            exit_code=cmd.exit_code if cmd else None,
-            seconds=cmd.duration if cmd else None,
-        )
 
 
 # --- routing --------------------------------------------------------------------------------------

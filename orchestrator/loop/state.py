@@ -20,6 +20,7 @@ from orchestrator.gate.provenance import AttemptKey
 from orchestrator.models.backends import ModelBackend
 from orchestrator.sandbox.base import SandboxBackend
 from orchestrator.sandbox.pool import SandboxPool
+from orchestrator.scale.base import Executor
 from orchestrator.store import changesets, runs
 from orchestrator.store.reports import TestReport
 from orchestrator.store.workspace import Workspace
@@ -56,6 +57,8 @@ class RunState(TypedDict, total=False):
     commit: str
     base: str
     base_generation: int  # the number of the generation ``base`` is
+    candidates: int  # proposals per attempt (best of N); 1 or absent: one
+    candidate: int  # which of them went on (1..N); 0 or absent: the attempt's only one
     report: str
     image: str
     changeset: str
@@ -79,12 +82,12 @@ class Deps:
     on_event: Events = field(default=lambda _text: None)
     sandbox_backend: SandboxBackend | None = None  # None: the one converge.toml names
     sandboxes: SandboxPool | None = None  # the run's sandboxes started ahead (see driver)
+    stop_requested: Callable[[], bool] = field(default=lambda: False)  # checked before each node
+    executor: Executor | None = None  # where candidates are verified side by side (see driver)
 
     def site(self, repo: str, commit: str) -> Site:
         """Where an agent works on ``commit`` of ``repo``, with the run's sandboxes."""
         return Site(self.ws, repo, commit, self.sandboxes, self.sandbox_backend)
-
-    stop_requested: Callable[[], bool] = field(default=lambda: False)  # checked before each node
 
 
 class RunStopped(Exception):
@@ -96,20 +99,33 @@ def outcome(s: RunState) -> Outcome:
 
 
 def key(s: RunState) -> AttemptKey:
-    """The attempt the state is at (steps counted from 1)."""
-    return AttemptKey(s["run_id"], s["step"] + 1, s["attempt"])
+    """The attempt the state is at (steps counted from 1), or its candidate that went on."""
+    return candidate_key(s, s.get("candidate") or 0)
+
+
+def candidate_key(s: RunState, index: int) -> AttemptKey:
+    """Candidate ``index`` of the attempt: step ``3c2`` is candidate 2 of step 3 (0: the only candidate)."""
+    step = s["step"] + 1
+    return AttemptKey(s["run_id"], f"{step}c{index}" if index else step, s["attempt"])
 
 
 def attempt_file(ws: Workspace, s: RunState, suffix: str) -> Path:
     return runs.run_dir(ws, s["run_id"]) / f"{s['step'] + 1}-{s['attempt']}.{suffix}"
 
 
+def candidate_file(ws: Workspace, s: RunState, index: int, suffix: str) -> Path:
+    """A file of candidate ``index`` of the attempt (``1-1.c2.tests.json``)."""
+    return attempt_file(ws, s, f"c{index}.{suffix}")
+
+
 def current_step(s: RunState) -> PlanStep:
     return PlanStep.model_validate(s["steps"][s["step"]])
 
 
-def changeset_id(s: RunState) -> str:
-    return changesets.changeset_id(s["repo"], s["base"], key(s).changeset_key)
+def changeset_id(s: RunState, index: int | None = None) -> str:
+    """The changeset id of the attempt's candidate (``index``; default: the one that went on)."""
+    chosen = key(s) if index is None else candidate_key(s, index)
+    return changesets.changeset_id(s["repo"], s["base"], chosen.changeset_key)
 
 
 def clip(text: str, limit: int = FEEDBACK_LIMIT) -> str:

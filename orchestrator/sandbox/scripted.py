@@ -153,14 +153,39 @@ class PytestScript:
 
 
 @dataclass
+class TreeScript:
+    """One session's script: pytest answered by what the sandbox's tree holds when the tests run.
+
+    For sandboxes running at once (candidates verified side by side), each answered by its own
+    candidate's content rather than by the order the commands arrive in.
+    """
+
+    worktree: Path
+    decide: Callable[[Path], PytestRun]
+    inner: PytestScript = field(default_factory=PytestScript)
+
+    def __call__(self, argv: list[str]) -> CommandResult:
+        if "pytest" in argv[:3]:
+            self.inner = PytestScript([self.decide(self.worktree)], other=self.inner.other)
+        return self.inner(argv)
+
+
+def by_tree(decide: Callable[[Path], PytestRun]) -> Callable[[SandboxSpec], Script]:
+    """A ``session_script`` whose sessions answer pytest by their tree (see :class:`TreeScript`)."""
+    return lambda spec: TreeScript(spec.worktree, decide)
+
+
+@dataclass
 class ScriptedBackend:
     """The scripted fake: answers each command with ``script(argv)``; records what ran and what started.
 
-    ``start_error``: raised by every start, as by an engine that is down.
+    ``start_error``: raised by every start, as by an engine that is down. ``session_script``: a script
+    of its own for each session, made from its spec (e.g. :func:`by_tree`), instead of ``script``.
     """
 
     script: Script
     start_error: SandboxError | None = None
+    session_script: Callable[[SandboxSpec], Script] | None = None
     name: str = "scripted"
     ran: list[list[str]] = field(default_factory=list)
     started: list[SandboxSpec] = field(default_factory=list)
@@ -176,7 +201,8 @@ class ScriptedBackend:
         if fill is not None:
             fill()
         self.started.append(spec)
-        session = ScriptedSession(self, spec, f"scripted-{len(self.sessions) + 1}")
+        own = self.session_script(spec) if self.session_script is not None else self.script
+        session = ScriptedSession(self, spec, f"scripted-{len(self.sessions) + 1}", own)
         self.sessions.append(session)
         return session
 
@@ -207,6 +233,7 @@ class ScriptedSession:
     backend: ScriptedBackend
     spec: SandboxSpec
     id: str
+    script: Script
     closed: bool = False
 
     def exec(self, argv: Sequence[str], timeout: float, output_limit: int, witness: bool = False) -> CommandResult:
@@ -214,7 +241,7 @@ class ScriptedSession:
             raise SandboxError("sandbox already closed")
         self.backend.ran.append(list(argv))
         started = time.monotonic()
-        script = self.backend.script
+        script = self.script
         reference = self.spec.labels.get("converge.candidate", "").startswith("reference-")
         result = script.reference(list(argv)) if reference and isinstance(script, PytestScript) else script(list(argv))
         duration = result.duration or time.monotonic() - started
