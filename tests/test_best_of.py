@@ -28,7 +28,7 @@ from tests.scripted import edit, plan
 
 STOCK = "inventory/stock.py"
 UNUSED = "import os\nimport sys\n"
-STEP = ("Remove unused imports from stock.py", "coder", [STOCK])
+STEP = ("Drop the os and sys lines from stock.py", "coder", [STOCK])
 SMALL = edit(STOCK, UNUSED, "", summary="drop both imports")
 LARGER = edit(STOCK, UNUSED, "# no imports needed here\n", summary="drop them, say why")
 BROKEN = edit(STOCK, UNUSED, "import os\nimport sys\nBROKEN = True\n", summary="breaks the tests")
@@ -66,7 +66,7 @@ def _run(
     ws: Workspace, model: ScriptedModel, sandbox: Sandboxes, n: int, on_event: Callable[[str], None] | None = None
 ) -> RunResult:
     deps = scripted_deps(ws, model, sandbox.backend, on_event)
-    return start_run(deps, "sample", "remove unused imports", auto_approve=True, run_id="r-best", candidates=n)
+    return start_run(deps, "sample", "drop what the code does not need", auto_approve=True, run_id="r-best", candidates=n)
 
 
 def _refs(ws: Workspace, prefix: str) -> list[str]:
@@ -86,7 +86,7 @@ def test_the_best_of_three_is_signed_and_the_others_are_kept_and_named(sample_ws
     kept = _refs(sample_ws, "refs/converge/candidates/r-best/")
     assert sorted(r.rsplit("/", 1)[1] for r in kept) == ["1c1-1", "1c2-1", "1c3-1"]
     assert _refs(sample_ws, "refs/converge/failed/") == []
-    assert sandbox.verified() == [1, 1, 1], "each candidate verified once"
+    assert sandbox.verified() == [1, 1, 1, 1], "each candidate verified once, and the base once (its run is cached)"
     edits = model.requests[1:]
     assert len({(r.seed, r.temperature) for r in edits}) == 3, "each candidate sampled differently"
     adr = adr_path(sample_ws, "r-best").read_text()
@@ -155,7 +155,7 @@ def test_a_crash_then_resume_verifies_no_candidate_twice(sample_ws: Workspace, m
         _run(sample_ws, model, sandbox, 3, on_event=_crash_once_at(moment))
     done = resume_run(scripted_deps(sample_ws, model, sandbox.backend), "r-best")
     assert done.record.status == "completed", done.record.reason
-    assert sandbox.verified() == [1, 1, 1], "each candidate verified once"
+    assert sandbox.verified() == [1, 1, 1, 1], "each candidate verified once, and the base once (its run is cached)"
     assert len(changesets.list_changesets(sample_ws)) == 1
     assert [g.number for g in generations.lineage(sample_ws, "sample")] == [0, 1]
     assert len(model.requests) == 4, "the planner once, each candidate once"
@@ -179,7 +179,8 @@ def on_event(text):
 def decide(session, tree):
     text = (tree / "inventory/stock.py").read_text()
     with log.open("a") as handle:
-        handle.write(f"{session} {'broken' if 'BROKEN' in text else 'good'}\\n")
+        kind = "broken" if "BROKEN" in text else "base" if unused in text else "good"
+        handle.write(f"{session} {kind}\\n")
     failing = "BROKEN" in text
     return PytestRun(**{"failed" if failing else "passed": ["tests/test_stock.py::test_value_sums_prices"]})
 def session(spec):
@@ -187,13 +188,13 @@ def session(spec):
     return TreeScript(spec.worktree, lambda tree: decide(name, tree))
 unused = "import os\\nimport sys\\n"
 model = ScriptedBackend(
-    [plan(("Remove unused imports from stock.py", "coder", ["inventory/stock.py"]))],
+    [plan(("Drop the os and sys lines from stock.py", "coder", ["inventory/stock.py"]))],
     [edit("inventory/stock.py", unused, unused + "BROKEN = 1\\n"), edit("inventory/stock.py", unused, "")],
 )
 sandbox = ScriptedSandbox(script=lambda argv: None, session_script=session)
 deps = Deps(ws=ws, model_for=model.factory(), on_event=on_event, sandbox_backend=sandbox)
 if sys.argv[2] == "start":
-    r = start_run(deps, "sample", "remove unused imports", auto_approve=True, run_id="r-kill", candidates=2)
+    r = start_run(deps, "sample", "drop what the code does not need", auto_approve=True, run_id="r-kill", candidates=2)
 else:
     r = resume_run(deps, "r-kill")
 print(r.record.status)
@@ -221,7 +222,7 @@ def test_sigkill_then_resume_signs_one_winner_and_verifies_each_candidate_once(
     assert (resumed.returncode, resumed.stdout.strip()) == (0, "completed"), resumed.stderr
     runs_of = set((sample_ws.root / "verified.log").read_text().splitlines())  # (sandbox, candidate) once each
     verified = Counter(line.split()[1] for line in runs_of)
-    assert verified == {"broken": 1, "good": 1}, "no candidate verified twice"
+    assert verified == {"broken": 1, "good": 1, "base": 1}, "no candidate verified twice, the base's run cached"
     [cs] = changesets.list_changesets(sample_ws)
     assert (cs.status, cs.run, cs.step, cs.attempt) == ("approved", "r-kill", 1, 1)
     assert cs.id == changesets.changeset_id("sample", cs.base, "r-kill/1c2/1"), "the winner's own key"

@@ -25,7 +25,7 @@ from tests.scripted import ScriptedBackend, edit, plan
 pytestmark = pytest.mark.docker
 
 UNUSED = "import os\nimport sys\n"
-STEP = ("Remove unused imports from stock.py", "coder", ["inventory/stock.py"])
+STEP = ("Drop the os and sys lines from stock.py", "coder", ["inventory/stock.py"])
 
 
 def _deps(ws: Workspace, model: ScriptedBackend, events: list[str] | None = None) -> Deps:
@@ -106,7 +106,7 @@ def test_plan_only_writes_the_plan_and_stops(sample_ws: Workspace) -> None:
     result = start_run(_deps(sample_ws, model), "sample", "tidy up", plan_only=True)
     assert result.record.status == "completed"
     adr = (sample_ws.spec / "runs" / result.record.id / "adr.md").read_text()
-    assert "Remove unused imports from stock.py" in adr and "ruff-format" in adr
+    assert "Drop the os and sys lines from stock.py" in adr and "ruff-format" in adr
     assert generations.current(sample_ws, "sample").number == 0
 
 
@@ -134,7 +134,7 @@ def on_event(text):
     if kill_at and kill_at in text:
         os.kill(os.getpid(), signal.SIGKILL)
 model = ScriptedBackend(
-    [plan(("Remove unused imports from stock.py", "coder", ["inventory/stock.py"]))] * 2,
+    [plan(("Drop the os and sys lines from stock.py", "coder", ["inventory/stock.py"]))] * 2,
     [edit("inventory/stock.py", "import os\\nimport sys\\n", "")] * 2,
 )
 deps = Deps(ws=ws, model_for=model.factory(), on_event=on_event)

@@ -22,7 +22,7 @@ from tests.scripted import ScriptedBackend as ScriptedModel
 from tests.scripted import edit, plan
 
 UNUSED = "import os\nimport sys\n"
-STEP = ("Remove unused imports from stock.py", "coder", ["inventory/stock.py"])
+STEP = ("Drop the os and sys lines from stock.py", "coder", ["inventory/stock.py"])
 GOOD = edit("inventory/stock.py", UNUSED, "")
 SKU_TEST = "tests/test_stock.py::test_add_and_count_normalises_sku"
 PASSING = PytestRun(passed=[SKU_TEST, "tests/test_stock.py::test_value_sums_prices"])

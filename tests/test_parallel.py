@@ -38,7 +38,7 @@ from orchestrator.store.workspace import Workspace
 from tests.scripted import ScriptedBackend, edit, plan
 ws, repo = Workspace(Path(sys.argv[1])), sys.argv[2]
 model = ScriptedBackend(
-    [plan(("Remove unused imports from stock.py", "coder", ["inventory/stock.py"]))],
+    [plan(("Drop the os and sys lines from stock.py", "coder", ["inventory/stock.py"]))],
     [edit("inventory/stock.py", "import os\\nimport sys\\n", "")],
 )
 start = time.time()

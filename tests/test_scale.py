@@ -104,7 +104,7 @@ NORMALISE = '    return sku.strip().upper().replace(" ", "-")\n'
 def test_candidates_of_a_step_are_verified_on_the_cluster_from_bundles(
     cluster: LocalCluster, sample_ws: Workspace
 ) -> None:
-    step = ("Remove unused imports from stock.py", "coder", [STOCK])
+    step = ("Drop the os and sys lines from stock.py", "coder", [STOCK])
     model = ScriptedModel(
         [plan(step)],
         [

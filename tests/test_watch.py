@@ -30,7 +30,7 @@ from tests.conftest import GIT_ENV, ROOT, converge
 from tests.scripted import ScriptedBackend, edit, plan
 
 UNUSED = "import os\nimport sys\n"
-STEP = ("Remove unused imports from stock.py", "coder", ["inventory/stock.py"])
+STEP = ("Drop the os and sys lines from stock.py", "coder", ["inventory/stock.py"])
 TASK = 'repo = "sample"\ngoal = "drop what the code does not need"\nmax_steps = 1\nauto_approve = true\n'
 
 
@@ -245,7 +245,7 @@ def on_event(text):
         os.kill(os.getpid(), signal.SIGKILL)
 def deps(ws):
     model = ScriptedBackend(
-        [plan(("Remove unused imports from stock.py", "coder", ["inventory/stock.py"]))],
+        [plan(("Drop the os and sys lines from stock.py", "coder", ["inventory/stock.py"]))],
         [edit("inventory/stock.py", "import os\\nimport sys\\n", "")],
     )
     return Deps(ws=ws, model_for=model.factory(), on_event=on_event)

@@ -165,7 +165,7 @@ class TreeScript:
     inner: PytestScript = field(default_factory=PytestScript)
 
     def __call__(self, argv: list[str]) -> CommandResult:
-        if "pytest" in argv[:3]:
+        if is_test_run(argv):
             self.inner = PytestScript([self.decide(self.worktree)], other=self.inner.other)
         return self.inner(argv)
 
