@@ -66,7 +66,9 @@ def _run(
     ws: Workspace, model: ScriptedModel, sandbox: Sandboxes, n: int, on_event: Callable[[str], None] | None = None
 ) -> RunResult:
     deps = scripted_deps(ws, model, sandbox.backend, on_event)
-    return start_run(deps, "sample", "drop what the code does not need", auto_approve=True, run_id="r-best", candidates=n)
+    return start_run(
+        deps, "sample", "drop what the code does not need", auto_approve=True, run_id="r-best", candidates=n
+    )
 
 
 def _refs(ws: Workspace, prefix: str) -> list[str]:
