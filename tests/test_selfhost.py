@@ -141,6 +141,13 @@ def test_canary_outcomes_are_compared_strictly() -> None:
     failed = same.model_copy(update={"status": "failed"})
     assert not canary._compare("c", "r", failed, failed, "").ok  # a broken reference proves nothing
     assert not canary._compare("c", "r", None, same, "candidate canary exited 1").ok
+    # the built-in eval suite: the candidate must solve at least as many tasks as the running Converge
+    ran = same.model_copy(update={"eval_solved": 26, "eval_tasks": 27, "eval_unsolved": {"b": "check_failed: x"}})
+    fewer = ran.model_copy(update={"eval_solved": 25, "eval_unsolved": {"a": "tests_failed: y", "b": "x"}})
+    more = ran.model_copy(update={"eval_solved": 27, "eval_unsolved": {}})
+    assert canary._compare("c", "r", ran, ran, "").ok and canary._compare("c", "r", more, ran, "").ok
+    lost = canary._compare("c", "r", fewer, ran, "")
+    assert not lost.ok and "candidate solves 25 of 27, running 26 of 27 (newly unsolved: a)" in lost.detail
 
 
 def test_rollback_without_a_previous_install_says_no(tiny_self: tuple[Workspace, Path]) -> None:
@@ -219,6 +226,9 @@ def test_self_refinement_checked_approved_upgraded_and_rolled_back(ws: Workspace
     assert canary["ok"], canary["detail"]
     assert canary["candidate"] == canary["running"]
     assert canary["candidate"]["status"] == "completed" and canary["candidate"]["steps"] == ["promoted"]
+    measured = canary["candidate"]
+    assert measured["eval_tasks"] >= 24 and measured["eval_solved"] == measured["eval_tasks"], measured["eval_unsolved"]
+    assert "eval: candidate solves" in canary["detail"]
     stored = json.loads(changesets.artifact_path(ws, cs.id, checks.CANARY).read_text())
     assert stored["commit"] == cs.commit
 

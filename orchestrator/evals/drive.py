@@ -13,6 +13,7 @@ from typing import Any
 from orchestrator.evals.wiring import ModelFactory
 from orchestrator.loop.driver import start_run
 from orchestrator.loop.state import Deps
+from orchestrator.sandbox.base import SandboxBackend
 from orchestrator.store import runs
 from orchestrator.store.runs import RunRecord
 from orchestrator.store.workspace import Workspace
@@ -21,10 +22,18 @@ __all__ = ["RunRecord", "plan_written", "refine", "run_events"]
 
 
 def refine(
-    ws: Workspace, repo: str, goal: str, *, model_for: ModelFactory, max_steps: int, on_event: Callable[[str], None]
+    ws: Workspace,
+    repo: str,
+    goal: str,
+    *,
+    model_for: ModelFactory,
+    max_steps: int,
+    on_event: Callable[[str], None],
+    backend: SandboxBackend | None = None,
 ) -> RunRecord:
-    """What ``converge refine REPO --goal G --max-steps K --auto-approve`` does, in ``ws``; the run's record."""
-    deps = Deps(ws=ws, model_for=model_for, on_event=on_event)
+    """What ``converge refine REPO --goal G --max-steps K --auto-approve`` does, in ``ws``; the run's record.
+    ``backend``: the sandboxes' (None: the one the workspace's config names)."""
+    deps = Deps(ws=ws, model_for=model_for, on_event=on_event, sandbox_backend=backend)
     return start_run(deps, repo, goal, max_steps=max_steps, auto_approve=True).record
 
 

@@ -25,6 +25,7 @@ from orchestrator.evals import classify, drive, sandbox_check, store, throwaway,
 from orchestrator.evals.stats import summarize
 from orchestrator.evals.store import EvalSpec, FailureClass, Summary, TaskResult
 from orchestrator.evals.suite import BUILTIN, Suite, Task, answers_path, builtin_path, load_suite
+from orchestrator.sandbox.base import SandboxBackend
 from orchestrator.scale.base import Executor
 from orchestrator.scale.factory import executor_for
 from orchestrator.store import generations
@@ -44,6 +45,8 @@ class EvalRequest:
     repeat: int = 1
     parallel: int = 1
     tags: list[str] = field(default_factory=list)
+    # the sandboxes' backend (None: the workspace's); a live object, so the trials run on this machine
+    backend: SandboxBackend | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class TaskJob:
     task: Task
     trial: int
     bindings: dict[str, str]
+    backend: SandboxBackend | None = None  # set only for the local executor (see EvalRequest.backend)
 
 
 def start_eval(
@@ -109,18 +113,29 @@ def start_eval(
     store.create(ws, spec)
     if on_start is not None:
         on_start(spec)
-    return _run(ws, spec, {t.name: t for t in tasks}, request.parallel, on_result)
+    return _run(ws, spec, {t.name: t for t in tasks}, request.parallel, on_result, request.backend)
 
 
-def reference_eval(ws: Workspace, tags: list[str] | None = None, on_result: OnResult | None = None) -> EvalOutcome:
-    """The built-in suite with its reference answers as planner and coder (a replay model).
+def reference_eval(
+    ws: Workspace,
+    tags: list[str] | None = None,
+    on_result: OnResult | None = None,
+    *,
+    parallel: int = 1,
+    backend: SandboxBackend | None = None,
+    suite_dir: Path | None = None,
+    answers: Path | None = None,
+) -> EvalOutcome:
+    """The built-in suite (or a copy of it at ``suite_dir``) with its reference answers (``answers``) as
+    planner and coder (a replay model).
 
     It measures Converge, not a model: the answers solve every task, so a task left unsolved
     is the harness's or the gate's doing. What the self canary compares between two Converges.
     """
-    binding = f"replay:{answers_path()}"
-    suite = load_suite(builtin_path(), BUILTIN, builtin=True)
-    request = EvalRequest(suite=suite, models={"planner": binding, "coder": binding}, tags=tags or [])
+    binding = f"replay:{answers or answers_path()}"
+    suite = load_suite(suite_dir or builtin_path(), BUILTIN, builtin=True)
+    models = {"planner": binding, "coder": binding}
+    request = EvalRequest(suite=suite, models=models, tags=tags or [], parallel=parallel, backend=backend)
     return start_eval(ws, request, on_result)
 
 
@@ -152,17 +167,18 @@ def _run(
     tasks: dict[str, Task],
     parallel: int,
     on_result: OnResult | None,
+    backend: SandboxBackend | None = None,
 ) -> EvalOutcome:
     folder = store.eval_dir(ws, spec.id)
     with file_lock(folder / "lock", f"eval {spec.id}"):
         shutil.rmtree(folder / "work", ignore_errors=True)  # what a killed run of this eval left
         results = store.load_results(ws, spec.id)
         done = {(r.task, r.trial) for r in results}
-        jobs = [TaskJob(ws.root, spec.id, tasks[name], trial, spec.models) for name, trial in spec.jobs()]
+        jobs = [TaskJob(ws.root, spec.id, tasks[name], trial, spec.models, backend) for name, trial in spec.jobs()]
         todo = [job for job in jobs if (job.task.name, job.trial) not in done]
         if todo:
             # [scale] engine: local threads here, or Ray tasks (nodes that see this workspace at the same path)
-            pool: Executor = executor_for(ws, workers=parallel)
+            pool: Executor = executor_for(ws, workers=parallel, local=backend is not None)
             # finished trials' workspaces are deleted behind the next trial, not in its way
             trash = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-trash")
             try:
@@ -227,7 +243,7 @@ def _trial(user: Workspace, job: TaskJob, folder: Path, result: TaskResult) -> T
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     ws, repo = throwaway.make(user, task, folder)
-    start = sandbox_check.start_tree(user, ws, repo, generations.current(ws, repo).commit, task)
+    start = sandbox_check.start_tree(user, ws, repo, generations.current(ws, repo).commit, task, job.backend)
     result = result.model_copy(update={"check_seconds": start.seconds})
     if start.passed:
         return result.model_copy(update={"invalid": True, "reason": "the check already passes on the start tree"})
@@ -241,7 +257,13 @@ def _trial(user: Workspace, job: TaskJob, folder: Path, result: TaskResult) -> T
     began = time.monotonic()
     try:
         record = drive.refine(
-            ws, repo, task.spec.goal, model_for=model_for, max_steps=task.spec.max_steps, on_event=on_event
+            ws,
+            repo,
+            task.spec.goal,
+            model_for=model_for,
+            max_steps=task.spec.max_steps,
+            on_event=on_event,
+            backend=job.backend,
         )
     finally:
         metered = {"tokens_in": meter.tokens_in, "tokens_out": meter.tokens_out}
@@ -265,7 +287,7 @@ def _trial(user: Workspace, job: TaskJob, folder: Path, result: TaskResult) -> T
         if failure is None:
             return result.model_copy(update={"failure": FailureClass.CHECK_FAILED, "reason": "the run changed nothing"})
         return result
-    check = sandbox_check.run_check(ws, repo, final.commit, task, label=f"eval-check-{task.name}")
+    check = sandbox_check.run_check(ws, repo, final.commit, task, label=f"eval-check-{task.name}", backend=job.backend)
     result = result.model_copy(
         update={"check_exit": check.exit_code, "check_seconds": round(result.check_seconds + check.seconds, 3)}
     )

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from orchestrator.evals.suite import SKIPPED, Task
+from orchestrator.sandbox.base import SandboxBackend
 from orchestrator.sandbox.factory import open_sandbox
 from orchestrator.sandbox.image import resolve
 from orchestrator.store import worktrees
@@ -41,14 +42,16 @@ class CheckOutcome:
         return self.exit_code == 0
 
 
-def run_check(ws: Workspace, repo: str, commit: str, task: Task, label: str) -> CheckOutcome:
+def run_check(
+    ws: Workspace, repo: str, commit: str, task: Task, label: str, backend: SandboxBackend | None = None
+) -> CheckOutcome:
     """``task``'s check in a fresh sandbox over ``commit`` of ``repo`` with ``check/`` copied in."""
     started = time.monotonic()
     path = worktrees.scratch_worktree(ws, repo, commit)
     try:
         if task.check_dir is not None:
             shutil.copytree(task.check_dir, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SKIPPED, "*.pyc"))
-        with open_sandbox(ws, repo, path, label=label) as box:
+        with open_sandbox(ws, repo, path, label=label, backend=backend) as box:
             result = box.run(task.check_argv, timeout=task.spec.timeout)
     finally:
         worktrees.remove_worktree(ws.repo_path(repo), path)
@@ -57,13 +60,15 @@ def run_check(ws: Workspace, repo: str, commit: str, task: Task, label: str) -> 
     return CheckOutcome(exit_code, round(time.monotonic() - started, 3), "\n".join(output[-TAIL_LINES:]))
 
 
-def start_tree(user: Workspace, ws: Workspace, repo: str, commit: str, task: Task) -> CheckOutcome:
+def start_tree(
+    user: Workspace, ws: Workspace, repo: str, commit: str, task: Task, backend: SandboxBackend | None = None
+) -> CheckOutcome:
     """The check on the start tree (``commit``), remembered across evals of the same task files and sandbox."""
     cache = user.cache / "eval" / "validity" / f"{validity_key(ws, task)}.json"
     if cache.is_file():
         found = read_json(cache)
         return CheckOutcome(int(found["exit_code"]), 0.0, str(found.get("tail", "")), cached=True)
-    outcome = run_check(ws, repo, commit, task, label=f"eval-start-{task.name}")
+    outcome = run_check(ws, repo, commit, task, label=f"eval-start-{task.name}", backend=backend)
     if outcome.exit_code != TIMED_OUT:  # a slow machine's timeout says nothing lasting about the task
         atomic_write_json(cache, {"task": task.name, "exit_code": outcome.exit_code, "tail": outcome.tail})
     return outcome

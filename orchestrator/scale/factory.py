@@ -23,10 +23,11 @@ J = TypeVar("J")
 R = TypeVar("R")
 
 
-def executor_for(ws: Workspace, workers: int | None = None) -> Executor:
-    """The executor ``[scale]`` names; ``workers``: how many jobs at once the caller wants (local engine)."""
+def executor_for(ws: Workspace, workers: int | None = None, *, local: bool = False) -> Executor:
+    """The executor ``[scale]`` names; ``workers``: how many jobs at once the caller wants (local engine).
+    ``local``: this machine's whatever ``[scale]`` says (jobs that hold live objects)."""
     cfg = ws.config()
-    if cfg.scale.engine == "ray":
+    if cfg.scale.engine == "ray" and not local:
         from orchestrator.scale.ray_executor import RayExecutor  # noqa: PLC0415  lazy: importing ray takes seconds
 
         scale = cfg.scale

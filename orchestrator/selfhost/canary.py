@@ -2,6 +2,8 @@
 the sample repo with the same scripted model, in one outer sandbox; they must end the same way.
 The model's first edit hides a test from collection: a gate that still compares the candidate's tests
 with the base's rejects it and promotes the second edit; a gate that lets it through ends differently.
+Each side then runs the running Converge's built-in eval suite with its reference answers; the
+candidate passes only if it solves at least as many tasks.
 
 ``check`` runs the self-tests and both canaries and stores them as the changeset's artifacts;
 ``python -m orchestrator.selfhost.canary canary INPUTS WORK`` is what runs inside the sandbox.
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UsageError
+from orchestrator.evals.runner import reference_eval
+from orchestrator.evals.suite import answers_path, builtin_path
 from orchestrator.gate.candidates import Candidate
 from orchestrator.loop.driver import start_run
 from orchestrator.loop.state import Deps
@@ -44,7 +48,8 @@ from orchestrator.store.workspace import Workspace, source_root
 SCRATCH = ".converge-canary"  # in the outer sandbox's worktree: canary inputs and the reference copy
 REFERENCE_PARTS = ("orchestrator", "agents", "policies", "workspace_template")
 CANARY_GOAL = "Drop the os and sys lines that inventory/stock.py never needs"  # a coder goal: no tool serves it
-CANARY_TIMEOUT = 900.0
+CANARY_TIMEOUT = 1800.0  # the sample refinement and the built-in eval suite (27 short runs)
+EVAL_PARALLEL = 2
 
 
 HIDDEN_TEST = {
@@ -97,6 +102,9 @@ def prepare_canary(dest: Path, reference: Path | None = None) -> None:
     for part in REFERENCE_PARTS:
         if (root / part).is_dir():
             shutil.copytree(root / part, dest / "reference" / part, ignore=ignore)
+    # the running Converge's eval suite and answers: both sides are measured on the same tasks
+    shutil.copytree(builtin_path(), dest / "eval" / "suite", ignore=ignore)
+    shutil.copytree(answers_path(), dest / "eval" / "answers", ignore=ignore)
 
 
 def run_canary(inputs: Path, work: Path, backend: SandboxBackend | None = None) -> CanaryOutcome:
@@ -116,7 +124,7 @@ def run_canary(inputs: Path, work: Path, backend: SandboxBackend | None = None) 
     gen = generations.current(ws, "sample")
     tree = gitops.run(ws.repo_path("sample"), "rev-parse", f"{gen.commit}^{{tree}}").strip()
     record = result.record
-    return CanaryOutcome(
+    outcome = CanaryOutcome(
         status=record.status,
         steps=[s.outcome for s in record.steps],
         attempts=[s.attempts for s in record.steps],
@@ -124,11 +132,19 @@ def run_canary(inputs: Path, work: Path, backend: SandboxBackend | None = None) 
         generation=gen.number,
         reason=record.reason,
     )
+    if not (inputs / "eval").is_dir():
+        return outcome
+    suite, answers = inputs / "eval" / "suite", inputs / "eval" / "answers"
+    found = reference_eval(ws, parallel=EVAL_PARALLEL, backend=deps.sandbox_backend, suite_dir=suite, answers=answers)
+    unsolved = {r.task: f"{r.failure}: {r.reason}" for r in found.results if not r.solved}
+    update = {"eval_solved": found.summary.solved, "eval_tasks": len(found.results), "eval_unsolved": unsolved}
+    return outcome.model_copy(update=update)
 
 
 def _canary_in(box: Sandbox, pythonpath: str, name: str) -> tuple[CanaryOutcome | None, str]:
     argv = ["env", f"PYTHONPATH={pythonpath}", "python", "-m", "orchestrator.selfhost.canary", "canary"]
-    argv += [f"/src/{SCRATCH}", f"/tmp/canary-{name}"]
+    # its workspaces under /src: /tmp is noexec in the sandbox, and the eval's tools (ruff) run from them
+    argv += [f"/src/{SCRATCH}", f"/src/{SCRATCH}/work-{name}"]
     result = box.run(argv, CANARY_TIMEOUT)
     lines = [ln for ln in result.stdout_tail.strip().splitlines() if ln.startswith("{")]
     if not result.ok or not lines:
@@ -172,7 +188,14 @@ def _compare(
         return CanaryResult(commit=commit, reference=reference, ok=False, candidate=mine, running=theirs, detail=detail)
     same = mine.key() == theirs.key()
     detail = "same outcome" if same else f"outcomes differ: candidate {mine.key()} vs running {theirs.key()}"
-    return CanaryResult(commit=commit, reference=reference, ok=same, candidate=mine, running=theirs, detail=detail)
+    ok = same
+    if theirs.eval_solved is not None:
+        solved, wanted = mine.eval_solved or 0, theirs.eval_solved
+        lost = sorted(set(mine.eval_unsolved) - set(theirs.eval_unsolved))
+        ok = ok and solved >= wanted
+        detail += f"; eval: candidate solves {solved} of {mine.eval_tasks}, running {wanted} of {theirs.eval_tasks}"
+        detail += f" (newly unsolved: {', '.join(lost)})" if lost else ""
+    return CanaryResult(commit=commit, reference=reference, ok=ok, candidate=mine, running=theirs, detail=detail)
 
 
 def _reference_id() -> str:

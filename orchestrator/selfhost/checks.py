@@ -46,6 +46,10 @@ class CanaryOutcome(BaseModel):
     generation: int
     reason: str = ""
     attempts: list[int] = []
+    # the built-in eval suite with its reference answers, run by this Converge (None: not run)
+    eval_solved: int | None = None
+    eval_tasks: int = 0
+    eval_unsolved: dict[str, str] = {}  # task -> failure class and reason
 
     def key(self) -> tuple[str, tuple[str, ...], str, tuple[int, ...]]:
         return (self.status, tuple(self.steps), self.tree, tuple(self.attempts))
