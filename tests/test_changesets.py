@@ -130,6 +130,8 @@ def test_submit_verify_approve_rollback_from_the_command_line(tmp_path: Path) ->
     shown = json.loads(converge(*w, "changeset", "show", cs["id"][:8], "--json", check=True).stdout)
     assert '+    """The item with the lowest unit price' in shown["diff"]
     assert [s["principal"] for s in shown["signatures"]] == ["converge@workspace"]
+    text = converge(*w, "changeset", "show", cs["id"], check=True).stdout
+    assert f"reviewer signature: none yet (pending review: converge changeset approve {cs['id']})" in text
 
     approved = json.loads(converge(*w, "changeset", "approve", cs["id"], "--json", check=True).stdout)
     assert (approved["status"], approved["generation"], approved["decided_by"]) == ("approved", 1, "alice@example.com")
@@ -152,6 +154,12 @@ def test_submit_verify_approve_rollback_from_the_command_line(tmp_path: Path) ->
     back = converge(*w, "rollback", "sample", "--json", check=True)
     assert json.loads(back.stdout)["number"] == 0
     assert git(ws.src / "sample", "rev-parse", "HEAD") == cs["base"]
+    # the changeset stays approved, and says that its generation was rolled back
+    [undone] = json.loads(converge(*w, "changeset", "list", "--json", check=True).stdout)
+    assert (undone["status"], undone["generation_status"]) == ("approved", "rolled-back")
+    table = converge(*w, "changeset", "list", env={"COLUMNS": "200"}, check=True).stdout
+    assert "approved (rolled-back)" in table
+    assert "status: approved (rolled-back)" in converge(*w, "changeset", "show", cs["id"], check=True).stdout
 
 
 @pytest.mark.docker

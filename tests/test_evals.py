@@ -205,6 +205,9 @@ def test_model_list_shows_each_models_latest_builtin_solve_rate(ws: Workspace) -
     listing = json.loads(converge("-w", str(ws.root), "model", "list", "--json", check=True).stdout)
     score = next(m for m in listing["models"] if m["name"] == "default")["eval"]
     assert (score["id"], score["rate"], score["solved"], score["valid"]) == ("e-new", 0.25, 1, 4)
+    # roles no one bound run on the default model, and say so
+    assert listing["roles"] == {"coder": "default", "planner": "default", "reviewer": "default"}
+    assert next(m for m in listing["models"] if m["name"] == "default")["roles"] == ["coder", "planner", "reviewer"]
     shown = converge("-w", str(ws.root), "model", "list", env={"COLUMNS": "200"}, check=True).stdout
     assert "25% (1/4) e-new" in shown
     history = json.loads(converge("-w", str(ws.root), "stats", "--json", check=True).stdout)["evals"]

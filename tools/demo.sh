@@ -20,10 +20,12 @@ export CONVERGE_WORKSPACE="$WS"
 if ! $CONVERGE repos --json | grep -q '"name": "sample"'; then
   $CONVERGE add "$SRC" --name sample
 fi
-# The embedded default model is tiny (SmolLM2-135M): naming the tool agent in the goal lets it
-# plan a step it can carry out. With a real coder model (see the README) ask for anything.
+# The goal in a user's words, naming no tool: the tool agents' dry runs find the unused imports and
+# ground the plan in them, so even the tiny embedded model (SmolLM2-135M) plans a step that works.
+# With a real coder model (see the README) ask for anything.
 set +e
-$CONVERGE refine sample --goal "Use ruff-fix to remove the unused imports" --max-steps 1 --auto-approve
+$CONVERGE refine sample --goal "There are leftover imports nobody uses in the inventory package; get rid of them" \
+  --max-steps 1 --auto-approve
 rc=$?
 set -e
 # 1 means the run ended and said no (e.g. nothing left to fix on a second demo); 2+ is a real error.

@@ -10,7 +10,7 @@ import typer
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.cli.run_cmds import continue_run
 from orchestrator.errors import ConvergeError, SignatureError
-from orchestrator.store import changesets, keyfiles
+from orchestrator.store import changesets, generations, keyfiles
 from orchestrator.store.storage import read_json
 from orchestrator.store.workspace import Workspace
 
@@ -46,12 +46,34 @@ def _details(ws: Workspace, cs: changesets.Changeset) -> dict[str, object]:
             problems.append(str(exc))
     return {
         **cs.to_json(),
+        "generation_status": _generation_states(ws, [cs]).get(cs.id),
         "diff": diff_path.read_text(encoding="utf-8", errors="replace") if diff_path.exists() else None,
         "policy": policy,
         "tests_changed": _tests_changed(policy),
         "signatures": signatures,
         "problems": problems,
     }
+
+
+def _generation_states(ws: Workspace, found: list[changesets.Changeset]) -> dict[str, str]:
+    """By changeset id: the status of the generation it made (``current``, ``superseded``, ``rolled-back``,
+    ``failed``); a changeset that made none, or whose repo cannot be read, is left out."""
+    states: dict[str, str] = {}
+    for repo in sorted({c.repo for c in found if c.generation is not None}):
+        try:
+            by_number = {g.number: g.status for g in generations.lineage(ws, repo)}
+        except ConvergeError:
+            continue  # a damaged clone: `converge repos` names it and the fix
+        for c in found:
+            if c.repo == repo and c.generation in by_number:
+                states[c.id] = by_number[c.generation]
+    return states
+
+
+def _shown_status(status: str, generation_status: str | None) -> str:
+    """An approved changeset whose generation was undone says so (its own status stays ``approved``)."""
+    undone = generation_status in ("rolled-back", "failed")
+    return f"{status} ({generation_status})" if status == "approved" and undone else status
 
 
 def _tests_changed(policy: object) -> list[dict[str, str]]:
@@ -104,13 +126,26 @@ def list_(
     if repo is not None:
         ws.repo(repo)
     found = changesets.list_changesets(ws, repo, status)
+    states = _generation_states(ws, found)
     if json_out:
-        emit_json([cs.to_json() for cs in found])
+        emit_json([{**cs.to_json(), "generation_status": states.get(cs.id)} for cs in found])
         return
     emit_table(
         "changesets",
         ["id", "repo", "status", "verdict", "risk", "generation", "tests", "created"],
-        [[c.id, c.repo, c.status, c.verdict, c.risk, c.generation, c.tests, c.created] for c in found],
+        [
+            [
+                c.id,
+                c.repo,
+                _shown_status(c.status, states.get(c.id)),
+                c.verdict,
+                c.risk,
+                c.generation,
+                c.tests,
+                c.created,
+            ]
+            for c in found
+        ],
     )
 
 
@@ -125,9 +160,14 @@ def show(cs_id: IdArg, json_out: JsonFlag = False) -> None:
     signatures = data["signatures"]
     assert isinstance(signatures, list)
     for key in ("id", "repo", "status", "commit", "base", "generation", "verdict", "risk", "tests", "attestation"):
-        say(f"{key}: {data[key]}")
+        value = data[key]
+        if key == "status":
+            value = _shown_status(str(value), data["generation_status"])  # type: ignore[arg-type]
+        say(f"{key}: {value if value is not None else '-'}")
     for sig in signatures:
         say(f"signed by: {sig['principal']} ({sig['keyid']})")
+    if data["status"] == "pending":
+        say(f"reviewer signature: none yet (pending review: converge changeset approve {data['id']})")
     for reason in _reasons(data):
         say(f"reason: {reason}")
     changed = data["tests_changed"]

@@ -14,6 +14,7 @@ from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, p
 from orchestrator.errors import UsageError
 from orchestrator.evals.store import latest_scores
 from orchestrator.models import runtime, status
+from orchestrator.store.workspace import Workspace
 
 
 def _size(n: int) -> str:
@@ -28,6 +29,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(model_app, name="model")
 
 
+def _resolved_roles(ws: Workspace) -> dict[str, str]:
+    """Every role bound or used by an agent card, with what it resolves to (an unbound one: ``default``)."""
+    used = set()
+    for loaded in load_cards(ws).values():
+        kind, name = loaded.card.binding()
+        if kind == "role" and loaded.card.kind == "model":
+            used.add(name)
+    return {role: runtime.role_binding(ws, role) for role in sorted(used | set(runtime.all_roles(ws)))}
+
+
 @model_app.command("list")
 @handled
 def list_models(json_out: JsonFlag = False) -> None:
@@ -35,7 +46,7 @@ def list_models(json_out: JsonFlag = False) -> None:
     on the built-in suite (`converge eval`)."""
     ws = workspace()
     registry = runtime.load_registry(ws)
-    roles = runtime.all_roles(ws)
+    roles = _resolved_roles(ws)
     statuses = status.model_statuses(ws)
     scores = latest_scores(ws)
     rows = []
