@@ -18,6 +18,11 @@ Prints `name: value` lines:
   prefix_speedup             first / second (target >= 5)
   role_switch_ms             switching between two resident models, median (target < 50)
   constrained_over_free      constrained / free decoding seconds per token (target <= 1.2)
+  grammar_build_ms_2000_lines  building the edit grammar (search texts: runs of whole lines) of a 2,000-line file
+  grounded_over_schema       seconds per token with that grammar / with the plain edits JSON schema (target <= 1.2)
+  lookup_{off,on}_tokens_per_s  a search/replace answer over a 300-line file shown in the prompt, without and
+                             with prompt-lookup drafts (greedy, 8 tokens drafted)
+  lookup_speedup             on / off (target >= 1.5)
 Usage: python bench/models.py [--tokens N] [--rounds R] [--only SECTION,...]
 """
 
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp
@@ -270,7 +276,78 @@ def constrained(tokens: int, rounds: int) -> None:
     line("constrained_over_free", min(bound) / min(free))
 
 
-SECTIONS = ("throughput", "threads", "kv", "prefix", "switch", "constrained")
+def python_file(lines: int) -> str:
+    """A plausible Python module of ``lines`` lines: classes with methods, functions, docstrings."""
+    out = ['"""A generated module."""', "", "import math", ""]
+    n = 0
+    while len(out) < lines:
+        out += [
+            "",
+            f"def compute_{n}(values: list[float], scale: float = {n}.5) -> float:",
+            f'    """Scaled sum number {n} of ``values``."""',
+            "    total = 0.0",
+            "    for value in values:",
+            f"        total += math.sqrt(abs(value)) * scale + {n}",
+            "    return total",
+        ]
+        n += 1
+    return "\n".join(out[:lines]) + "\n"
+
+
+def grounded(tokens: int, rounds: int) -> None:
+    """The edit grammar of a 2,000-line file: build time, and decoding with it against the plain schema."""
+    from orchestrator.agents.grounding import edits_grammar, edits_schema  # noqa: PLC0415  bench section only
+
+    text = python_file(2000)
+    builds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        grammar = edits_grammar({"pkg/big.py": text}, [])
+        builds.append(time.perf_counter() - started)
+    line("grammar_build_ms_2000_lines", statistics.median(builds) * 1000)
+    user = "In pkg/big.py, rename compute_3 to compute_three. Answer with one JSON object: summary and edits."
+    with ModelManager(n_ctx=N_CTX) as manager:
+        backend = LlamaBackend(describe(embedded_model_path(), "default"), manager)
+        plain, bound = [], []
+        for _ in range(rounds):
+            base = CompletionRequest(system=SYSTEM, user=user, max_tokens=tokens, json_schema=edits_schema([]))
+            a = backend.complete(base)
+            b = backend.complete(replace(base, grammar=grammar))
+            plain.append(a.seconds / max(a.tokens_out, 1))
+            bound.append(b.seconds / max(b.tokens_out, 1))
+    line("grounded_s_per_token", min(bound))
+    line("schema_s_per_token", min(plain))
+    line("grounded_over_schema", min(bound) / min(plain))
+
+
+def lookup(tokens: int, rounds: int) -> None:
+    """A search/replace answer that copies the file, without and with prompt-lookup drafts."""
+    from orchestrator.agents.grounding import edits_grammar  # noqa: PLC0415  bench section only
+
+    text = python_file(300)
+    grammar = edits_grammar({"pkg/mod.py": text}, [])
+    user = (
+        f"Current content of pkg/mod.py:\n```\n{text}```\n"
+        "Add a docstring line to compute_20: search for its def line and the lines after it, and replace them "
+        "with the same lines plus the docstring. Answer with one JSON object: summary and edits."
+    )
+    with ModelManager(n_ctx=N_CTX * 2) as manager:
+        backend = LlamaBackend(describe(embedded_model_path(), "default"), manager)
+        rates: dict[int, list[float]] = {0: [], 8: []}
+        for _ in range(rounds):
+            for drafts in (0, 8):
+                request = CompletionRequest(
+                    system=SYSTEM, user=user, max_tokens=tokens * 4, grammar=grammar, lookup=drafts
+                )
+                backend.complete(request)  # the prompt is evaluated once; the timed call reuses it
+                done = backend.complete(request)
+                rates[drafts].append(done.tokens_out / done.seconds)
+    line("lookup_off_tokens_per_s", max(rates[0]))
+    line("lookup_on_tokens_per_s", max(rates[8]))
+    line("lookup_speedup", max(rates[8]) / max(rates[0]))
+
+
+SECTIONS = ("throughput", "threads", "kv", "prefix", "switch", "constrained", "grounded", "lookup")
 
 
 def main() -> None:
@@ -292,6 +369,10 @@ def main() -> None:
         role_switch(args.rounds)
     if "constrained" in only:
         constrained(args.tokens, args.rounds)
+    if "grounded" in only:
+        grounded(args.tokens, args.rounds)
+    if "lookup" in only:
+        lookup(args.tokens, args.rounds)
 
 
 if __name__ == "__main__":
