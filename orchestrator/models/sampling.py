@@ -1,22 +1,12 @@
 """Grammar-constrained decoding that checks the grammar lazily, with prompt-lookup drafts when greedy.
 
-<<<<<<< HEAD
-llama-cpp-python puts the grammar first in its sampler chain, so every generated token
-pays for matching the grammar against the whole vocabulary (49k tokens for SmolLM2). Here
-the token is drawn first without the grammar and only checked against it; only when the
-grammar rejects it is the draw repeated over the tokens the grammar allows. The result is
-the same distribution restricted to the grammar, at close to the cost of free decoding.
-
-Greedy decoding may also draft (``lookup`` > 0): the tokens that followed the latest earlier
-occurrence of the last few tokens (in the prompt or the answer so far) are evaluated in one
-batch and kept as long as they are what greedy decoding would have chosen. An edit's search
-and replace texts mostly copy the file in the prompt, so most drafts are kept; the answer is
-exactly the one decoding without drafts gives.
-=======
 llama-cpp-python matches the grammar against the whole vocabulary for every token; here the token is
 drawn first without the grammar and only checked against it, and only when the grammar rejects it is
 the draw repeated over the tokens it allows: the same distribution, at close to free decoding's cost.
->>>>>>> docs
+
+Greedy decoding may also draft (``lookup`` > 0): the tokens that followed the latest earlier occurrence
+of the last few tokens (prompt or answer) are evaluated in one batch and kept while greedy decoding
+would have chosen them; an edit mostly copies the file shown, and the answer is the one without drafts.
 """
 
 from __future__ import annotations
