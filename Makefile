@@ -29,6 +29,7 @@ lint: venv
 	$(BIN)/ruff check orchestrator tests bench
 	$(BIN)/ruff format --check orchestrator tests bench
 	$(BIN)/lint-imports
+	@if grep -rnE '^(<<<<<<<|>>>>>>>) ' orchestrator tests bench tools agents policies; then echo "merge conflict markers (above)"; exit 1; fi
 	@big=$$(find orchestrator -name '*.py' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 400'); \
 	  if [ -n "$$big" ]; then echo "modules over 400 lines (split them along a seam):"; echo "$$big"; exit 1; fi
 
