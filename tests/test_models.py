@@ -412,7 +412,8 @@ def test_cli_add_list_use(ws: Workspace, tmp_path: Path) -> None:
     listing = json.loads(converge("model", "list", "--json", env=env, check=True).stdout)
     by_name = {m["name"]: m for m in listing["models"]}
     assert set(by_name) == {"default", "coder-q4"}
-    assert by_name["coder-q4"]["roles"] == ["coder"] and listing["roles"] == {"coder": "coder-q4"}
+    assert by_name["coder-q4"]["roles"] == ["coder"] and by_name["default"]["roles"] == ["planner", "reviewer"]
+    assert listing["roles"] == {"coder": "coder-q4", "planner": "default", "reviewer": "default"}
     proc = converge("model", "use", "ghost", "--role", "coder", env=env)
     assert proc.returncode == 2 and "unknown model 'ghost'" in proc.stderr
 

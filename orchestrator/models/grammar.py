@@ -39,13 +39,30 @@ def json_literal(value: str) -> str:
     return literal(json.dumps(value, ensure_ascii=False)) + " space"
 
 
+def _json_inner(text: str) -> str:
+    """``text`` as it appears inside a JSON string (its escapes as characters)."""
+    return encode_basestring(text)[1:-1]
+
+
+def _gbnf(inner: str) -> str:
+    """Characters of a JSON string's inside as a GBNF literal."""
+    return '"' + inner.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _common_prefix(texts: Sequence[str]) -> str:
+    first, last = min(texts), max(texts)
+    n = 0
+    while n < len(first) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
 def _in_json(text: str) -> str:
     """``text`` as it appears inside a JSON string, as a GBNF literal (no quotes around it).
 
     JSON leaves no control character unescaped, so only backslashes and quotes need GBNF's escapes.
     """
-    inner = encode_basestring(text)[1:-1]
-    return '"' + inner.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _gbnf(_json_inner(text))
 
 
 def obj(fields: Sequence[tuple[str, str]]) -> str:
@@ -107,16 +124,41 @@ class Grammar:
         for i in range(len(lines) - 1, 0, -1):  # the tail from line 0 is no start's tail
             follow = f" {name}-t{i + 1}" if i + 1 < len(lines) else ""
             self.rules[f"{name}-t{i}"] = f"({pieces[i]}{follow})?"
-        starts = []
+        starts: list[tuple[str, str]] = []
         for i, need in enumerate(unique_run_lengths(lines)):
             if need == 0:
                 continue
-            follow = f" {name}-t{i + need}" if i + need < len(lines) else ""
-            starts.append(" ".join(pieces[i : i + need]) + follow)
+            follow = f"{name}-t{i + need}" if i + need < len(lines) else ""
+            starts.append(("".join(_json_inner(line) for line in lines[i : i + need]), follow))
         if not starts:
             return self.rule(f"{name}-search", '"\\"\\"" space')  # nothing in the file is unique: nothing to search
-        body = self.rule(f"{name}-start", " | ".join(starts))
+        body = self._prefix_tree(f"{name}-n", sorted(starts), 0)
         return self.rule(f"{name}-search", f'"\\"" {body} "\\"" space')
+
+    def _prefix_tree(self, name: str, starts: Sequence[tuple[str, str]], depth: int) -> str:
+        """The starts (JSON text, rule that may follow) from character ``depth`` on, sharing their prefixes.
+
+        llama.cpp keeps one stack per alternative it is inside: a flat choice of a 2,000-line file's starts
+        holds 2,000 stacks through the first characters of every search text, and checking a token against
+        them costs that much; sharing prefixes leaves one stack per distinct next character."""
+        text, follow = starts[0]
+        if len(starts) == 1:
+            rest = text[depth:]
+            return " ".join(p for p in (_gbnf(rest) if rest else "", follow) if p) or '""'
+        shared = _common_prefix([t[depth:] for t, _ in starts])
+        if shared:
+            return f"{_gbnf(shared)} {self._prefix_tree(name, starts, depth + len(shared))}"
+        ended = [f for t, f in starts if len(t) == depth]
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for start in starts:
+            if len(start[0]) > depth:
+                groups.setdefault(start[0][depth], []).append(start)
+        alts = [self._prefix_tree(name, group, depth) for _, group in sorted(groups.items())]
+        alts += [f for f in ended if f]
+        body = " | ".join(f"( {a} )" for a in alts)
+        if any(not f for f in ended):
+            body = f"( {body} )?"  # a start that is the file's last line, without its newline, ends here
+        return self.rule(f"{name}{len(self.rules)}", body)
 
 
 def unique_run_lengths(lines: Sequence[str], limit: int = MAX_UNIQUE_LINES) -> list[int]:
