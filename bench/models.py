@@ -18,12 +18,19 @@ Prints `name: value` lines:
   prefix_speedup             first / second (target >= 5)
   role_switch_ms             switching between two resident models, median (target < 50)
   constrained_over_free      constrained / free decoding seconds per token (target <= 1.2)
+  grounded_grammar_build_ms  GBNF of an edit answer grounded in a 2,000-line file: built (target < 50)
+  grounded_grammar_compile_ms  the same grammar compiled by llama.cpp
+  grounded_over_schema       seconds per token under that grammar / under the plain edit schema (target <= 1.2)
+  edit_tokens_per_s          a search/replace answer over a 300-line file, decoded token by token
+  edit_lookup_tokens_per_s   the same answer with prompt-lookup drafts (the coder card's lookup)
+  lookup_speedup             the second over the first (target >= 1.5; the answers are identical)
 Usage: python bench/models.py [--tokens N] [--rounds R] [--only SECTION,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -32,16 +39,20 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from orchestrator.agents.cards import load_cards
+from orchestrator.agents.grounding import edits_grammar, edits_schema
 from orchestrator.config import ModelsConfig
 from orchestrator.errors import ConvergeError
 from orchestrator.models.backends import CompletionRequest
 from orchestrator.models.gguf import read_gguf
+from orchestrator.models.grammar import literal
 from orchestrator.models.llama import LlamaBackend, ModelManager, quiet_stderr
 from orchestrator.models.registry import describe, embedded_model_path
 from orchestrator.models.threads import decide, usable_cores
@@ -49,6 +60,7 @@ from orchestrator.sandbox.factory import open_sandbox
 from orchestrator.store.setup import add_repo, init_workspace
 
 N_CTX = 4096
+EDIT_CTX = 8192  # a 300-line file and its edit answer
 SYSTEM = "You are a helpful assistant."
 STORY = "Write a long story about a lighthouse keeper and a storm. Use many sentences."
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample-repo"
@@ -270,7 +282,87 @@ def constrained(tokens: int, rounds: int) -> None:
     line("constrained_over_free", min(bound) / min(free))
 
 
-SECTIONS = ("throughput", "threads", "kv", "prefix", "switch", "constrained")
+def _module(lines: int) -> str:
+    """A plausible Python module of ``lines`` lines (functions of six lines, each a little different)."""
+    out = ['"""Orders and their totals."""\n', "\n"]
+    n = 0
+    while len(out) < lines:
+        out += [
+            f"def total_{n}(order, rate={n % 7}):\n",
+            f'    """The total of order line {n}, with tax at {n % 7} percent."""\n',
+            f"    amount = order.quantity * order.price_{n % 5}\n",
+            "    if amount <= 0:\n",
+            f"        raise ValueError('order {n} has no amount')\n",
+            "    return round(amount * (1 + rate / 100), 2)\n",
+            "\n",
+        ]
+        n += 1
+    return "".join(out[:lines])
+
+
+def grounded(tokens: int, rounds: int) -> None:
+    """An edit answer grounded in a 2,000-line file: building and compiling its grammar, and sampling under it."""
+    text = _module(2000)
+    builds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        grammar = edits_grammar({"shop/orders.py": text}, [])
+        builds.append((time.perf_counter() - start) * 1000)
+    line("grounded_grammar_build_ms", min(builds))
+    shown = "".join(text.splitlines(keepends=True)[:300])
+    user = f"Current content of shop/orders.py (lines 1-300 of 2000):\n```\n{shown}```\nMake total_3 round to 3 places."
+    with ModelManager(n_ctx=EDIT_CTX) as manager:
+        backend = LlamaBackend(describe(embedded_model_path(), "default"), manager)
+        llm = manager.acquire(backend.record).llm
+        start = time.perf_counter()
+        rules = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode(), b"root")
+        line("grounded_grammar_compile_ms", (time.perf_counter() - start) * 1000)
+        llama_cpp.llama_sampler_free(rules)
+        plain, bound = [], []
+        for _ in range(rounds):
+            base = CompletionRequest(system=SYSTEM, user=user, max_tokens=tokens, json_schema=edits_schema([]))
+            a = backend.complete(base)
+            b = backend.complete(replace(base, grammar=grammar))
+            plain.append(a.seconds / max(a.tokens_out, 1))
+            bound.append(b.seconds / max(b.tokens_out, 1))
+    line("grounded_over_schema", min(bound) / min(plain))
+
+
+def edit_lookup(rounds: int) -> None:
+    """Tokens/s of a search/replace answer over a 300-line file, with and without prompt-lookup drafts.
+
+    The answer (a block copied from the file, and its replacement) is the one a coder gives; the grammar
+    holds the model to it, so both runs decode the same tokens and only the drafts differ.
+    """
+    text = _module(300)
+    lines = text.splitlines(keepends=True)
+    search = "".join(lines[100:130])
+    answer = json.dumps(
+        {
+            "summary": "Round the totals to three places.",
+            "edits": [{"path": "shop/orders.py", "search": search, "replace": search.replace(", 2)", ", 3)")}],
+        }
+    )
+    grammar = f"root ::= {literal(answer)}\n"
+    lookup = load_cards()["coder"].card.sampling.lookup or 8
+    user = f"Current content of shop/orders.py:\n```\n{text}```\nRound the totals in lines 101-130 to three places."
+    with ModelManager(n_ctx=EDIT_CTX) as manager:
+        backend = LlamaBackend(describe(embedded_model_path(), "default"), manager)
+        base = CompletionRequest(system=SYSTEM, user=user, max_tokens=2048, grammar=grammar)
+        backend.complete(replace(base, max_tokens=1))  # the prompt in the KV cache for both
+        plain, drafted = [], []
+        for _ in range(rounds):
+            a = backend.complete(base)
+            b = backend.complete(replace(base, lookup=lookup))
+            assert a.text == b.text == answer, "drafts change the speed, never the answer"
+            plain.append(a.tokens_out / a.seconds)
+            drafted.append(b.tokens_out / b.seconds)
+    line("edit_tokens_per_s", max(plain))
+    line("edit_lookup_tokens_per_s", max(drafted))
+    line("lookup_speedup", max(drafted) / max(plain))
+
+
+SECTIONS = ("throughput", "threads", "kv", "prefix", "switch", "constrained", "grounded", "lookup")
 
 
 def main() -> None:
@@ -292,6 +384,10 @@ def main() -> None:
         role_switch(args.rounds)
     if "constrained" in only:
         constrained(args.tokens, args.rounds)
+    if "grounded" in only:
+        grounded(args.tokens, args.rounds)
+    if "lookup" in only:
+        edit_lookup(args.rounds)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ export CONVERGE_WORKSPACE="$WS"
 if ! $CONVERGE repos --json | grep -q '"name": "sample"'; then
   $CONVERGE add "$SRC" --name sample
 fi
-# The embedded default model is tiny (SmolLM2-135M): naming the tool agent in the goal lets it
-# plan a step it can carry out. With a real coder model (see the README) ask for anything.
+# The goal names no agent: the planner is shown what the tool agents' dry runs found, and a goal asking
+# for a kind of change a tool declares is planned for that tool, even by the tiny embedded model.
 set +e
-$CONVERGE refine sample --goal "Use ruff-fix to remove the unused imports" --max-steps 1 --auto-approve
+$CONVERGE refine sample --goal "Remove the unused imports" --max-steps 1 --auto-approve
 rc=$?
 set -e
-# 1 means the run ended and said no (e.g. nothing left to fix on a second demo); 2+ is a real error.
+# 1 means the run ended and said no; 2+ is a real error. (A second demo finds nothing left to fix: the step
+# says so and the run completes without a change.)
 if [ "$rc" -ge 2 ]; then exit "$rc"; fi
 $CONVERGE generation list sample
 $CONVERGE changeset list --repo sample
