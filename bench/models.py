@@ -331,8 +331,10 @@ def grounded(tokens: int, rounds: int) -> None:
 def edit_lookup(rounds: int) -> None:
     """Tokens/s of a search/replace answer over a 300-line file, with and without prompt-lookup drafts.
 
-    The answer (a block copied from the file, and its replacement) is the one a coder gives; the grammar
-    holds the model to it, so both runs decode the same tokens and only the drafts differ.
+    The answer (a block copied from the file, and its replacement) is the one a coder gives; the prompt
+    shows it to the model, which copies it as a coder copies the file, and the grammar holds the model to
+    it, so both runs decode the same tokens and only the drafts differ (when the model's own choice
+    differed, the grammar's redraw over the whole vocabulary would cost more than decoding).
     """
     text = _module(300)
     lines = text.splitlines(keepends=True)
@@ -345,7 +347,10 @@ def edit_lookup(rounds: int) -> None:
     )
     grammar = f"root ::= {literal(answer)}\n"
     lookup = load_cards()["coder"].card.sampling.lookup or 8
-    user = f"Current content of shop/orders.py:\n```\n{text}```\nRound the totals in lines 101-130 to three places."
+    user = (
+        f"Current content of shop/orders.py:\n```\n{text}```\nRound the totals in lines 101-130 to three places.\n"
+        f"Answer with exactly this JSON:\n{answer}"
+    )
     with ModelManager(n_ctx=EDIT_CTX) as manager:
         backend = LlamaBackend(describe(embedded_model_path(), "default"), manager)
         base = CompletionRequest(system=SYSTEM, user=user, max_tokens=2048, grammar=grammar)
