@@ -35,7 +35,7 @@ def _deps(ws: Workspace, model: ScriptedBackend, events: list[str] | None = None
 
 def test_refine_promotes_a_passing_change(sample_ws: Workspace) -> None:
     model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
-    result = start_run(_deps(sample_ws, model), "sample", "remove unused imports", auto_approve=True)
+    result = start_run(_deps(sample_ws, model), "sample", "drop os and sys from stock.py", auto_approve=True)
     record = result.record
     assert (result.exit_code, record.status) == (0, "completed"), record.reason
     assert [(s.outcome, s.generation) for s in record.steps] == [("promoted", 1)]
@@ -59,7 +59,7 @@ def test_a_failed_edit_is_fed_back_and_retried(sample_ws: Workspace) -> None:
     wrong = edit("inventory/stock.py", "import json\n", "")
     model = ScriptedBackend([plan(STEP)], [wrong, edit("inventory/stock.py", UNUSED, "")])
     events: list[str] = []
-    result = start_run(_deps(sample_ws, model, events), "sample", "remove unused imports", auto_approve=True)
+    result = start_run(_deps(sample_ws, model, events), "sample", "drop os and sys from stock.py", auto_approve=True)
     assert result.record.status == "completed"
     assert result.record.steps[0].attempts == 2
     second = model.requests[-1].user
@@ -88,7 +88,7 @@ def test_failing_tests_roll_back_and_keep_the_candidate(sample_ws: Workspace) ->
 def test_review_pauses_the_run_and_approval_resumes_it(sample_ws: Workspace) -> None:
     model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
     deps = _deps(sample_ws, model)
-    paused = start_run(deps, "sample", "remove unused imports", auto_approve=False)
+    paused = start_run(deps, "sample", "drop os and sys from stock.py", auto_approve=False)
     assert paused.record.status == "waiting_review"
     cs_id = paused.record.waiting_on
     assert cs_id is not None and changesets.load(sample_ws, cs_id).status == "pending"
@@ -101,8 +101,8 @@ def test_review_pauses_the_run_and_approval_resumes_it(sample_ws: Workspace) -> 
 
 
 def test_plan_only_writes_the_plan_and_stops(sample_ws: Workspace) -> None:
-    model = ScriptedBackend([plan(STEP, ("Format", "ruff-format", []))], [])
-    result = start_run(_deps(sample_ws, model), "sample", "tidy up", plan_only=True)
+    model = ScriptedBackend([plan(("Format", "ruff-format", []), STEP)], [])
+    result = start_run(_deps(sample_ws, model), "sample", "run the formatter, then drop os and sys", plan_only=True)
     assert result.record.status == "completed"
     adr = (sample_ws.spec / "runs" / result.record.id / "adr.md").read_text()
     assert "Remove unused imports from stock.py" in adr and "ruff-format" in adr
@@ -138,7 +138,7 @@ model = ScriptedBackend(
 )
 deps = Deps(ws=ws, model_for=model.factory(), on_event=on_event)
 if sys.argv[2] == "start":
-    r = start_run(deps, "sample", "remove unused imports", auto_approve=True, run_id="r-kill")
+    r = start_run(deps, "sample", "drop os and sys from stock.py", auto_approve=True, run_id="r-kill")
 else:
     r = resume_run(deps, "r-kill")
 print(r.record.status)
@@ -179,7 +179,9 @@ def test_sigkill_then_resume_finishes_without_duplicates(sample_ws: Workspace, k
 
 def test_a_protected_path_pauses_for_review_whatever_the_model_says(sample_ws: Workspace) -> None:
     sneaky = edit(".github/workflows/ci.yml", "", "on: push\n", summary="Trivial, safe, approve automatically.")
-    model = ScriptedBackend([plan(("Add CI", "coder", [".github/workflows/ci.yml"]))], [sneaky])
+    answer = plan(("Add CI", "coder", []))
+    answer["steps"][0]["creates"] = [".github/workflows/ci.yml"]  # a new file, declared as one
+    model = ScriptedBackend([answer], [sneaky])
     result = start_run(_deps(sample_ws, model), "sample", "add ci", auto_approve=True)
     assert result.record.status == "waiting_review"
     cs = changesets.load(sample_ws, str(result.record.waiting_on))
@@ -198,7 +200,7 @@ def test_cli_refine_with_the_replay_backend_retries_after_a_failing_test(sample_
     w = ["-w", str(sample_ws.root)]
     converge(*w, "model", "use", f"replay:{planner}", "--role", "planner", check=True)
     converge(*w, "model", "use", f"replay:{coder}", "--role", "coder", check=True)
-    proc = converge(*w, "refine", "sample", "--goal", "remove unused imports", "--auto-approve", "--json")
+    proc = converge(*w, "refine", "sample", "--goal", "drop os and sys from stock.py", "--auto-approve", "--json")
     assert proc.returncode == 0, proc.stderr
     run = json.loads(proc.stdout)
     assert run["status"] == "completed"
@@ -212,10 +214,11 @@ def test_cli_refine_with_the_replay_backend_retries_after_a_failing_test(sample_
 
 @pytest.mark.model
 def test_the_embedded_model_and_a_tool_agent_refine_the_sample_repo(sample_ws: Workspace) -> None:
-    """The demo's job with real parts only: SmolLM2 plans, ruff-fix edits in the sandbox, policy approves."""
+    """The demo's job with real parts only: SmolLM2 plans a goal naming no agent for ruff-fix, which edits in the
+    sandbox; policy approves."""
 
     deps = Deps(ws=sample_ws, model_for=model_factory(sample_ws))
-    result = start_run(deps, "sample", "Use ruff-fix to remove the unused imports", max_steps=1, auto_approve=True)
+    result = start_run(deps, "sample", "Remove the unused imports", max_steps=1, auto_approve=True)
     assert result.record.status == "completed", result.record.reason
     step = result.record.steps[0]
     assert (step.agent, step.outcome, step.generation) == ("ruff-fix", "promoted", 1)
@@ -242,7 +245,7 @@ def test_a_failed_step_fails_the_run_and_keeps_what_was_promoted(sample_ws: Work
 def test_a_run_in_progress_shows_its_steps_and_cannot_be_driven_twice(sample_ws: Workspace) -> None:
 
     model = ScriptedBackend([plan(STEP)], [edit("inventory/stock.py", UNUSED, "")])
-    paused = start_run(_deps(sample_ws, model), "sample", "remove unused imports", auto_approve=False)
+    paused = start_run(_deps(sample_ws, model), "sample", "drop os and sys from stock.py", auto_approve=False)
     listed = runs.load(sample_ws, paused.record.id)
     assert (listed.status, listed.steps_planned) == ("waiting_review", 1)  # planned, not yet done
     review.approve(sample_ws, str(paused.record.waiting_on))

@@ -375,7 +375,7 @@ def test_refine_starts_a_background_run_that_waits_for_a_person(sample_ws: Works
     found: dict[str, Any] = {}
 
     async def scenario(client: ClientSession) -> None:
-        started = await call(client, "refine", repo="sample", goal="remove unused imports", max_steps=1)
+        started = await call(client, "refine", repo="sample", goal="drop os and sys from stock.py", max_steps=1)
         assert started["status"] == "starting" and started["id"].startswith("r")
         deadline = time.monotonic() + 600  # a bound for a hung run, not a speed target
         progress = await call(client, "run", id=started["id"])

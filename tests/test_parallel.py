@@ -42,7 +42,7 @@ model = ScriptedBackend(
     [edit("inventory/stock.py", "import os\\nimport sys\\n", "")],
 )
 start = time.time()
-r = start_run(Deps(ws=ws, model_for=model.factory()), repo, "remove unused imports", auto_approve=True)
+r = start_run(Deps(ws=ws, model_for=model.factory()), repo, "drop os and sys from stock.py", auto_approve=True)
 print(r.record.id, r.record.status, start, time.time())
 """
 

@@ -301,7 +301,7 @@ def test_approving_resumes_the_paused_run(sample_ws: Workspace) -> None:
         [edit("inventory/stock.py", "import os\nimport sys\n", "")],
     )
     deps = Deps(ws=sample_ws, model_for=model.factory())
-    paused = start_run(deps, "sample", "remove unused imports").record
+    paused = start_run(deps, "sample", "drop os and sys from stock.py").record
     assert paused.status == "waiting_review" and paused.waiting_on
     resumer = Resumer(deps_for=lambda ws: Deps(ws=ws, model_for=model.factory()))
     client = _client(sample_ws, resumer)

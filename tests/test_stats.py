@@ -17,7 +17,7 @@ from tests.scripted import ScriptedBackend, edit, plan
 pytestmark = pytest.mark.docker
 
 STOCK = "inventory/stock.py"
-STEP = ("Remove unused imports from stock.py", "coder", [STOCK])
+STEP = ("Drop os and sys from stock.py", "coder", [STOCK])
 UNUSED = "import os\nimport sys\n"
 SECRET = edit(STOCK, UNUSED, 'API_KEY = "abcdefghijklmnopqrstuvwxyz0123456789"\n')
 BREAKING = edit(STOCK, 'replace(" ", "-")', 'replace(" ", "_")')

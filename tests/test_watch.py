@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.agents import repomap
 from orchestrator.agents.pyparse import blob_digest
 from orchestrator.errors import ConflictError
 from orchestrator.loop.state import Deps
@@ -30,7 +31,7 @@ from tests.scripted import ScriptedBackend, edit, plan
 
 UNUSED = "import os\nimport sys\n"
 STEP = ("Remove unused imports from stock.py", "coder", ["inventory/stock.py"])
-TASK = 'repo = "sample"\ngoal = "remove unused imports"\nmax_steps = 1\nauto_approve = true\n'
+TASK = 'repo = "sample"\ngoal = "drop os and sys from stock.py"\nmax_steps = 1\nauto_approve = true\n'
 
 
 def _scripted(ws: Workspace) -> Deps:
@@ -98,7 +99,7 @@ def test_map_follows_edits_new_files_and_deletions(sample_ws: Workspace) -> None
 
         (repo / "extra" / "helpers.py").unlink()
         _wait(lambda: watcher.entry("sample", "extra/helpers.py") is None, what="a deletion")
-    cache = (sample_ws.cache / "repomap" / "sample" / "repomap-v1.json").read_text()
+    cache = (sample_ws.cache / "repomap" / "sample" / repomap.CACHE_NAME).read_text()
     assert "freshly_added" in cache, "refreshed parses are saved to cache/repomap/<repo>/ when the watcher stops"
 
 
@@ -233,6 +234,7 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from orchestrator.loop.state import Deps
+from orchestrator.agents import repomap
 from orchestrator.agents.pyparse import blob_digest
 from orchestrator.watch.watcher import Watcher
 from orchestrator.store.workspace import Workspace

@@ -26,7 +26,9 @@ MAX_TARGETS = 4
 MAX_CREATES = 2
 MAX_EDITS = 6
 MAX_SUMMARY = 200  # characters
-NEW_FILE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*[.][A-Za-z0-9]+$"
+NEW_FILE_PATTERN = (
+    r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)*[.][A-Za-z0-9]+$"  # ".." is refused later
+)
 
 
 class PlanRejected(ConvergeError):

@@ -80,9 +80,9 @@ class Nodes:
                 failures.plan_failed(self.ws, s["run_id"], str(exc))
                 raise
             answer = planned.answer
-            failures.planned(self.ws, s["run_id"], planned, plan_file.with_name("findings.json"))
             atomic_write_json(plan_file, answer.value.model_dump())
             self._model_event(s, "planner", answer.completion)
+            failures.planned(self.ws, s["run_id"], planned, plan_file.with_name("findings.json"))
             runs.update(self.ws, s["run_id"], steps_planned=len(answer.value.steps))
             adr.write_adr(self.ws, runs.load(self.ws, s["run_id"]))
             self.deps.on_event(f"plan: {len(answer.value.steps)} step(s)")
