@@ -17,13 +17,22 @@ import pytest
 from orchestrator.agents import findings
 from orchestrator.agents.cards import Plan, PlanStep, load_cards
 from orchestrator.agents.coding import coder_view, tokens
-from orchestrator.agents.edits import EditBlock, EditProposal, SearchAmbiguous, apply_edits, replace_once
+from orchestrator.agents.edits import (
+    EditBlock,
+    EditProposal,
+    SearchAmbiguous,
+    apply_edits,
+    failure_of,
+    replace_once,
+)
 from orchestrator.agents.grounding import ForcedStep, Ground, check_plan, edits_grammar, plan_schema
 from orchestrator.agents.repomap import parse_all, repo_map_at
 from orchestrator.agents.run import editors_of, named_in
+from orchestrator.errors import EditError
 from orchestrator.models.grammar import Grammar, unique_run_lengths
 from orchestrator.store import generations
 from orchestrator.store.reports import CommandResult
+from orchestrator.store.runs import FailureClass
 from orchestrator.store.workspace import Workspace
 from tests.conftest import ROOT, MakeRepo, converge
 
@@ -170,6 +179,21 @@ def test_a_search_found_inside_lines_too_matches_where_it_is_whole_lines() -> No
     assert replace_once(text, "return 1\n", "return 2\n") == ("def f():\n    return 1\nreturn 2\n", None)
     with pytest.raises(SearchAmbiguous):
         replace_once("x = 1\nx = 1\n", "x = 1\n", "x = 2\n")
+
+
+def test_a_repeated_block_applies_once_and_overlapping_blocks_are_named(make_repo: MakeRepo) -> None:
+    repo = make_repo({"a.py": "x = 1\ny = 2\n"})
+    block = EditBlock(path="a.py", search="x = 1\n", replace="x = 10\n")
+    assert apply_edits(repo, EditProposal(summary="s", edits=[block, block])).notes == (
+        "block 2 repeats block 1; applied once",
+    )
+    overlap = [
+        EditBlock(path="a.py", search="x = 10\ny = 2\n", replace="x = 3\n"),
+        EditBlock(path="a.py", search="y = 2\n", replace="y = 4\n"),
+    ]
+    with pytest.raises(EditError, match="an earlier block already changed those lines") as caught:
+        apply_edits(repo, EditProposal(summary="s", edits=overlap))
+    assert failure_of(caught.value) == FailureClass.EDIT_INVALID
 
 
 def test_the_edit_grammar_names_each_shown_file_and_new_file() -> None:
