@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.scripted import PytestRun, PytestScript
+from orchestrator.sandbox.scripted import PytestRun, PytestScript, is_test_run
 from orchestrator.sandbox.scripted import ScriptedBackend as ScriptedSandbox
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import CommandResult
@@ -72,8 +72,9 @@ def test_a_passing_change_is_signed_and_promoted(sample_ws: Workspace) -> None:
     assert (cs.status, cs.run, cs.generation, cs.verdict) == ("approved", "r-flow", 1, "approve")
     assert audit_problems(sample_ws, cs) == []
     assert "import os" not in (sample_ws.src / "sample" / "inventory" / "stock.py").read_text()
-    pytest_runs = [argv for argv in sandbox.ran if "pytest" in argv]
-    assert len(pytest_runs) == 2 and "tests/test_stock.py" in pytest_runs[0]  # the selected tests, then all
+    pytest_runs = [argv for argv in sandbox.ran if is_test_run(argv)]
+    assert len(pytest_runs) == 3  # the selected tests, then all, and the base's own run of all (once)
+    assert [argv[-1] for argv in pytest_runs].count("tests/test_stock.py") == 1
     assert sandbox.open_sessions == 0, "every sandbox is closed"
     assert not any((sample_ws.cache / "worktrees").rglob("*.py")), "candidate worktrees are removed"
 

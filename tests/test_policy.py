@@ -105,7 +105,7 @@ def test_core_protected_paths_cannot_be_dropped_by_a_layer(tmp_path: Path, base_
     policy = load_policies([tmp_path])
     edit(base_repo, ".github/workflows/ci.yml", "on: []\n")
     commit_all(base_repo)
-    assert judge(base_repo, policy)[1] == {"protected-path"}
+    assert "protected-path" in judge(base_repo, policy)[1]  # (and the removed test command: collection)
 
 
 def test_blast_radius(base_repo: Path, default_policy: Policy) -> None:

@@ -20,7 +20,8 @@ import pytest
 
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
-from orchestrator.sandbox.base import Sandbox, parse_junit
+from orchestrator.sandbox.base import Sandbox
+from orchestrator.sandbox.crosscheck import parse_junit
 from orchestrator.sandbox.docker_backend import DockerBackend
 from orchestrator.sandbox.env import declared_requirements, host_closure
 from orchestrator.sandbox.factory import open_sandbox

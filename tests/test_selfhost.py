@@ -11,27 +11,20 @@ import pytest
 
 from orchestrator.errors import PolicyViolation, SandboxError, UsageError, VerificationFailed
 from orchestrator.gate import review, submit
-from orchestrator.sandbox.scripted import ScriptedBackend
+from orchestrator.sandbox.scripted import PytestRun, PytestScript, ScriptedBackend
 from orchestrator.selfhost import canary, checks, host, install, nested
 from orchestrator.store import changesets, generations
-from orchestrator.store.reports import CommandResult
 from orchestrator.store.setup import add_repo
 from orchestrator.store.workspace import Workspace
 from tests.conftest import ROOT, MakeRepo, converge, git
 
-JUNIT = '<testsuites><testsuite><testcase classname="tests.test_x" name="test_ok"/></testsuite></testsuites>'
 HELP_OLD = "Converge: let local models refine your code"
 HELP_NEW = "Converge (self-refined): let local models refine your code"
 
 
 def _passing_sandbox() -> ScriptedBackend:
     """A scripted sandbox whose tests pass (control flow only; the real sandbox is tested below)."""
-
-    def script(argv: list[str]) -> CommandResult:
-        out = JUNIT if argv[0] == "cat" else "1 passed"
-        return CommandResult(argv=argv, exit_code=0, duration=0.0, stdout_tail=out)
-
-    return ScriptedBackend(script)
+    return ScriptedBackend(PytestScript([PytestRun(passed=["tests/test_x.py::test_ok"])]))
 
 
 def _patch(repo: Path, rel: str, old: str, new: str, tmp: Path) -> Path:

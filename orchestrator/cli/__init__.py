@@ -63,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "serve_cmds",
         "Review in the browser: runs, changesets, generations, models, stats. Prints a URL with a session token.",
     ),
+    "eval": ("eval_cmds", "Evaluate models and agents on task suites with hidden checks."),
     "mcp": (
         "mcp_cmds",
         "An MCP server over stdio: other agents submit patches through Converge's gate (no approving, no rollback).",

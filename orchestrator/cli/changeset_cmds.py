@@ -48,9 +48,21 @@ def _details(ws: Workspace, cs: changesets.Changeset) -> dict[str, object]:
         **cs.to_json(),
         "diff": diff_path.read_text(encoding="utf-8", errors="replace") if diff_path.exists() else None,
         "policy": policy,
+        "tests_changed": _tests_changed(policy),
         "signatures": signatures,
         "problems": problems,
     }
+
+
+def _tests_changed(policy: object) -> list[dict[str, str]]:
+    """The verdict's "test changed" notes (allowed edits of existing tests), each with its diff hunk."""
+    detail = policy.get("detail", {}) if isinstance(policy, dict) else {}
+    reasons = detail.get("reasons", []) if isinstance(detail, dict) else []
+    return [
+        {"test": str(r.get("message", "")).removeprefix("test changed: "), "hunk": str(r.get("excerpt") or "")}
+        for r in reasons
+        if isinstance(r, dict) and r.get("rule") == "test-changed"
+    ]
 
 
 @handled
@@ -116,7 +128,18 @@ def show(cs_id: IdArg, json_out: JsonFlag = False) -> None:
         say(f"{key}: {data[key]}")
     for sig in signatures:
         say(f"signed by: {sig['principal']} ({sig['keyid']})")
+    for reason in _reasons(data):
+        say(f"reason: {reason}")
+    changed = data["tests_changed"]
+    assert isinstance(changed, list)
+    for item in changed:
+        say(f"test changed: {item['test']}\n{item['hunk']}")
     say(str(data["diff"] or ""))
+
+
+def _reasons(data: dict[str, object]) -> list[str]:
+    reasons = data.get("reasons")
+    return [str(r) for r in reasons] if isinstance(reasons, list) else []
 
 
 @handled

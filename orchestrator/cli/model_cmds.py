@@ -12,6 +12,7 @@ import typer
 from orchestrator.agents.cards import load_cards
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, progress, say, workspace
 from orchestrator.errors import UsageError
+from orchestrator.evals.store import latest_scores
 from orchestrator.models import runtime, status
 
 
@@ -30,11 +31,13 @@ def register(app: typer.Typer) -> None:
 @model_app.command("list")
 @handled
 def list_models(json_out: JsonFlag = False) -> None:
-    """Registered models (window, VRAM/RAM split) and role bindings; endpoints with health and speed."""
+    """Registered models (window, VRAM/RAM split), role bindings, endpoints, and each model's latest solve rate
+    on the built-in suite (`converge eval`)."""
     ws = workspace()
     registry = runtime.load_registry(ws)
     roles = runtime.all_roles(ws)
     statuses = status.model_statuses(ws)
+    scores = latest_scores(ws)
     rows = []
     for record in registry.models.values():
         doc = record.model_dump(exclude={"chat_template"})
@@ -44,6 +47,8 @@ def list_models(json_out: JsonFlag = False) -> None:
         doc["window"] = placed.window
         doc["placement"] = {k: getattr(placed, k) for k in ("gpu_layers", "n_layer", "vram", "ram", "kv_type")}
         doc["problem"] = placed.problem
+        score = scores.get(record.name)
+        doc["eval"] = None if score is None else {"id": score.id, "complete": score.complete, **score.rate.model_dump()}
         rows.append(doc)
     endpoints = status.endpoint_statuses(ws)
     if json_out:
@@ -51,10 +56,10 @@ def list_models(json_out: JsonFlag = False) -> None:
         return
     emit_table(
         "models",
-        ["name", "arch", "quant", "window", "trained", "size", "where", "sha256", "roles"],
+        ["name", "arch", "quant", "window", "trained", "size", "where", "sha256", "roles", "built-in suite"],
         [
             [r["name"], r["architecture"], r["quantisation"], r["window"], r["context_length"], _size(r["size"]),
-             statuses[r["name"]].split, r["sha256"][:12], ", ".join(r["roles"])]
+             statuses[r["name"]].split, r["sha256"][:12], ", ".join(r["roles"]), _score(r["eval"])]
             for r in rows
         ],
     )  # fmt: skip
@@ -74,6 +79,14 @@ def list_models(json_out: JsonFlag = False) -> None:
     remote = {r: b for r, b in roles.items() if b not in registry.models}
     for role, binding in sorted(remote.items()):
         say(f"role {role} -> {binding}")
+
+
+def _score(found: dict[str, Any] | None) -> str:
+    """``41% (11/27) e20240101-...``: the solve rate of the newest eval of the built-in suite."""
+    if found is None or found["rate"] is None:
+        return "-"
+    partial = "" if found["complete"] else ", unfinished"
+    return f"{found['rate']:.0%} ({found['solved']}/{found['valid']}{partial}) {found['id']}"
 
 
 @model_app.command("add")

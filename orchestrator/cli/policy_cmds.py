@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from orchestrator.cli._common import JsonFlag, emit_json, emit_table, handled, say, workspace
 from orchestrator.errors import UsageError
 from orchestrator.policy import check as policy_check
-from orchestrator.store import changesets
 from orchestrator.store.reports import TestReport
 
 
@@ -55,11 +54,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         report = _tests(tests)
         if changeset is not None:
-            cs = changesets.load(ws, changeset)
-            if cs.repo != repo:
-                raise UsageError(f"--changeset {changeset}: belongs to repo {cs.repo!r}, not {repo!r}")
-            stored = changesets.artifact_path(ws, cs.id, changesets.REPORT)
-            result = policy_check.judge(ws, repo, cs.base, cs.commit, report or _tests(stored))
+            result = policy_check.check_changeset(ws, repo, changeset, report)
         elif patch is not None:
             result = policy_check.check_patch(ws, repo, patch, report)
         elif commit is not None:

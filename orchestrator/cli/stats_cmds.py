@@ -42,6 +42,18 @@ def _render(found: dict[str, Any]) -> None:
             [repo, found["rollbacks"].get(repo, 0), series, change, "REGRESSION" if trend["regression"] else ""]
         )
     emit_table("repos", ["repo", "rollbacks", "test time by generation", "change", ""], rows)
+    evals = found["evals"]
+    if evals:
+        emit_table(
+            "evals",
+            ["id", "suite", "coder", "finished", "solved", "rate"],
+            [
+                [e["id"], e["suite"] + (f" (tags: {', '.join(e['tags'])})" if e["tags"] else ""),
+                 e["models"].get("coder", ""), f"{e['finished']}/{e['planned']}", f"{e['solved']}/{e['valid']}",
+                 _pct(e["rate"]["rate"]) if e["rate"] else "n/a"]
+                for e in evals
+            ],
+        )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
@@ -66,6 +78,9 @@ def register(app: typer.Typer) -> None:
 
         test_time_trend: repo -> points (generation, status, changeset, seconds, selection; oldest first),
         median_seconds, change ((last - first) / first), regression (last > 1.2 x median).
+
+        evals: newest first, id, created, suite, builtin, tags, models (role -> binding), planned, finished,
+        solved, valid, invalid, rate (solved, valid, rate, low, high: the 95% Wilson interval) — see `converge eval`.
         """
         found = stats_mod.compute(workspace())
         if json_out:

@@ -6,11 +6,13 @@ holds its decision, risk, the reasons that asked for more than approval, and the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.gate.provenance import Provenance
+from orchestrator.policy.baseline import TestComparison
 from orchestrator.policy.change import Author, change_from_commits
 from orchestrator.policy.engine import evaluate
 from orchestrator.policy.model import load_policies
@@ -28,6 +30,7 @@ class Judgement(BaseModel):
     risk: Risk = Risk.LOW
     reasons: list[str] = Field(default_factory=list)
     detail: dict[str, Any] = Field(default_factory=dict)
+    baseline: TestComparison | None = None  # what the candidate lost against its base, as judged
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -35,10 +38,22 @@ class Judgement(BaseModel):
         return {"decision": str(self.decision), "risk": str(self.risk), "reasons": self.reasons}
 
 
-def judge(ws: Workspace, repo: str, base: str, commit: str, report: TestReport, *, who: Provenance) -> Judgement:
-    """The policy's verdict on ``base..commit`` with its test report."""
+def judge(
+    ws: Workspace,
+    repo: str,
+    base: str,
+    commit: str,
+    report: TestReport,
+    *,
+    who: Provenance,
+    baseline: TestComparison | None = None,
+) -> Judgement:
+    """The policy's verdict on ``base..commit`` with its test report and its comparison with the base's."""
     author = Author(agent=None if who.is_human else who.author, model=who.model_sha256)
     change = change_from_commits(ws.repo_path(repo), base, commit, repo, ws.repo(repo).is_self, report, author)
+    change = replace(change, baseline=baseline)
     verdict = evaluate(change, load_policies(ws, repo))
     reasons = [f"{r.rule}: {r.message}" for r in verdict.reasons if r.decision != Decision.APPROVE]
-    return Judgement(decision=verdict.verdict, risk=verdict.risk, reasons=reasons, detail=verdict.to_json())
+    return Judgement(
+        decision=verdict.verdict, risk=verdict.risk, reasons=reasons, detail=verdict.to_json(), baseline=baseline
+    )

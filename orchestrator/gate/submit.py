@@ -52,7 +52,7 @@ def submit(
     if report.broken:
         cand.keep("failed")
         raise VerificationFailed(f"changeset {cs_id}: tests do not pass in the sandbox ({report.summary})")
-    judgement = judge(ws, repo, base.commit, commit, report, who=who)
+    judgement = judge(ws, repo, base.commit, commit, report, who=who, baseline=found.baseline)
     cs = sign(
         ws,
         repo,

@@ -3,12 +3,14 @@
 The tests that import what the change touches run first; when they pass (and ``full``), the whole
 suite. Converge's own repo (``self``) runs its sandbox-safe suite instead (selfhost.checks). With
 ``[run] reproducibility_check`` the suite runs twice and the second report is kept beside the first.
+Meanwhile the base's own tests run on the candidate's environment (once per base and environment:
+``sandbox.reference`` keeps the report), and the two reports are compared (``policy.baseline``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +18,11 @@ from pathlib import Path
 from orchestrator.agents.repomap import repo_map_at
 from orchestrator.gate.apply import candidate
 from orchestrator.gate.provenance import AttemptKey
+from orchestrator.policy.baseline import TestComparison, compare
 from orchestrator.policy.change import change_from_commits
 from orchestrator.sandbox.base import Sandbox, SandboxBackend
-from orchestrator.sandbox.pool import SandboxPool, sandbox_at
+from orchestrator.sandbox.pool import SandboxPool, pool_for
+from orchestrator.sandbox.reference import reference_report, remember
 from orchestrator.selfhost.checks import verify_self
 from orchestrator.store import gitops, sbom
 from orchestrator.store.reports import TestReport
@@ -29,11 +33,13 @@ Events = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Verification:
-    """What verify found: the report that counts, the sandbox image, and a second run when one was asked for."""
+    """What verify found: the report that counts, the sandbox image, a second run when one was asked for,
+    and what the candidate lost against its base (None where it was not compared: tests that failed)."""
 
     report: TestReport
     image: str
     repeat: TestReport | None = None
+    baseline: TestComparison | None = None
 
     @property
     def reproducible(self) -> bool | None:
@@ -66,15 +72,18 @@ def verify(
     say = on_event or (lambda _text: None)
     if ws.repo(repo).is_self:
         with candidate(ws, repo, key, commit, "v") as verify_cand:
-            report, image = verify_self(ws, repo, verify_cand.path, key.label, backend)
-            return Verification(report, image)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="select") as selecting:
+            found = verify_self(ws, repo, base, commit, verify_cand.path, key.label, backend)
+            return Verification(found.report, found.image, baseline=found.baseline)
+    # the pool outlives the helpers: the base's run (a helper) starts its sandbox through the pool's backend
+    with pool_for(ws, repo, pool, backend) as boxes, ThreadPoolExecutor(2, thread_name_prefix="verify") as helpers:
         # git reads only, done while the sandbox is taken and its tree moved to the candidate
-        selection = selecting.submit(select_tests, ws, repo, base, commit)
-        with sandbox_at(ws, repo, commit, pool, backend) as (_tree, box):
-            if pool is not None and warm_next:
+        selection = helpers.submit(select_tests, ws, repo, base, commit)
+        with boxes.at(commit) as (_tree, box):
+            if boxes is pool and warm_next:
                 pool.warm(commit)  # the next step starts from it if this one is promoted
-            return _tests_in(ws, repo, base, commit, box, selection.result(), full, say)
+            # the base's tests on this very environment (run once per base and environment) meanwhile
+            at_base = helpers.submit(reference_report, ws, repo, base, box.spec, boxes.backend, _all_tests)
+            return _tests_in(ws, repo, base, commit, box, selection.result(), full, say, at_base)
 
 
 def select_tests(ws: Workspace, repo: str, base: str, commit: str) -> list[str]:
@@ -83,19 +92,46 @@ def select_tests(ws: Workspace, repo: str, base: str, commit: str) -> list[str]:
     return repo_map_at(ws, repo, commit).tests_for(changed)
 
 
+def _all_tests(box: Sandbox) -> TestReport:
+    return box.run_tests()
+
+
 def _tests_in(
-    ws: Workspace, repo: str, base: str, commit: str, box: Sandbox, selected: list[str], full: bool, say: Events
+    ws: Workspace,
+    repo: str,
+    base: str,
+    commit: str,
+    box: Sandbox,
+    selected: list[str],
+    full: bool,
+    say: Events,
+    at_base: Future[TestReport],
 ) -> Verification:
     image = box.spec.image.digest
     if selected:
         first = box.run_tests(selected)
         say(f"  selected tests ({len(selected)} file(s)): {first.summary}")
-        if not first.ok or not full:
-            return Verification(first, image)
+        if first.broken:
+            return Verification(first, image)  # back to the coder: nothing to judge yet
+        if not full:
+            return Verification(first, image, baseline=_against(base, at_base, first, selected, say))
     with _reading_ahead(ws.repo_path(repo), repo, base, commit):
         report = box.run_tests()
+    remember(ws, repo, commit, box.spec, report)  # the next step's base, if this one is promoted
     repeat = box.run_tests() if ws.config().run.reproducibility_check else None
-    return Verification(report, image, repeat)
+    if report.broken:
+        return Verification(report, image, repeat)
+    return Verification(report, image, repeat, _against(base, at_base, report, None, say))
+
+
+def _against(
+    base: str, at_base: Future[TestReport], report: TestReport, scope: Sequence[str] | None, say: Events
+) -> TestComparison:
+    """The candidate's ``report`` against the base's (waiting for the base's run if it still goes on)."""
+    found = compare(base, at_base.result(), report, scope)
+    if found.weakened:
+        say(f"  against the base: {len(found.lost)} test(s) that passed there do not pass now")
+    return found
 
 
 @contextmanager

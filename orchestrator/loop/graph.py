@@ -40,12 +40,13 @@ from orchestrator.loop.state import (
     attempt_file,
     attempts_allowed,
     changeset_id,
-    clip,
     current_step,
+    feedback_on_tests,
     key,
     outcome,
 )
 from orchestrator.models.backends import Completion
+from orchestrator.policy.baseline import TestComparison
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
 from orchestrator.store.runs import FailureClass
@@ -157,6 +158,8 @@ class Nodes:
             if found.repeat is not None:
                 atomic_write_json(attempt_file(self.ws, s, "repro.json"), {"identical": found.reproducible})
                 self.deps.on_event(f"  reproducible: {'yes' if found.reproducible else 'no'} ({found.repeat.summary})")
+            if found.baseline is not None:  # before the report: a report on disk means this is there too
+                atomic_write(attempt_file(self.ws, s, "baseline.json"), found.baseline.model_dump_json(indent=2))
             atomic_write(image_file, found.image)
             atomic_write(report_file, found.report.model_dump_json(indent=2))
             self._tests_event(s, found.report)
@@ -164,7 +167,7 @@ class Nodes:
         self.deps.on_event(f"  tests: {report.summary}")
         if report.broken:
             self._drop_candidate(s)
-            return {"report": str(report_file), **failures.retry(_test_feedback(report), FailureClass.TESTS_FAILED)}
+            return {"report": str(report_file), **failures.retry(feedback_on_tests(report), FailureClass.TESTS_FAILED)}
         return {"report": str(report_file), "image": image_file.read_text(), "outcome": Outcome.NONE}
 
     def judge(self, s: RunState) -> RunState:
@@ -173,7 +176,11 @@ class Nodes:
             found = Judgement.model_validate_json(verdict_file.read_text())
         else:
             report = TestReport.model_validate_json(Path(s["report"]).read_text())
-            found = judge(self.ws, s["repo"], s["base"], s["commit"], report, who=self._provenance(s))
+            compared = attempt_file(self.ws, s, "baseline.json")
+            baseline = TestComparison.model_validate_json(compared.read_text()) if compared.exists() else None
+            found = judge(
+                self.ws, s["repo"], s["base"], s["commit"], report, who=self._provenance(s), baseline=baseline
+            )
             atomic_write(verdict_file, found.model_dump_json(indent=2))
             runs.run_log(self.ws, s["run_id"], "verdict", step=s["step"] + 1, attempt=s["attempt"], **found.summary)
         self.deps.on_event(f"  policy: {found.decision} (risk {found.risk})")
@@ -322,17 +329,6 @@ class Nodes:
             exit_code=cmd.exit_code if cmd else None,
             seconds=cmd.duration if cmd else None,
         )
-
-
-def _test_feedback(report: TestReport) -> str:
-    if report.command is not None and (report.command.timed_out or report.command.oom_killed):
-        return clip(f"The {report.summary}: make the change without slowing the tests down or growing memory.")
-    if not report.ran:
-        tail = report.command.stderr_tail if report.command else ""
-        return clip(f"The tests could not run:\n{tail[-1500:]}")
-    failing = ", ".join((report.failed + report.errored)[:10]) or "(no test passed)"
-    out = report.command.stdout_tail[-1500:] if report.command else ""
-    return clip(f"These tests fail after your change: {failing}\nTest output (end):\n{out}")
 
 
 # --- routing --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from orchestrator.models.backends import ModelBackend
 from orchestrator.sandbox.base import SandboxBackend
 from orchestrator.sandbox.pool import SandboxPool
 from orchestrator.store import changesets, runs
+from orchestrator.store.reports import TestReport
 from orchestrator.store.workspace import Workspace
 
 FEEDBACK_LIMIT = 2000
@@ -119,3 +120,14 @@ def clip(text: str, limit: int = FEEDBACK_LIMIT) -> str:
 def attempts_allowed(cards: dict[str, LoadedCard], s: RunState) -> int:
     card = cards.get(current_step(s).agent)
     return card.card.budgets.attempts if card else 1
+
+
+def feedback_on_tests(report: TestReport) -> str:
+    if report.command is not None and (report.command.timed_out or report.command.oom_killed):
+        return clip(f"The {report.summary}: make the change without slowing the tests down or growing memory.")
+    if not report.ran:
+        tail = report.command.stderr_tail if report.command else ""
+        return clip(f"The tests could not run:\n{tail[-1500:]}")
+    failing = ", ".join((report.failed + report.errored)[:10]) or "(no test passed)"
+    out = report.command.stdout_tail[-1500:] if report.command else ""
+    return clip(f"These tests fail after your change: {failing}\nTest output (end):\n{out}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.evals import store as eval_store
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
 from orchestrator.store.storage import read_json
@@ -193,4 +194,29 @@ def compute(ws: Workspace) -> dict[str, Any]:
         },
         "test_time_trend": {name: test_trend(ws, name) for name in _healthy(ws)},
         "broken_repos": {repo.name: why for repo in ws.repos() if (why := generations.problem(ws, repo.name))},
+        "evals": eval_history(ws),
     }
+
+
+def eval_history(ws: Workspace) -> list[dict[str, Any]]:
+    """Every eval of the workspace, newest first: suite, models, how far it got, its solve rate."""
+    found = []
+    for spec in eval_store.list_specs(ws):
+        summary = eval_store.load_summary(ws, spec.id)
+        found.append(
+            {
+                "id": spec.id,
+                "created": spec.created,
+                "suite": spec.suite.name,
+                "builtin": spec.suite.builtin,
+                "tags": spec.tags,
+                "models": spec.models,
+                "planned": len(spec.jobs()),
+                "finished": summary.finished if summary else 0,
+                "solved": summary.solved if summary else 0,
+                "valid": summary.valid if summary else 0,
+                "invalid": summary.invalid if summary else 0,
+                "rate": summary.rate.model_dump() if summary else None,
+            }
+        )
+    return found

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from orchestrator.errors import GitError, RepoError
+from orchestrator.policy.baseline import TestComparison
 from orchestrator.store import gitops
 from orchestrator.store.reports import TestReport
 
@@ -39,6 +40,7 @@ _STATUS: dict[str, Status] = {
 }
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _MANIFEST = re.compile(r"(?:^|/)(?:pyproject\.toml|requirements[^/]*\.(?:txt|in))$")
+_TEST_CONFIG = re.compile(r"(?:^|/)(?:pyproject\.toml|setup\.cfg|tox\.ini|\.?pytest\.(?:ini|toml))$")
 _GIT_FLAGS = ("-c", "core.quotepath=off", "-c", "diff.noprefix=false", "-c", "diff.mnemonicprefix=false")
 
 
@@ -90,6 +92,8 @@ class ChangeInput:
     manifests: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     tests: TestReport | None = None
     author: Author = Author()
+    baseline: TestComparison | None = None
+    configs: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
     @property
     def lines_added(self) -> int:
@@ -259,6 +263,7 @@ def _change(
         raise GitError(f"git diff {base[:12]}..{result[:12]}: {len(raw)} files but {len(sections)} patch sections")
     files = []
     manifests: dict[str, tuple[str | None, str | None]] = {}
+    configs: dict[str, tuple[str | None, str | None]] = {}
     for entry, section in zip(raw, sections, strict=True):
         target = _blob(git, entry.new_sha) if entry.new_mode == SYMLINK else None
         files.append(
@@ -274,10 +279,13 @@ def _change(
                 removed=tuple(section.removed),
             )
         )
-        if _MANIFEST.search(entry.path) and not section.binary:
+        if (_MANIFEST.search(entry.path) or _TEST_CONFIG.search(entry.path)) and not section.binary:
             old = _blob(git, entry.old_sha) if entry.old_mode not in (ABSENT, SYMLINK) else None
             new = _blob(git, entry.new_sha) if entry.new_mode not in (ABSENT, SYMLINK) else None
-            manifests[entry.path] = (old, new)
+            if _MANIFEST.search(entry.path):
+                manifests[entry.path] = (old, new)
+            if _TEST_CONFIG.search(entry.path):
+                configs[entry.path] = (old, new)
     return ChangeInput(
         repo=repo_name,
         is_self=is_self,
@@ -286,6 +294,7 @@ def _change(
         diff=patch,
         files=tuple(files),
         manifests=manifests,
+        configs=configs,
         tests=tests,
         author=author,
     )

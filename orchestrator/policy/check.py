@@ -14,16 +14,18 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator.errors import UsageError
-from orchestrator.policy.change import change_from_commits
+from orchestrator.policy.baseline import TestComparison
+from orchestrator.policy.change import Author, change_from_commits
 from orchestrator.policy.engine import evaluate
 from orchestrator.policy.model import load_policies
 from orchestrator.policy.verdict import Verdict
-from orchestrator.store import generations, gitops, worktrees
+from orchestrator.store import changesets, generations, gitops, worktrees
 from orchestrator.store.reports import TestReport
+from orchestrator.store.storage import read_json, read_model
 from orchestrator.store.workspace import Workspace
 
 IDENTITY = {
@@ -60,11 +62,36 @@ def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
     )
 
 
-def judge(ws: Workspace, repo: str, base: str, result: str, tests: TestReport | None = None) -> CheckResult:
-    """The policy's verdict on ``base..result`` in registered repo ``repo``."""
+def judge(
+    ws: Workspace,
+    repo: str,
+    base: str,
+    result: str,
+    tests: TestReport | None = None,
+    *,
+    baseline: TestComparison | None = None,
+    author: Author | None = None,
+) -> CheckResult:
+    """The policy's verdict on ``base..result`` in registered repo ``repo`` (with what verify found, if given)."""
     record = ws.repo(repo)
-    change = change_from_commits(ws.src / repo, base, result, repo, is_self=record.is_self, tests=tests)
+    change = change_from_commits(ws.src / repo, base, result, repo, record.is_self, tests, author)
+    change = replace(change, baseline=baseline)
     return CheckResult(evaluate(change, load_policies(ws, repo)), change.base, change.result)
+
+
+def check_changeset(ws: Workspace, repo: str, cs_id: str, tests: TestReport | None = None) -> CheckResult:
+    """Judge a changeset again: with its stored test report (or ``tests``), its base comparison and its author."""
+
+    cs = changesets.load(ws, cs_id)
+    if cs.repo != repo:
+        raise UsageError(f"--changeset {cs_id}: belongs to repo {cs.repo!r}, not {repo!r}")
+    if tests is None:
+        tests = read_model(changesets.artifact_path(ws, cs.id, changesets.REPORT), TestReport)
+    verdict_file = changesets.artifact_path(ws, cs.id, changesets.VERDICT)
+    found = read_json(verdict_file).get("baseline") if verdict_file.is_file() else None
+    baseline = TestComparison.model_validate(found) if found else None
+    author = Author(agent=None if cs.author in ("", "human") else cs.author)
+    return judge(ws, repo, cs.base, cs.commit, tests, baseline=baseline, author=author)
 
 
 @contextlib.contextmanager

@@ -59,6 +59,16 @@ class Checks(_Table):
     on_not_run: Escalation = "review"
     test_paths: list[str] = Field(default_factory=list, description="globs of test files")
     weakening: Escalation = Field(default="review", description="deleted tests, skip/xfail added, asserts removed")
+    lost_tests: Escalation = Field(
+        default="reject", description="a model's change: base-passing tests gone, renamed, skipped or deselected"
+    )
+    lost_tests_human: Escalation = Field(default="review", description="the same, for a person's change")
+    collection: Escalation = Field(
+        default="review", description="conftest.py, pytest config, collection hooks, the test command line"
+    )
+    harness: Escalation = Field(
+        default="review", description="non-test code patching builtins, pytest, unittest, time or the harness"
+    )
 
 
 class Secrets(_Table):

@@ -10,64 +10,16 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 
 from orchestrator.policy.change import SUBMODULE, SYMLINK, ChangeInput, symlink_escapes
+from orchestrator.policy.collection import collection
 from orchestrator.policy.dependencies import dependencies
+from orchestrator.policy.harness import harness, test_changes
+from orchestrator.policy.integrity import baseline, tampered
 from orchestrator.policy.model import Policy
+from orchestrator.policy.paths import CORE_PROTECTED, CORE_SELF_PROTECTED, CORE_TEST_PATHS, compile_globs
 from orchestrator.policy.scan import SecretScanner, confusable_identifiers, hidden_characters
 from orchestrator.policy.verdict import Decision, Reason, Risk
 
-# Paths that stay protected whatever a policy file says (files can only add to them).
-CORE_PROTECTED = (
-    "policies/**",
-    "agents/**",
-    ".converge/**",
-    ".ci/**",
-    ".github/**",
-    ".gitlab-ci.yml",
-    ".githooks/**",
-    ".husky/**",
-    ".pre-commit-config.yaml",
-    "tools/sandbox/**",
-)
-CORE_SELF_PROTECTED = ("orchestrator/**",)
-CORE_TEST_PATHS = ("tests/**", "test/**", "**/test_*.py", "**/*_test.py", "**/conftest.py")
-
 Rule = Callable[[ChangeInput, Policy], Iterable[Reason]]
-
-
-def glob_to_regex(pattern: str) -> str:
-    """A path glob as a regex: ``**`` spans directories, ``*`` and ``?`` stay within one, ``dir/**`` matches ``dir``."""
-    if pattern.endswith("/"):
-        pattern += "**"
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("/**", i) and i + 3 == len(pattern):
-            out += "(?:/.*)?"
-            i += 3
-        elif pattern.startswith("**/", i):
-            out += "(?:.*/)?"
-            i += 3
-        elif pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-        elif pattern[i] == "*":
-            out += "[^/]*"
-            i += 1
-        elif pattern[i] == "?":
-            out += "[^/]"
-            i += 1
-        else:
-            out += re.escape(pattern[i])
-            i += 1
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def compile_globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    """One case-insensitive regex matching any of ``patterns`` (never matches when empty)."""
-    if not patterns:
-        return re.compile(r"(?!)")
-    return re.compile("^(?:" + "|".join(glob_to_regex(p) for p in patterns) + ")$", re.IGNORECASE)
-
 
 # --- protected paths ----------------------------------------------------------------------
 
@@ -318,8 +270,15 @@ RULES: tuple[Rule, ...] = (
     protected_paths,
     blast_radius,
     required_checks,
+    tampered,
+    baseline,
+    collection,
+    harness,
+    test_changes,
     secrets,
     unicode_tricks,
     dependencies,
     file_kinds,
 )
+
+__all__ = ["RULES", "Rule", "compile_globs"]

@@ -29,9 +29,10 @@ class Reason(BaseModel):
     line: int | None = None
     decision: Decision = Decision.APPROVE
     risk: Risk = Risk.LOW
+    excerpt: str | None = None  # what a person should see with it (a diff hunk)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "rule": self.rule,
             "message": self.message,
             "file": self.file,
@@ -39,6 +40,7 @@ class Reason(BaseModel):
             "decision": str(self.decision),
             "risk": str(self.risk),
         }
+        return found if self.excerpt is None else {**found, "excerpt": self.excerpt}
 
 
 class Verdict(BaseModel):

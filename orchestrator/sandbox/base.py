@@ -6,7 +6,7 @@
       ├── SandboxBackend.prepare_env(...)          the repo's test environment (env.ensure_env)
       └── SandboxBackend.start(spec)               one long-lived container per candidate
     Sandbox.run(argv)        -> CommandResult      one command in the container, with timeout and output cap
-    Sandbox.run_tests(ids)   -> TestReport         pytest with JUnit XML, parsed into test ids
+    Sandbox.run_tests(ids)   -> TestReport         pytest under Converge's witness, cross-checked with JUnit
 
 Hardening is not optional: a :class:`SandboxSpec` always says network none (except the
 dependency setup of a repo that ``sandbox.allow`` loosens), a read-only root, the worktree
@@ -17,16 +17,19 @@ run on the host. :class:`ScriptedBackend` is the scripted fake for control-flow 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import secrets
 import shlex
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
-from xml.etree import ElementTree
 
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import SandboxError
+from orchestrator.sandbox import crosscheck
 from orchestrator.sandbox.image import ImageSpec
 from orchestrator.store import diskimage
 from orchestrator.store.reports import CommandResult, TestReport
@@ -74,8 +77,12 @@ class SandboxSpec:
 class SandboxSession(Protocol):
     """A started sandbox of some backend: run commands in it, then close it."""
 
-    def exec(self, argv: Sequence[str], timeout: float, output_limit: int) -> CommandResult:
-        """Run ``argv`` in the sandbox's worktree; kill it at ``timeout`` seconds."""
+    def exec(self, argv: Sequence[str], timeout: float, output_limit: int, witness: bool = False) -> CommandResult:
+        """Run ``argv`` in the sandbox's worktree; kill it at ``timeout`` seconds.
+
+        ``witness``: give the command a pipe named in ``CONVERGE_WITNESS_FD`` before it starts, and
+        return what it wrote there as the result's ``witness``.
+        """
         ...
 
     def close(self) -> None:
@@ -133,27 +140,41 @@ class Sandbox:
             return result.model_copy(update={"stderr_tail": result.stderr_tail + note})
         return result
 
-    def run_tests(self, test_ids: Sequence[str] | None = None, timeout: float | None = None) -> TestReport:
-        """Run pytest (all tests, or the given ids) and parse its JUnit XML into a TestReport."""
-        argv = [
-            "python",
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "junit_family=xunit1",
-            f"--junitxml={JUNIT_PATH}",
-            *(test_ids or []),
-        ]
-        command = self.run(argv, timeout)
-        xml = self._session.exec(["cat", JUNIT_PATH], 60.0, 64_000_000)
-        selection: Literal["all", "selected"] = "selected" if test_ids else "all"
-        if xml.exit_code != 0 or not xml.stdout_tail.strip():
-            return TestReport(ran=False, command=command, selection=selection)
-        outcome = parse_junit(xml.stdout_tail)
-        return TestReport(ran=True, command=command, selection=selection, **outcome)
+    def run_tests(
+        self, test_ids: Sequence[str] | None = None, timeout: float | None = None, options: Sequence[str] = ()
+    ) -> TestReport:
+        """Run pytest (all tests, or the given ids; ``options`` before them) under Converge's witness.
+
+        The outcomes are the witness's, cross-checked with the JUnit file and the exit code
+        (:mod:`~orchestrator.sandbox.crosscheck`); the JUnit file is named afresh for each run,
+        so a file left by an earlier one is never read as this one's.
+        """
+        junit = f"{JUNIT_PATH.removesuffix('.xml')}-{secrets.token_hex(8)}.xml"
+        argv = [*witness_command(), "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1"]
+        argv += [f"--junitxml={junit}", *options, *(test_ids or [])]
+        limits = self.spec.limits
+        command = self._session.exec(argv, timeout or limits.timeout, limits.output_limit, witness=True)
+        shown = [_witness_name() if arg == witness_source() else arg for arg in command.argv]
+        command = command.model_copy(update={"argv": shown})  # reports and logs name the witness, not its text
+        xml = self._session.exec(["cat", junit], 60.0, 64_000_000)
+        text = xml.stdout_tail if xml.exit_code == 0 and xml.stdout_tail.strip() else None
+        selection: Literal["all", "selected"] = "selected" if test_ids or options else "all"
+        return crosscheck.test_report(command, text, selection)
+
+
+def witness_command() -> list[str]:
+    """The test run's interpreter, isolated (``-I``), with Converge's witness as its program (see sandbox.witness)."""
+    return ["python", "-I", "-c", witness_source()]
+
+
+@functools.cache
+def witness_source() -> str:
+    """The witness plugin's source, read once: it goes into the sandbox on the command line."""
+    return (Path(__file__).parent / "witness.py").read_text(encoding="utf-8")
+
+
+def _witness_name() -> str:
+    return f"<converge-witness sha256:{hashlib.sha256(witness_source().encode()).hexdigest()[:16]}>"
 
 
 def orphaned(labels: dict[str, str]) -> bool:
@@ -162,41 +183,6 @@ def orphaned(labels: dict[str, str]) -> bool:
         return False  # another machine's engine view: its owner cannot be checked from here
     pid = labels.get("converge.pid", "")
     return pid.isdigit() and not pid_alive(int(pid))
-
-
-def parse_junit(text: str) -> dict[str, list[str]]:
-    """JUnit XML (pytest, xunit1 or xunit2) -> passed/failed/errored/skipped test ids."""
-    try:
-        root = ElementTree.fromstring(text)
-    except ElementTree.ParseError as exc:
-        raise SandboxError(f"test report is not valid JUnit XML: {exc}") from exc
-    found: dict[str, list[str]] = {"passed": [], "failed": [], "errored": [], "skipped": []}
-    for case in root.iter("testcase"):
-        test_id = _test_id(case.get("classname", ""), case.get("name", ""), case.get("file"))
-        kinds = {child.tag for child in case}
-        if "error" in kinds:
-            found["errored"].append(test_id)
-        elif "failure" in kinds:
-            found["failed"].append(test_id)
-        elif "skipped" in kinds:
-            found["skipped"].append(test_id)
-        else:
-            found["passed"].append(test_id)
-    return found
-
-
-def _test_id(classname: str, name: str, file: str | None) -> str:
-    """``tests.test_x.TestA`` + ``test_b`` (+ ``tests/test_x.py``) -> ``tests/test_x.py::TestA::test_b``."""
-    if not classname:
-        return name  # a collection error names the module in `name`
-    if file and file.endswith(".py"):
-        module = file[:-3].replace("/", ".")
-        rest = classname[len(module) + 1 :] if classname.startswith(module) else ""
-        return "::".join([file, *(p for p in rest.split(".") if p), name])
-    parts = classname.split(".")
-    classes = [p for p in parts if p[:1].isupper()]
-    modules = parts[: len(parts) - len(classes)]
-    return "::".join(["/".join(modules) + ".py", *classes, name])
 
 
 @dataclass(frozen=True)

@@ -280,15 +280,15 @@ class DockerSession:
     def id(self) -> str:
         return str(self._container.id)
 
-    def exec(self, argv: Sequence[str], timeout: float, output_limit: int) -> CommandResult:
+    def exec(self, argv: Sequence[str], timeout: float, output_limit: int, witness: bool = False) -> CommandResult:
         with self._lock:
-            return self._exec(list(argv), timeout, output_limit)
+            return self._exec(list(argv), timeout, output_limit, witness)
 
-    def _exec(self, argv: list[str], timeout: float, output_limit: int) -> CommandResult:
+    def _exec(self, argv: list[str], timeout: float, output_limit: int, witness: bool) -> CommandResult:
         if self.closed:
             raise SandboxError("sandbox already closed")
         self._requests += 1
-        request = {"id": self._requests, "argv": argv, "timeout": timeout, "limit": output_limit}
+        request = {"id": self._requests, "argv": argv, "timeout": timeout, "limit": output_limit, "witness": witness}
         started = time.monotonic()
         try:
             self._sock.sendall(json.dumps(request).encode() + b"\n")
@@ -299,6 +299,10 @@ class DockerSession:
             raise SandboxError(f"sandbox runner refused {argv[0]!r}: {reply['error']}")
         out = OutputTail(base64.b64decode(reply["stdout"]), int(reply["stdout_total"]), output_limit)
         err = OutputTail(base64.b64decode(reply["stderr"]), int(reply["stderr_total"]), output_limit)
+        events = None
+        if "witness" in reply:
+            kept = base64.b64decode(reply["witness"])
+            events = OutputTail(kept, int(reply["witness_total"]), len(kept)).text()
         return CommandResult(
             argv=argv,
             exit_code=int(reply["exit_code"]),
@@ -308,6 +312,7 @@ class DockerSession:
             stdout_tail=out.text(),
             stderr_tail=err.text(),
             truncated=out.truncated or err.truncated,
+            witness=events,
         )
 
     def _answer(self, request_id: int, deadline: float) -> dict[str, Any]:

@@ -220,13 +220,21 @@ def _result(pending: Future[_Standby]) -> _Standby | None:
 
 
 @contextlib.contextmanager
+def pool_for(
+    ws: Workspace, repo: str, pool: SandboxPool | None = None, backend: SandboxBackend | None = None
+) -> Iterator[SandboxPool]:
+    """``pool`` when it serves ``repo``, else a pool of its own for the block."""
+    if pool is not None and pool.repo == repo:
+        yield pool
+        return
+    with SandboxPool(ws, repo, backend=backend) as own:
+        yield own
+
+
+@contextlib.contextmanager
 def sandbox_at(
     ws: Workspace, repo: str, commit: str, pool: SandboxPool | None = None, backend: SandboxBackend | None = None
 ) -> Iterator[tuple[Path, Sandbox]]:
     """A fresh worktree of ``commit`` with a sandbox over it: ``pool``'s when it serves ``repo``, else its own pool."""
-    if pool is not None and pool.repo == repo:
-        with pool.at(commit) as found:
-            yield found
-        return
-    with SandboxPool(ws, repo, backend=backend) as own, own.at(commit) as found:
+    with pool_for(ws, repo, pool, backend) as boxes, boxes.at(commit) as found:
         yield found

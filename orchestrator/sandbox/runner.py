@@ -6,6 +6,9 @@ attached stdin) and reads one JSON answer per line on its stdout. A request is
 whether the command was stopped at its timeout or by the OOM killer, and the last
 ``limit`` bytes of stdout and stderr (base64) with their total sizes. This replaces a
 ``docker exec`` per command (~60 ms of engine work) by a line on an open stream.
+A request with ``"witness": true`` gets a third pipe, opened here before the command starts and
+named to it in ``CONVERGE_WITNESS_FD``: the test run's witness (``sandbox.witness``) writes its
+events there, and the answer carries them (``witness``, ``witness_total``).
 
 The file runs by itself (``python -I -S -c <source>``, standard library only): nothing
 from the repository or the sandbox's environment is imported. Being PID 1 it reaps
@@ -31,6 +34,8 @@ from typing import Any
 CHUNK = 65536
 DRAIN_GRACE = 1.0  # seconds to read leftovers after the command exits (a daemon may hold its pipes)
 OOM_FILES = (Path("/sys/fs/cgroup/memory.events"), Path("/sys/fs/cgroup/memory/memory.oom_control"))
+WITNESS_FD = "CONVERGE_WITNESS_FD"
+WITNESS_LIMIT = 64 * 1024 * 1024
 
 
 def oom_kills() -> int:
@@ -79,8 +84,11 @@ class Tail:
         return base64.b64encode(kept).decode("ascii")
 
 
-def spawn(argv: list[str], out_w: int, err_w: int) -> int:
-    """Fork and exec ``argv`` in a new session; return its pid, or raise the OSError exec saw."""
+def spawn(argv: list[str], out_w: int, err_w: int, witness_w: int | None = None) -> int:
+    """Fork and exec ``argv`` in a new session; return its pid, or raise the OSError exec saw.
+
+    ``witness_w``: a pipe the command inherits, its number in ``CONVERGE_WITNESS_FD``.
+    """
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -92,6 +100,9 @@ def spawn(argv: list[str], out_w: int, err_w: int) -> int:
             os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
+            if witness_w is not None:
+                os.set_inheritable(witness_w, True)
+                os.environ[WITNESS_FD] = str(witness_w)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.execvp(argv[0], argv)
         except OSError as exc:
@@ -151,6 +162,7 @@ class Command:
         self.argv = [str(arg) for arg in request["argv"]]
         self.limit = int(request["limit"])
         self.out, self.err = Tail(self.limit), Tail(self.limit)
+        self.witness = Tail(WITNESS_LIMIT) if request.get("witness") else None
         self.started = time.monotonic()
         self.deadline = self.started + float(request["timeout"])
         self.status: int | None = None
@@ -160,21 +172,27 @@ class Command:
         oom_before = oom_kills()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        wit_r, wit_w = os.pipe2(os.O_CLOEXEC) if self.witness is not None else (None, None)
         try:
-            pid = spawn(self.argv, out_w, err_w)
+            pid = spawn(self.argv, out_w, err_w, wit_w)
         except OSError as exc:
-            os.close(out_r)
-            os.close(err_r)
+            for fd in (out_r, err_r, wit_r):
+                if fd is not None:
+                    os.close(fd)
             self.err.add(f"converge sandbox: cannot run {self.argv[0]!r}: {exc.strerror}\n".encode())
             return self.answer(127 if exc.errno == 2 else 126, oom=False)
         finally:
-            os.close(out_w)
-            os.close(err_w)
+            for fd in (out_w, err_w, wit_w):
+                if fd is not None:
+                    os.close(fd)
         exited = pid_fd(pid)
+        streams = {out_r: self.out, err_r: self.err}
+        if wit_r is not None and self.witness is not None:
+            streams[wit_r] = self.witness
         try:
-            self.pump(pid, {out_r: self.out, err_r: self.err}, exited)
+            self.pump(pid, streams, exited)
         finally:
-            for fd in (out_r, err_r, exited):
+            for fd in (out_r, err_r, wit_r, exited):
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
@@ -224,7 +242,11 @@ class Command:
                     del streams[fd]
 
     def answer(self, code: int, oom: bool) -> dict[str, Any]:
+        witness = {}
+        if self.witness is not None:
+            witness = {"witness": self.witness.encoded(), "witness_total": self.witness.total}
         return {
+            **witness,
             "id": self.request["id"],
             "exit_code": code,
             "duration": round(time.monotonic() - self.started, 4),

@@ -2,14 +2,16 @@
 
 For control-flow tests of everything above the sandbox (pool, gate, loop) with no engine: no
 image, no test environment, no container. :class:`PytestScript` answers pytest runs on cue (the
-command's result, then its JUnit XML), other commands (a tool agent's) with "done, no change",
+command's result with its witness stream, then its JUnit XML), other commands (a tool agent's) with "done, no change",
 and raises a SandboxError (or any exception) whose turn it is. Timeouts and the output cap
 apply as in the Docker runner; both backends pass ``tests/test_sandbox_contract.py``.
 """
 
 from __future__ import annotations
 
+import json
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,11 @@ from orchestrator.store.workspace import Workspace
 
 Script = Callable[[list[str]], CommandResult]
 KILLED = 128 + signal.SIGKILL  # what the runner reports for a command stopped at its timeout
+
+
+def is_test_run(argv: Sequence[str]) -> bool:
+    """A pytest run: under Converge's witness (``python -I -c <witness>``), or plain."""
+    return list(argv[:3]) == ["python", "-I", "-c"] or "pytest" in argv[:3]
 
 
 def no_change(argv: list[str]) -> CommandResult:
@@ -44,7 +51,24 @@ class PytestRun:
         counts = {"passed": self.passed, "failed": self.failed, "errors": self.errored, "skipped": self.skipped}
         summary = ", ".join(f"{len(ids)} {word}" for word, ids in counts.items() if ids) or "no tests ran"
         code = 1 if self.failed or self.errored else 0 if self.passed or self.skipped else 5
-        return CommandResult(argv=argv, exit_code=code, duration=0.0, stdout_tail=f"{summary}\n")
+        return CommandResult(
+            argv=argv, exit_code=code, duration=0.0, stdout_tail=f"{summary}\n", witness=self.witness(code)
+        )
+
+    def witness(self, code: int) -> str:
+        """The events Converge's witness (``sandbox.witness``) streams for this run."""
+        events: list[dict[str, object]] = [{"e": "start"}]
+        tests = [t for t in (*self.passed, *self.failed, *self.errored, *self.skipped) if "::" in t]
+        events += [{"e": "collected", "ids": tests}, {"e": "collection_done", "count": len(tests)}]
+        events += [{"e": "collect_error", "id": t, "junit": _names(t)} for t in self.errored if "::" not in t]
+        phases = [(t, "call", "passed") for t in self.passed] + [(t, "call", "failed") for t in self.failed]
+        phases += [(t, "setup", "failed") for t in self.errored if "::" in t]
+        phases += [(t, "setup", "skipped") for t in self.skipped]
+        for test, when, outcome in phases:
+            events.append({"e": "made", "id": test, "when": when, "outcome": outcome, "junit": _names(test)})
+            events.append({"e": "logged", "id": test, "when": when, "outcome": outcome})
+        events += [{"e": "finish", "status": code}, {"e": "exit", "status": code}]
+        return "".join(json.dumps(event) + "\n" for event in events)
 
     def junit(self) -> str:
         """The JUnit XML (xunit1, with ``file`` attributes) pytest writes for this run."""
@@ -59,13 +83,21 @@ class PytestRun:
         return ElementTree.tostring(root, encoding="unicode")
 
 
-def _case(suite: ElementTree.Element, test_id: str, outcome: str) -> None:
+def _names(test_id: str) -> list[str]:
+    """The JUnit ``[classname, name]`` of a test id (a collection error: the module, dotted, as the name)."""
     file, sep, rest = test_id.partition("::")
+    if not sep:
+        return ["", file.removesuffix(".py").replace("/", ".")]
+    *classes, name = rest.split("::")
+    return [".".join([file.removesuffix(".py").replace("/", "."), *classes]), name]
+
+
+def _case(suite: ElementTree.Element, test_id: str, outcome: str) -> None:
+    classname, name = _names(test_id)
+    file, sep, _rest = test_id.partition("::")
     if not sep:  # a collection error names the module only
-        case = ElementTree.SubElement(suite, "testcase", classname="", name=test_id)
+        case = ElementTree.SubElement(suite, "testcase", classname="", name=name)
     else:
-        *classes, name = rest.split("::")
-        classname = ".".join([file.removesuffix(".py").replace("/", "."), *classes])
         case = ElementTree.SubElement(suite, "testcase", classname=classname, name=name, file=file)
     if outcome:
         ElementTree.SubElement(case, outcome, message=outcome)
@@ -74,7 +106,9 @@ def _case(suite: ElementTree.Element, test_id: str, outcome: str) -> None:
 @dataclass
 class PytestScript:
     """A script: pytest answered with ``runs`` in order (the last one again once they are spent),
-    ``cat`` of the JUnit file with the XML of the latest run, anything else by ``other``.
+    ``cat`` of the JUnit file with the XML of the latest run (of the asking thread), anything else
+    by ``other``. A reference sandbox (the base's run, ``sandbox.reference``) is answered with
+    ``base``: by default every test any of ``runs`` passes, passing.
 
     An exception among ``runs`` is raised at its turn: a SandboxError (the sandbox broke), or
     anything else (the process died mid-step).
@@ -82,20 +116,41 @@ class PytestScript:
 
     runs: list[PytestRun | BaseException] = field(default_factory=lambda: [PytestRun()])
     other: Script = no_change
-    latest: PytestRun | None = None
+    base: PytestRun | None = None
+    latest_of: dict[int, PytestRun] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.base is None:  # taken now: runs are used up as they are answered
+            passing = [t for run in self.runs if isinstance(run, PytestRun) for t in run.passed]
+            self.base = PytestRun(passed=list(dict.fromkeys(passing)))
+
+    @property
+    def latest(self) -> PytestRun | None:
+        return self.latest_of.get(threading.get_ident())
 
     def __call__(self, argv: list[str]) -> CommandResult:
-        if "pytest" in argv[:3]:
-            cue = self.runs.pop(0) if len(self.runs) > 1 else self.runs[0]
+        return self._answer(argv, reference=False)
+
+    def reference(self, argv: list[str]) -> CommandResult:
+        """The answer in the base's reference sandbox."""
+        return self._answer(argv, reference=True)
+
+    def _answer(self, argv: list[str], reference: bool) -> CommandResult:
+        if is_test_run(argv):
+            if reference:
+                cue: PytestRun | BaseException = self.base or PytestRun()
+            else:
+                cue = self.runs.pop(0) if len(self.runs) > 1 else self.runs[0]
             if isinstance(cue, BaseException):
                 raise cue
-            self.latest = cue
+            self.latest_of[threading.get_ident()] = cue
             return cue.result(argv)
-        if argv == ["cat", JUNIT_PATH]:
-            if self.latest is None:
-                missing = f"cat: {JUNIT_PATH}: No such file or directory\n"
+        if len(argv) == 2 and argv[0] == "cat" and argv[1].startswith(JUNIT_PATH.removesuffix(".xml")):
+            latest = self.latest
+            if latest is None:
+                missing = f"cat: {argv[1]}: No such file or directory\n"
                 return CommandResult(argv=argv, exit_code=1, duration=0.0, stderr_tail=missing)
-            return CommandResult(argv=argv, exit_code=0, duration=0.0, stdout_tail=self.latest.junit())
+            return CommandResult(argv=argv, exit_code=0, duration=0.0, stdout_tail=latest.junit())
         return self.other(argv)
 
 
@@ -156,12 +211,14 @@ class ScriptedSession:
     id: str
     closed: bool = False
 
-    def exec(self, argv: Sequence[str], timeout: float, output_limit: int) -> CommandResult:
+    def exec(self, argv: Sequence[str], timeout: float, output_limit: int, witness: bool = False) -> CommandResult:
         if self.closed:
             raise SandboxError("sandbox already closed")
         self.backend.ran.append(list(argv))
         started = time.monotonic()
-        result = self.backend.script(list(argv))
+        script = self.backend.script
+        reference = self.spec.labels.get("converge.candidate", "").startswith("reference-")
+        result = script.reference(list(argv)) if reference and isinstance(script, PytestScript) else script(list(argv))
         duration = result.duration or time.monotonic() - started
         out = OutputTail(result.stdout_tail.encode(), len(result.stdout_tail.encode()), output_limit)
         err = OutputTail(result.stderr_tail.encode(), len(result.stderr_tail.encode()), output_limit)

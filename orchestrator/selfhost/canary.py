@@ -1,5 +1,7 @@
 """The canary of a `self` changeset: the candidate's Converge and the running one each refine a copy of
 the sample repo with the same scripted model, in one outer sandbox; they must end the same way.
+The model's first edit hides a test from collection: a gate that still compares the candidate's tests
+with the base's rejects it and promotes the second edit; a gate that lets it through ends differently.
 
 ``check`` runs the self-tests and both canaries and stores them as the changeset's artifacts;
 ``python -m orchestrator.selfhost.canary canary INPUTS WORK`` is what runs inside the sandbox.
@@ -45,8 +47,21 @@ CANARY_GOAL = "Remove the unused imports from inventory/stock.py"
 CANARY_TIMEOUT = 900.0
 
 
+HIDDEN_TEST = {
+    "summary": "rename a slow test",
+    "edits": [
+        {
+            "path": "tests/test_stock.py",
+            "search": "def test_value_sums_prices():",
+            "replace": "def _test_value_sums_prices():",
+        }
+    ],
+}
+
+
 def canary_script() -> list[dict[str, Any]]:
-    """The scripted model's answers: a one-step plan, then one edit (unkeyed replay entries, in order)."""
+    """The scripted model's answers: a one-step plan, an edit that hides a test (the gate must reject it),
+    then the real edit (unkeyed replay entries, in order)."""
     plan = {
         "goal": CANARY_GOAL,
         "steps": [
@@ -68,7 +83,7 @@ def canary_script() -> list[dict[str, Any]]:
             }
         ],
     }
-    return [{"text": json.dumps(plan)}, {"text": json.dumps(edits)}]
+    return [{"text": json.dumps(plan)}, {"text": json.dumps(HIDDEN_TEST)}, {"text": json.dumps(edits)}]
 
 
 def prepare_canary(dest: Path, reference: Path | None = None) -> None:
@@ -104,6 +119,7 @@ def run_canary(inputs: Path, work: Path, backend: SandboxBackend | None = None) 
     return CanaryOutcome(
         status=record.status,
         steps=[s.outcome for s in record.steps],
+        attempts=[s.attempts for s in record.steps],
         tree=tree,
         generation=gen.number,
         reason=record.reason,

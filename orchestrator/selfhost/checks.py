@@ -1,5 +1,6 @@
-"""The checks a `self` changeset needs, as the gate sees them: Converge's own suite in a sandbox, and
-the promotion hook that refuses a self change without passing self-tests and canary on its commit.
+"""The checks a `self` changeset needs, as the gate sees them: Converge's own suite in a sandbox (against
+the base generation's own run of it, as for any repo), and the promotion hook that refuses a self
+change without passing self-tests and canary on its commit.
 
 Inside a sandbox there is no Docker socket (by design): tests marked ``docker`` run on the host
 (CI, and ``converge self check``'s host stage). Running the canary is :mod:`selfhost.canary`'s job.
@@ -7,14 +8,17 @@ Inside a sandbox there is no Docker socket (by design): tests marked ``docker`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from orchestrator.config import SandboxConfig
 from orchestrator.errors import VerificationFailed
+from orchestrator.policy.baseline import TestComparison, compare
 from orchestrator.sandbox import factory
-from orchestrator.sandbox.base import Sandbox, SandboxBackend, parse_junit
+from orchestrator.sandbox.base import Sandbox, SandboxBackend
+from orchestrator.sandbox.reference import reference_report, remember
 from orchestrator.selfhost.nested import SANDBOX_MARKER
 from orchestrator.store import changesets
 from orchestrator.store.changesets import Changeset
@@ -26,8 +30,8 @@ SELF_TESTS = "self-tests.json"
 CANARY = "canary.json"
 TEST_MARKERS = "not docker"  # the one thing a sandbox cannot give: an engine socket
 SELF_TEST_ARGS = ("-m", TEST_MARKERS)
-SELF_JUNIT = "/tmp/converge-self-junit.xml"
 SELF_TEST_TIMEOUT = 3600.0
+REFERENCE_KIND = "self-tests"
 
 
 # --- the checks of a `self` changeset --------------------------------------------------------
@@ -41,9 +45,10 @@ class CanaryOutcome(BaseModel):
     tree: str
     generation: int
     reason: str = ""
+    attempts: list[int] = []
 
-    def key(self) -> tuple[str, tuple[str, ...], str]:
-        return (self.status, tuple(self.steps), self.tree)
+    def key(self) -> tuple[str, tuple[str, ...], str, tuple[int, ...]]:
+        return (self.status, tuple(self.steps), self.tree, tuple(self.attempts))
 
 
 class SelfTests(BaseModel):
@@ -85,23 +90,42 @@ def sandbox_config(ws: Workspace) -> SandboxConfig:
 
 
 def run_self_tests(box: Sandbox) -> TestReport:
-    """Converge's suite, minus what needs Docker, a model or a lot of time, in ``box``."""
-    argv = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *SELF_TEST_ARGS]
-    argv += ["-o", "junit_family=xunit1", f"--junitxml={SELF_JUNIT}"]
-    command = box.run(argv, SELF_TEST_TIMEOUT)
-    xml = box.run(["cat", SELF_JUNIT], 60.0, 64_000_000)
-    if xml.exit_code != 0 or not xml.stdout_tail.strip():
-        return TestReport(ran=False, command=command, selection="selected")
-    return TestReport(ran=True, command=command, selection="selected", **parse_junit(xml.stdout_tail))
+    """Converge's suite, minus what needs Docker, a model or a lot of time, in ``box`` (under the witness)."""
+    return box.run_tests(timeout=SELF_TEST_TIMEOUT, options=SELF_TEST_ARGS)
+
+
+@dataclass(frozen=True)
+class SelfRun:
+    """The self-tests of a `self` candidate: the report, the sandbox image, the comparison with the base's run."""
+
+    report: TestReport
+    image: str
+    baseline: TestComparison | None
 
 
 def verify_self(
-    ws: Workspace, repo: str, worktree: Path, label: str, backend: SandboxBackend | None = None
-) -> tuple[TestReport, str]:
-    """The gate's verify for `self`: the self-test selection in a sandbox; the report and the image digest."""
-
-    with factory.open_sandbox(ws, repo, worktree, label=label, backend=backend, config=sandbox_config(ws)) as box:
-        return run_self_tests(box), box.spec.image.digest
+    ws: Workspace,
+    repo: str,
+    base: str,
+    commit: str,
+    worktree: Path,
+    label: str,
+    backend: SandboxBackend | None = None,
+) -> SelfRun:
+    """The gate's verify for `self`: the self-test selection in a sandbox, against the base's run of it."""
+    cfg = sandbox_config(ws)
+    chosen = backend or factory.backend_for(cfg)
+    try:
+        with factory.open_sandbox(ws, repo, worktree, label=label, backend=chosen, config=cfg) as box:
+            report = run_self_tests(box)
+            remember(ws, repo, commit, box.spec, report, REFERENCE_KIND)  # the base of what comes next
+            if report.broken:
+                return SelfRun(report, box.spec.image.digest, None)
+            at_base = reference_report(ws, repo, base, box.spec, chosen, run_self_tests, REFERENCE_KIND)
+            return SelfRun(report, box.spec.image.digest, compare(base, at_base, report))
+    finally:
+        if backend is None:
+            chosen.close()
 
 
 def require_checks(ws: Workspace, cs: Changeset) -> None:

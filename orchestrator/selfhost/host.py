@@ -20,7 +20,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from orchestrator.errors import SandboxError, VerificationFailed
-from orchestrator.sandbox.base import LABEL, parse_junit
+from orchestrator.sandbox.base import LABEL
+from orchestrator.sandbox.crosscheck import parse_junit
 from orchestrator.sandbox.docker_backend import connect
 from orchestrator.selfhost.env import build_env
 from orchestrator.store import changesets

@@ -1,0 +1,1 @@
+"""Invoices: line items, totals and plain-text rendering."""

@@ -1,0 +1,1 @@
+"""A small to-do list kept in a JSON file."""

@@ -1,0 +1,1 @@
+"""Weather station readings: parsing, units and statistics."""
