@@ -259,7 +259,7 @@ class Nodes:
         )
         reset: RunState = {"step": s["step"] + 1, "attempt": 1, "feedback": "", "changeset": "", "commit": ""}
         reset |= {"failure": "", "failures": []}
-        return {**reset, "done": [done.model_dump()], "outcome": Outcome.NONE}
+        return {**reset, "done": [done.model_dump(mode="json")], "outcome": Outcome.NONE}
 
     def retry(self, s: RunState) -> RunState:
         reason = (s.get("feedback") or "no reason given").splitlines()[0]
