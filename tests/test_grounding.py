@@ -138,6 +138,9 @@ def test_a_tool_step_runs_only_its_rules_on_python_files() -> None:
     fix = CARDS["ruff-fix"].card
     families = findings.step_families(fix, "Remove the unused imports", "tidy the code")
     assert findings.scoped_argv(fix, fix.command or [], families, ["a.py"])[-3:] == ["--select", "F401", "a.py"]
+    goal = "The imports in report.py are a mess: some aren't used and the rest aren't in order. Clean them up."
+    both = findings.step_families(fix, "The import order is a mess", goal)  # the title names one of the two
+    assert findings.rules_of(both) == ["F401", "I001"]
     assert findings.python_files(["README.md", "a.py", "b.pyi", "a.py"]) == ["a.py", "b.pyi"]
     fmt = CARDS["ruff-format"].card
     assert findings.scoped_argv(fmt, fmt.command or [], fmt.changes, []) == [*(fmt.command or []), "."]

@@ -125,8 +125,10 @@ def matched_tools(goal: str, cards: dict[str, LoadedCard]) -> dict[str, list[Cha
 
 
 def step_families(card: AgentCard, title: str, goal: str) -> list[ChangeFamily]:
-    """What a tool step is about: the kinds its title asks for, else the goal's, else all the card declares."""
-    return families_for(card, title) or families_for(card, goal) or list(card.changes)
+    """What a tool step is about: the kinds its title or the goal asks for (a small planner's title names one
+    of the kinds the goal asks for), else all the card declares."""
+    asked = {family.family for family in [*families_for(card, title), *families_for(card, goal)]}
+    return [family for family in card.changes if family.family in asked] or list(card.changes)
 
 
 def rules_of(families: Sequence[ChangeFamily]) -> list[str]:
