@@ -50,7 +50,7 @@ def test_refine_promotes_a_passing_change(sample_ws: Workspace) -> None:
     assert f"changeset `{cs.id}`" in adr and "promoted" in adr
     log = (sample_ws.state / "logs" / f"{record.id}.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["kind"] for line in log]
-    assert (kinds[0], kinds.count("model"), kinds[-1]) == ("plan", 2, "run")
+    assert (kinds[0], kinds.count("model"), kinds[-1]) == ("model", 2, "run")
     assert "tests" in kinds and "verdict" in kinds
     assert not any((sample_ws.cache / "worktrees").rglob("*.py")), "candidate worktrees are removed"
     assert runs.load(sample_ws, record.id).status == "completed"
@@ -102,8 +102,8 @@ def test_review_pauses_the_run_and_approval_resumes_it(sample_ws: Workspace) -> 
 
 
 def test_plan_only_writes_the_plan_and_stops(sample_ws: Workspace) -> None:
-    model = ScriptedBackend([plan(STEP, ("Format", "ruff-format", []))], [])
-    result = start_run(_deps(sample_ws, model), "sample", "tidy up", plan_only=True)
+    model = ScriptedBackend([plan(("Format", "ruff-format", []), STEP)], [])
+    result = start_run(_deps(sample_ws, model), "sample", "run the formatter, then drop os and sys", plan_only=True)
     assert result.record.status == "completed"
     adr = (sample_ws.spec / "runs" / result.record.id / "adr.md").read_text()
     assert "Drop the os and sys lines from stock.py" in adr and "ruff-format" in adr
@@ -213,10 +213,11 @@ def test_cli_refine_with_the_replay_backend_retries_after_a_failing_test(sample_
 
 @pytest.mark.model
 def test_the_embedded_model_and_a_tool_agent_refine_the_sample_repo(sample_ws: Workspace) -> None:
-    """The demo's job with real parts only: SmolLM2 plans, ruff-fix edits in the sandbox, policy approves."""
+    """The demo's job with real parts only: SmolLM2 plans a goal naming no agent for ruff-fix, which edits in the
+    sandbox; policy approves."""
 
     deps = Deps(ws=sample_ws, model_for=model_factory(sample_ws))
-    result = start_run(deps, "sample", "Use ruff-fix to remove the unused imports", max_steps=1, auto_approve=True)
+    result = start_run(deps, "sample", "Remove the unused imports", max_steps=1, auto_approve=True)
     assert result.record.status == "completed", result.record.reason
     step = result.record.steps[0]
     assert (step.agent, step.outcome, step.generation) == ("ruff-fix", "promoted", 1)

@@ -127,3 +127,27 @@ def test_a_tool_step_whose_dry_run_finds_nothing_needs_no_model(sample_ws: Works
     assert (result.record.status, step.outcome) == ("completed", "no-change")
     assert step.reason == "ruff-fix found nothing to change (unused imports (F401)); the step is done without a change."
     assert len(model.requests) == 1, "only the planner was asked"
+
+
+def test_tool_agents_are_offered_only_for_goals_that_ask_for_what_they_do(sample_ws: Workspace) -> None:
+    model = ScriptedModel([plan(("Fix the off-by-one", "ruff-fix", [])), plan(CODER_STEP)], [GOOD])
+    goal = "top_n in inventory/report.py returns one item fewer than asked for. Fix it."
+    result = _run(sample_ws, model, ScriptedSandbox(PytestScript([PASSING], other=ruff_answers)), goal)
+    schema = model.requests[0].json_schema or {}
+    assert schema["$defs"]["Step"]["properties"]["agent"] == {"enum": ["coder"]}
+    assert "steps/0/agent: 'ruff-fix' is not one of ['coder']" in model.requests[1].followups[-1].content
+    assert [s.agent for s in result.record.steps] == ["coder"]
+
+
+def test_the_formatter_never_touches_a_readmes_code_blocks(sample_ws: Workspace) -> None:
+    def formatter(argv: list[str]) -> CommandResult:
+        if argv[:3] == ["ruff", "format", "--check"]:  # ruff 0.17 formats Python blocks in Markdown too
+            out = "unformatted: File would be reformatted\n --> README.md:4:6\n --> inventory/stock.py:1:6\n"
+            return CommandResult(argv=argv, exit_code=1, duration=0.0, stdout_tail=out)
+        return CommandResult(argv=argv, exit_code=0, duration=0.0)
+
+    sandbox = ScriptedSandbox(PytestScript([PASSING], other=formatter))
+    model = ScriptedModel([plan(("Reformat", "ruff-format", ["inventory/stock.py"]))], [])
+    _run(sample_ws, model, sandbox, "Reformat the code to match our code style")
+    writes = [argv for argv in sandbox.ran if argv[:2] == ["ruff", "format"] and "--check" not in argv]
+    assert writes == [["ruff", "format", "--no-cache", "--force-exclude", "inventory/stock.py"]], "never `.`"

@@ -40,9 +40,10 @@ def _run(
     *,
     auto_approve: bool = True,
     on_event: Callable[[str], None] | None = None,
+    goal: str = "tidy up stock.py",
 ) -> RunResult:
     deps = scripted_deps(ws, model, sandbox, on_event)
-    return start_run(deps, "sample", "tidy up stock.py", auto_approve=auto_approve, run_id="r-flow")
+    return start_run(deps, "sample", goal, auto_approve=auto_approve, run_id="r-flow")
 
 
 def _resume(ws: Workspace, model: ScriptedModel, sandbox: ScriptedSandbox) -> RunResult:
@@ -238,10 +239,10 @@ def test_a_failing_sandbox_fails_the_run_and_says_why(
 
 def test_a_tool_agent_whose_dry_run_finds_nothing_says_so(sample_ws: Workspace) -> None:
     sandbox = ScriptedSandbox(PytestScript([PASSING]))
-    result = _run(sample_ws, ScriptedModel([plan(("Fix lint", "ruff-fix", []))], []), sandbox)
+    result = _run(sample_ws, ScriptedModel([plan(("Fix lint", "ruff-fix", []))], []), sandbox, goal="Fix lint")
     assert result.record.status == "completed", result.record.reason
     assert [(s.agent, s.outcome, s.changeset) for s in result.record.steps] == [("ruff-fix", "no-change", None)]
-    assert result.record.steps[0].reason.startswith("ruff-fix found nothing to change (unused imports (F401)")
+    assert result.record.steps[0].reason.startswith("ruff-fix found nothing to change (unused imports (F401), ")
     assert not any("--fix" in argv for argv in sandbox.ran), "nothing found: the fix never runs"
     assert generations.current(sample_ws, "sample").number == 0
 
@@ -251,7 +252,7 @@ def test_a_tool_agent_missing_from_the_sandbox_fails_the_run(sample_ws: Workspac
         return CommandResult(argv=argv, exit_code=127, duration=0.0, stderr_tail="cannot run 'ruff'\n")
 
     sandbox = ScriptedSandbox(PytestScript([PASSING], other=missing))
-    result = _run(sample_ws, ScriptedModel([plan(("Fix lint", "ruff-fix", []))], []), sandbox)
+    result = _run(sample_ws, ScriptedModel([plan(("Fix lint", "ruff-fix", []))], []), sandbox, goal="Fix lint")
     assert (result.exit_code, result.record.status) == (1, "failed")
     assert "agent 'ruff-fix'" in result.record.reason and "is it installed" in result.record.reason
 

@@ -234,6 +234,7 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from orchestrator.loop.state import Deps
+from orchestrator.agents import repomap
 from orchestrator.agents.pyparse import blob_digest
 from orchestrator.watch.watcher import Watcher
 from orchestrator.store.workspace import Workspace

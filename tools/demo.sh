@@ -28,7 +28,8 @@ $CONVERGE refine sample --goal "There are leftover imports nobody uses in the in
   --max-steps 1 --auto-approve
 rc=$?
 set -e
-# 1 means the run ended and said no (e.g. nothing left to fix on a second demo); 2+ is a real error.
+# 1 means the run ended and said no; 2+ is a real error. (A second demo finds nothing left to fix: the step
+# says so and the run completes without a change.)
 if [ "$rc" -ge 2 ]; then exit "$rc"; fi
 $CONVERGE generation list sample
 $CONVERGE changeset list --repo sample

@@ -167,6 +167,7 @@ class AgentCard(_Strict):
     report: ReportFormat | None = Field(default=None, description="tool agents: how the dry run's output reads")
     rule_option: str | None = Field(default=None, description="tool agents: the option that selects rule codes")
     changes: list[ChangeFamily] = Field(default_factory=list, description="tool agents: the kinds of change made")
+    goals: list[str] = Field(default_factory=list, description="tool agents: phrases of goals asking for all of them")
 
     def binding(self) -> tuple[Literal["model", "role"], str]:
         """What the card runs on: ``("model", name)`` or ``("role", role)``."""
@@ -206,7 +207,7 @@ def _tool_problems(card: AgentCard) -> list[tuple[str, str]]:
 
 def _model_problems(card: AgentCard) -> list[tuple[str, str]]:
     found = []
-    if card.command or card.dry_run or card.changes:
+    if card.command or card.dry_run or card.changes or card.goals:
         found.append(
             ("command", "only tool agents run a command; remove command, dry_run, changes or set kind = 'tool'")
         )

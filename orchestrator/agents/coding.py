@@ -121,7 +121,7 @@ def read_texts(ws: Workspace, repo: str, commit: str, paths: Sequence[str]) -> d
 
 
 def _fit(path: str, text: str, budget: int, focus: set[str]) -> Shown:
-    """All of ``text``, or the window of whole lines that fits ``budget`` tokens, starting a little before the
+    """All of ``text``, or the window of whole lines that fits ``budget`` tokens, starting two lines before the
     first line that names what the step is about."""
     lines = text.splitlines(keepends=True)
     if tokens(text) <= budget or not lines:
@@ -129,7 +129,7 @@ def _fit(path: str, text: str, budget: int, focus: set[str]) -> Shown:
     start = 0
     for number, line in enumerate(lines):
         if focus & goal_words(line):
-            start = max(0, number - 5)
+            start = max(0, number - 2)
             break
     end, size = start, 0
     while end < len(lines) and size + tokens(lines[end]) <= budget:

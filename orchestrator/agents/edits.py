@@ -124,11 +124,24 @@ def plan_edits(files: Files, proposal: EditProposal) -> tuple[list[Pending], App
         raise EditError("Your answer has no edits. Give at least one search/replace block that changes a file.")
     pending: dict[str, Pending] = {}
     notes: list[str] = []
+    seen: dict[tuple[str, str, str], int] = {}
     for number, block in enumerate(proposal.edits, start=1):
+        first = seen.setdefault((block.path, block.search, block.replace), number)
+        if first != number:  # a small model repeats a block: applying it twice would fail, once is what it meant
+            notes.append(f"block {number} repeats block {first}; applied once")
+            continue
         try:
             rel = files.check(block.path)
             state = pending.get(rel) or _load(files, rel)
-            state.text, note = replace_once(state.text, block.search, block.replace, exists=state.exists)
+            try:
+                state.text, note = replace_once(state.text, block.search, block.replace, exists=state.exists)
+            except SearchNotFound:
+                if state.original and block.search and block.search in state.original:
+                    raise EditError(
+                        "its search text is in the file, but an earlier block already changed those lines; "
+                        "give one block for each place, with no two blocks searching the same lines"
+                    ) from None
+                raise
             state.exists = True
         except EditError as exc:
             kind = type(exc) if type(exc) in (PathUnknown, SearchNotFound, SearchAmbiguous) else EditError

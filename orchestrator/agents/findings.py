@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pydantic import BaseModel, Field
 
 from orchestrator.agents.cards import AgentCard, ChangeFamily, LoadedCard, ReportFormat
-from orchestrator.errors import GitError, SandboxError
+from orchestrator.errors import ConvergeError, SandboxError
 from orchestrator.sandbox.base import SandboxBackend
 from orchestrator.sandbox.pool import SandboxPool, sandbox_at
 from orchestrator.store.reports import CommandResult
@@ -108,20 +108,27 @@ def families_for(card: AgentCard, text: str) -> list[ChangeFamily]:
 
 
 def matched_tools(goal: str, cards: dict[str, LoadedCard]) -> dict[str, list[ChangeFamily]]:
-    """Tool agents whose declared kinds of change the goal asks for, by name (sorted), with those kinds."""
+    """Tool agents whose declared kinds of change the goal asks for, by name (sorted), with those kinds; a goal
+    that names the agent or asks for all it does (the card's ``goals``) asks for every kind it declares."""
     found = {}
+    words = _words(goal)
     for name in sorted(cards):
         card = cards[name].card
-        if card.kind == "tool":
-            families = families_for(card, goal)
-            if families:
-                found[name] = families
+        if card.kind != "tool":
+            continue
+        families = families_for(card, goal)
+        if not families and (name in goal or any(_serves(phrase, words) for phrase in card.goals)):
+            families = list(card.changes)
+        if families:
+            found[name] = families
     return found
 
 
 def step_families(card: AgentCard, title: str, goal: str) -> list[ChangeFamily]:
-    """What a tool step is about: the kinds its title asks for, else the goal's, else all the card declares."""
-    return families_for(card, title) or families_for(card, goal) or list(card.changes)
+    """What a tool step is about: the kinds its title or the goal asks for (a small planner's title names one
+    of the kinds the goal asks for), else all the card declares."""
+    asked = {family.family for family in [*families_for(card, title), *families_for(card, goal)]}
+    return [family for family in card.changes if family.family in asked] or list(card.changes)
 
 
 def rules_of(families: Sequence[ChangeFamily]) -> list[str]:
@@ -166,7 +173,7 @@ def dry_runs(
     try:
         with sandbox_at(ws, repo, commit, pool, backend) as (_tree, box):
             return [_dry_run(card, box.run) for card in tools]
-    except (SandboxError, GitError) as exc:
+    except ConvergeError as exc:  # no engine, no image, a checkout that failed: the plan goes on without
         return [ToolReport(agent=card.name, error=f"no sandbox: {exc}") for card in tools]
 
 

@@ -25,6 +25,7 @@ from orchestrator.models.grammar import Grammar, alternatives, array, json_liter
 MAX_TARGETS = 4
 MAX_CREATES = 2
 MAX_EDITS = 6
+MAX_SUMMARY = 200  # characters
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 # folders (dot folders too: .github), then a dot file or a name with a suffix; never `.` or `..`
 NEW_FILE_PATTERN = rf"^([.]?{_NAME}/)*([.]{_NAME}|{_NAME}[.][A-Za-z0-9]+)$"
@@ -222,5 +223,6 @@ def edits_grammar(files: Mapping[str, str], new_paths: Sequence[str]) -> str:
     if not choices:
         raise ValueError("an edit grammar needs at least one file or new path")
     edit = f'"{{" space {json_literal("path")} ":" space ({alternatives(choices)}) ":" space string "}}" space'
-    g.rule("root", obj([("summary", "string"), ("edits", array(g.rule("edit", edit), 1, MAX_EDITS))]))
+    summary = g.rule("summary", f'"\\"" char{{0,{MAX_SUMMARY}}} "\\"" space')  # a small model rambles here
+    g.rule("root", obj([("summary", summary), ("edits", array(g.rule("edit", edit), 1, MAX_EDITS))]))
     return g.text()

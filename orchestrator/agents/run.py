@@ -137,7 +137,9 @@ def plan_for(
     window = window_of(site.ws, card)
     repo_map, shown = rmap.render_shown(goal, max(256, window // 4), tokens)
     reports = findings.dry_runs(site.ws, site.repo, site.commit, cards, site.pool, site.backend)
-    editors = editors_of(cards)
+    asked = findings.matched_tools(goal, cards)
+    # a tool agent does only the kinds of change it declares: it is offered for the goals that ask for them
+    editors = [e for e in editors_of(cards) if cards[e].card.kind != "tool" or e in asked]
     forced = forced_steps(goal, cards, reports)
     ground = Ground(offered=offered_paths(rmap, goal, shown, reports), known=frozenset(rmap.files))
     agents = findings.summary(cards, reports, editors)

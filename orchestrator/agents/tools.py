@@ -126,7 +126,10 @@ def _scoped_run(
     targets: Sequence[str],
 ) -> ToolOutcome:
     """The dry run for the step's kinds of change and files; then the command on the files it found."""
-    in_sandbox: CommandRunner = lambda _wt, argv: run(list(argv))  # noqa: E731
+
+    def in_sandbox(_tree: Path, argv: Sequence[str]) -> CommandResult:
+        return run(list(argv))
+
     if card.dry_run is None or card.report is None:  # a card that cannot say what it would do runs as written
         found = run_tool_agent(card, tree, in_sandbox)
         return ToolOutcome(found, "" if found else f"{card.name} changed nothing; the step is done without a change.")

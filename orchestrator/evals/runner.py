@@ -281,6 +281,7 @@ def _trial(user: Workspace, job: TaskJob, folder: Path, result: TaskResult) -> T
             "generation": final.number,
             "failure": failure,
             "reason": reason,
+            "attempt_failures": {k.value: n for k, n in record.failures.items()},
         }
     )
     if final.number == 0:  # nothing promoted: the tree is the start tree, whose check fails

@@ -65,6 +65,9 @@ class TaskResult(BaseModel):
     run_status: str | None = None
     generation: int | None = Field(default=None, description="the task repo's generation when the run ended")
     check_exit: int | None = None
+    attempt_failures: dict[str, int] = Field(
+        default_factory=dict, description="the run's failed attempts by class (plan-invalid, search-not-found, ...)"
+    )
 
 
 class SuiteRef(BaseModel):

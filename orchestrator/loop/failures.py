@@ -43,4 +43,5 @@ def planned(ws: Workspace, run_id: str, found: Planned, evidence: Path) -> None:
     atomic_write_json(evidence, [r.model_dump() for r in found.reports])
     if found.invalid:
         plan_failed(ws, run_id, "; ".join(found.invalid))
-    runs.run_log(ws, run_id, "plan", steps=len(found.answer.value.steps), left_out=found.repeats)
+    if found.repeats:
+        runs.run_log(ws, run_id, "plan", left_out=found.repeats)

@@ -83,9 +83,9 @@ class Nodes:
                 failures.plan_failed(self.ws, s["run_id"], str(exc))
                 raise
             answer = planned.answer
-            failures.planned(self.ws, s["run_id"], planned, plan_file.with_name("findings.json"))
             atomic_write_json(plan_file, answer.value.model_dump())
             records.model_event(self.deps, s, "planner", answer.completion)
+            failures.planned(self.ws, s["run_id"], planned, plan_file.with_name("findings.json"))
             runs.update(self.ws, s["run_id"], steps_planned=len(answer.value.steps))
             adr.write_adr(self.ws, runs.load(self.ws, s["run_id"]))
             self.deps.on_event(f"plan: {len(answer.value.steps)} step(s)")
@@ -278,7 +278,7 @@ class Nodes:
         )
         reset: RunState = {"step": s["step"] + 1, "attempt": 1, "feedback": "", "changeset": "", "commit": ""}
         reset |= {"failure": "", "failures": [], "candidate": 0}
-        return {**reset, "done": [done.model_dump()], "outcome": Outcome.NONE}
+        return {**reset, "done": [done.model_dump(mode="json")], "outcome": Outcome.NONE}
 
     def retry(self, s: RunState) -> RunState:
         reason = (s.get("feedback") or "no reason given").splitlines()[0]
