@@ -115,8 +115,10 @@ def checkpointer(ws: Workspace) -> Iterator[SqliteSaver]:
         # a commit reaches the OS without waiting for the disk: a killed Converge loses no
         # checkpoint; a power cut may lose the last few, and resume redoes those (idempotent) nodes
         conn.execute("PRAGMA synchronous=NORMAL")
-        # the state's own enum is the one non-builtin type it holds: allowed by name, nothing else is
-        serde = JsonPlusSerializer(allowed_msgpack_modules=[("orchestrator.loop.state", "Outcome")])
+        # the state's own enums are the only non-builtin types it holds: allowed by name, nothing else is
+        # (a checkpoint written before a class moved still loads: its values are plain strings too)
+        allowed = [("orchestrator.loop.state", "Outcome"), ("orchestrator.store.runs", "FailureClass")]
+        serde = JsonPlusSerializer(allowed_msgpack_modules=allowed)
         saver = SqliteSaver(conn, serde=serde)
         saver.setup()
         yield saver
