@@ -116,7 +116,7 @@ def checkpointer(ws: Workspace) -> Iterator[SqliteSaver]:
         # checkpoint; a power cut may lose the last few, and resume redoes those (idempotent) nodes
         conn.execute("PRAGMA synchronous=NORMAL")
         # the state's own enums are the only non-builtin types it holds: allowed by name, nothing else is
-        # (a checkpoint written before a class moved still loads: its values are plain strings too)
+        # (checkpoints of runs before failure classes were kept as strings hold FailureClass values)
         allowed = [("orchestrator.loop.state", "Outcome"), ("orchestrator.store.runs", "FailureClass")]
         serde = JsonPlusSerializer(allowed_msgpack_modules=allowed)
         saver = SqliteSaver(conn, serde=serde)
