@@ -1,9 +1,29 @@
 """The errors Converge raises, grouped by what the caller does about them, and the one table
-that turns docker, git and llama.cpp exceptions into them (the classes below follow the tree).
+that turns docker, git and llama.cpp exceptions into them.
 
-``BadInput`` exits 2 (fix what the message names), ``Refused`` exits 1 (it ran and said no), ``SandboxError``
-125 and ``DiskFull`` 74 (``cli._common.EXIT_CODES``). Third-party exceptions are translated at their boundary
-with ``raise translate(exc, boundary, doing) from exc``.
+    ConvergeError
+    ├── BadInput                  exit 2: fix the command, file or config the message names
+    │   ├── UsageError            bad flags, unknown names, paths that do not exist
+    │   ├── ConfigError           a bad converge.toml, agent card or policy file
+    │   ├── WorkspaceError        no workspace here, a foreign directory, a damaged state file
+    │   ├── RepoError             not a git repo, unknown or duplicate repo name
+    │   ├── GitError              git refused: a commit, ref or worktree is not what the command needs
+    │   ├── EditError             a patch or search/replace edit that cannot apply
+    │   ├── ModelError            a missing, damaged or oversized model, or no valid answer from it
+    │   │   └── EndpointUnavailable  a model server that is down or died mid-call (a pool fails over)
+    │   └── ScaleError            a Ray cluster that does not answer, a job lost with its node
+    ├── Refused                   exit 1: the operation ran and said no
+    │   ├── VerificationFailed    build or tests failed
+    │   ├── PolicyViolation       policy said no
+    │   ├── SignatureError        a signature or attestation does not verify
+    │   └── ConflictError         another process holds the lock or won the compare-and-swap
+    ├── SandboxError              exit 125: the sandbox engine, image or a container failed (`converge doctor`)
+    └── DiskFull                  exit 74: no space left on a device (ENOSPC, EDQUOT); free space, retry
+
+The exit codes are the CLI's (``cli._common.EXIT_CODES``). 125 is what ``docker run`` and
+``timeout`` exit with when they themselves fail, apart from the codes ``converge sandbox run``
+passes through; 74 is sysexits' EX_IOERR. Third-party exceptions are translated at their
+boundary with ``raise translate(exc, boundary, doing) from exc``.
 """
 
 from __future__ import annotations
