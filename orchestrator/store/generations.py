@@ -225,8 +225,8 @@ def recover(ws: Workspace, repo: str) -> bool:
 def _remove_stale_git_locks(path: Path) -> None:
     """Drop lock files a killed git left behind; safe because we hold the repo lock and the journal says who died."""
     gitdir = path / ".git"
-    stale = [gitdir / "index.lock", gitdir / "packed-refs.lock", gitdir / "HEAD.lock"]
-    stale += list((gitdir / "refs" / "converge").rglob("*.lock"))
+    # index, HEAD, ORIG_HEAD (reset writes it), packed-refs, and any ref (the checkout's branch follows HEAD)
+    stale = [*gitdir.glob("*.lock"), *(gitdir / "refs").rglob("*.lock")]
     for lock in stale:
         lock.unlink(missing_ok=True)
 
