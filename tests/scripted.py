@@ -58,7 +58,7 @@ def plan(*steps: tuple[str, str, list[str]] | tuple[str, str, list[str], list[st
                 "agent": s[1],
                 "targets": s[2],
                 "acceptance": ["tests pass"],
-                "creates": list(s[3:][0] if s[3:] else []),
+                "creates": list(s[3]) if len(s) > 3 else [],
             }
             for s in steps
         ],

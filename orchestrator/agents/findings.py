@@ -140,7 +140,8 @@ def scoped_argv(
 ) -> list[str]:
     """``argv`` limited to the rule codes of ``families`` (when the card can select rules) and to ``paths``."""
     scoped = list(argv)
-    rules = rules_of(families) + sorted({r for family in families for r in family.cleanup} - set(rules_of(families)))
+    rules = rules_of(families)
+    rules += sorted({rule for family in families for rule in family.cleanup} - set(rules))
     if card.rule_option and rules:
         scoped += [card.rule_option, ",".join(rules)]
     return scoped + (list(paths) or ["."])

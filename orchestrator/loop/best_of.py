@@ -37,7 +37,6 @@ from orchestrator.loop.state import (
     current_step,
     feedback_on_tests,
 )
-from orchestrator.policy.baseline import TestComparison
 from orchestrator.scale.base import Executor
 from orchestrator.scale.factory import is_remote
 from orchestrator.store import generations, runs
@@ -160,11 +159,7 @@ class BestOf:
         if done.cancelled() or done.exception() is not None:
             return  # the verify node meets the failure
         found = done.result()
-        if found.baseline is not None:  # before the report: a report on disk means this is there too
-            baseline = found.baseline.model_dump_json(indent=2)
-            atomic_write(candidate_file(self.ws, s, index, "baseline.json"), baseline)
-        atomic_write(candidate_file(self.ws, s, index, "image"), found.image)
-        atomic_write(candidate_file(self.ws, s, index, "tests.json"), found.report.model_dump_json(indent=2))
+        records.keep_verification(found.report, found.image, found.baseline, partial(candidate_file, self.ws, s, index))
 
     def _apply(self, s: RunState, index: int) -> str | None:
         error_file = candidate_file(self.ws, s, index, "apply.json")
@@ -239,8 +234,7 @@ class BestOf:
         if report.broken:
             return Entrant(index, label, commit, report=report, diff_lines=lines)
         who = records.provenance(self.deps, self.cards, s)
-        compared = candidate_file(self.ws, s, index, "baseline.json")
-        baseline = TestComparison.model_validate_json(compared.read_text()) if compared.exists() else None
+        baseline = records.kept_baseline(candidate_file(self.ws, s, index, "baseline.json"))
         judged = judge(self.ws, s["repo"], s["base"], commit, report, who=who, baseline=baseline)
         return Entrant(index, label, commit, report=report, judgement=judged, diff_lines=lines)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,6 @@ from orchestrator.loop.state import (
     key,
     outcome,
 )
-from orchestrator.policy.baseline import TestComparison
 from orchestrator.store import changesets, generations, runs
 from orchestrator.store.reports import TestReport
 from orchestrator.store.runs import FailureClass
@@ -171,10 +171,7 @@ class Nodes:
             if found.repeat is not None:
                 atomic_write_json(attempt_file(self.ws, s, "repro.json"), {"identical": found.reproducible})
                 self.deps.on_event(f"  reproducible: {'yes' if found.reproducible else 'no'} ({found.repeat.summary})")
-            if found.baseline is not None:  # before the report: a report on disk means this is there too
-                atomic_write(attempt_file(self.ws, s, "baseline.json"), found.baseline.model_dump_json(indent=2))
-            atomic_write(image_file, found.image)
-            atomic_write(report_file, found.report.model_dump_json(indent=2))
+            records.keep_verification(found.report, found.image, found.baseline, partial(attempt_file, self.ws, s))
             records.tests_event(self.deps, s, found.report)
         report = TestReport.model_validate_json(report_file.read_text())
         self.deps.on_event(f"  tests: {report.summary}")
@@ -189,8 +186,7 @@ class Nodes:
             found = Judgement.model_validate_json(verdict_file.read_text())
         else:
             report = TestReport.model_validate_json(Path(s["report"]).read_text())
-            compared = attempt_file(self.ws, s, "baseline.json")
-            baseline = TestComparison.model_validate_json(compared.read_text()) if compared.exists() else None
+            baseline = records.kept_baseline(attempt_file(self.ws, s, "baseline.json"))
             found = judge(
                 self.ws,
                 s["repo"],

@@ -3,12 +3,17 @@ the feedback a failed attempt sends back to the model — shared by a single can
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from orchestrator.agents.cards import LoadedCard
 from orchestrator.gate.provenance import Provenance
 from orchestrator.loop.state import Deps, RunState, current_step
 from orchestrator.models.backends import Completion
+from orchestrator.policy.baseline import TestComparison
 from orchestrator.store import runs
 from orchestrator.store.reports import TestReport
+from orchestrator.store.storage import atomic_write
 
 
 def provenance(deps: Deps, cards: dict[str, LoadedCard], s: RunState) -> Provenance:
@@ -61,3 +66,19 @@ def tests_event(deps: Deps, s: RunState, report: TestReport, candidate: int = 0)
         seconds=cmd.duration if cmd else None,
         **more,
     )
+
+
+def keep_verification(
+    report: TestReport, image: str, baseline: TestComparison | None, at: Callable[[str], Path]
+) -> None:
+    """A verification's files (``at(name)``: where each goes), the report last: a report on disk means the
+    rest is there too, so a killed run that finds it verifies nothing again."""
+    if baseline is not None:
+        atomic_write(at("baseline.json"), baseline.model_dump_json(indent=2))
+    atomic_write(at("image"), image)
+    atomic_write(at("tests.json"), report.model_dump_json(indent=2))
+
+
+def kept_baseline(path: Path) -> TestComparison | None:
+    """What a kept verification found the candidate lost against its base (None: not compared)."""
+    return TestComparison.model_validate_json(path.read_text()) if path.exists() else None
